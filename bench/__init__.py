@@ -1,0 +1,1 @@
+"""MooseNG benchmark suite: `python bench/run.py --help`."""

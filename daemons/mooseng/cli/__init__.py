@@ -1,0 +1,1 @@
+"""`mooseng`, the administration command (see main.py)."""

@@ -1,0 +1,297 @@
+"""mooseng: look at and administer a MooseNG cluster (mfscli, mfsfileinfo and mfs[gs]etsclass in one).
+
+PATH names a file in one of two ways:
+  - a path inside a mounted MooseNG file system (found in /proc/mounts), e.g. /mnt/mooseng/dir/f;
+  - a path inside the file system itself, `mfs:/dir/f`, which needs no mount.
+Either way the CLI walks the path with the master's `lookup` op from the root inode, so the answer
+is the master's view, not a client's cache. --master must name the cluster the mount belongs to.
+
+Every command prints JSON instead of text with --json. Errors are one line on stderr and a
+non-zero exit status (1; 2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import posixpath
+import re
+import sys
+from pathlib import Path
+
+import grpc
+
+from mooseng import wire
+from mooseng.client.masterclient import Cred, MasterClient
+from mooseng.constants import ROOT_INODE
+from mooseng.errors import FsError, QuietError
+from mooseng.proto import mooseng_pb2, mooseng_pb2_grpc
+
+DEFAULT_MASTER = "127.0.0.1:9421"
+MFS_PREFIX = "mfs:"
+MOUNT_FSTYPE = "fuse.mooseng"  # mooseng-mount's subtype=mooseng
+
+
+class Master:
+    """The CLI's view of the master: Meta calls as the invoking user, errors as one-line messages."""
+
+    def __init__(self, endpoints: list[str], timeout_s: float):
+        self.endpoints = endpoints
+        self.timeout_s = timeout_s
+        self._client = MasterClient(endpoints, timeout_s=timeout_s)
+        self._cred = Cred(os.getuid(), os.getgid(), tuple(os.getgroups()))
+
+    def call(self, op: str, **args):
+        """Run one op; FsError(errno) for file-system failures, QuietError if no master answers."""
+        try:
+            return self._client.call(op, args, self._cred)
+        except FsError as exc:
+            # MasterClient's way of saying that no endpoint answered within timeout_s.
+            if exc.errno == errno.EIO and exc.message.startswith("master unreachable"):
+                raise QuietError(f"master {','.join(self.endpoints)} unreachable") from None
+            raise
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --- paths ----------------------------------------------------------------------------------------
+
+
+def fuse_mounts() -> list[tuple[str, Path, str]]:
+    """(source, mount point, fstype) of every FUSE mount in /proc/mounts, octal escapes undone."""
+
+    def unescape(text: str) -> str:
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+    mounts = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            source, target, fstype = line.split()[:3]
+            if fstype == "fuse" or fstype.startswith("fuse."):
+                mounts.append((unescape(source), Path(unescape(target)), fstype))
+    return mounts
+
+
+def fs_components(path: str) -> list[str]:
+    """The names leading from the file system's root to PATH (see the module docstring)."""
+    if path.startswith(MFS_PREFIX):
+        inner = path[len(MFS_PREFIX):]
+        if not inner.startswith("/"):
+            raise QuietError(f"not an absolute file system path: {path} (write mfs:/dir/file)")
+        # normpath keeps a leading "//"; ".." above the root stays at the root, as in a mount.
+        parts = posixpath.normpath("/" + inner.lstrip("/")).split("/")
+        return [p for p in parts if p not in ("", "..")]
+    real = Path(os.path.realpath(path))
+    mounts = [t for _, t, fstype in fuse_mounts() if fstype == MOUNT_FSTYPE and real.is_relative_to(t)]
+    if not mounts:
+        raise QuietError(f"not inside a MooseNG mount: {path} (name files in the file system as mfs:/dir/file)")
+    return list(real.relative_to(max(mounts, key=lambda t: len(t.parts))).parts)
+
+
+def resolve(master: Master, path: str) -> int:
+    """The inode of PATH, walked with `lookup` from the root inode."""
+    ino = ROOT_INODE
+    for name in fs_components(path):
+        try:
+            ino = master.call("lookup", parent=ino, name=os.fsencode(name))["ino"]
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                raise QuietError(f"no such file: {path}") from None
+            if exc.errno == errno.ENOTDIR:
+                raise QuietError(f"not a directory on the way to: {path}") from None
+            raise QuietError(f"{path}: {exc.message}") from None
+    return ino
+
+
+# --- commands: each returns (JSON-able result, text lines) ----------------------------------------
+
+
+def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
+    status = master.call("status")
+    masters = [probe_master(ep) for ep in master.endpoints]
+    result = {"masters": masters, **status}
+    lines = ["masters:"]
+    for m in masters:
+        role = m["role"] + (f" (leader: {m['leader']})" if m.get("leader") else "")
+        lines.append(f"  {m['endpoint']:<21} {m.get('node_id', '-'):<12} {role}")
+    servers = status["chunkservers"]
+    alive = sum(1 for s in servers if s["state"] == "alive")
+    lines.append(f"chunkservers: {alive} alive, {len(servers) - alive} down")
+    lines.append(f"  {'ID':>4}  {'ADDRESS':<21} {'STATE':<6} {'CHUNKS':>7}  {'USED':>10} / {'TOTAL':<10} LAST HEARTBEAT")
+    for s in servers:
+        used = sum(d["used_bytes"] for d in s["disks"])
+        total = sum(d["total_bytes"] for d in s["disks"])
+        lines.append(
+            f"  {s['server_id']:>4}  {s['address']:<21} {s['state']:<6} {s['chunks']:>7}  "
+            f"{human(used):>10} / {human(total):<10} {s['last_heartbeat_s']:.1f} s ago"
+        )
+        for d in s["disks"]:
+            lines.append(
+                f"        disk {d['index']}: {d['path']}  {d['state']}  {d['chunks']} chunks  "
+                f"{human(d['used_bytes'])} / {human(d['total_bytes'])}"
+            )
+    chunks = status["chunks"]
+    lines.append(f"chunks: {chunks['total']} total")
+    lines.append(f"  {'CLASS':<10} {'STABLE':>8} {'UNDERGOAL':>10} {'MISSING':>8}")
+    for name, states in sorted(chunks["by_class"].items()):
+        lines.append(f"  {name:<10} {states['stable']:>8} {states['undergoal']:>10} {states['missing']:>8}")
+    space = status["space"]
+    lines.append(
+        f"space: {human(space['used_bytes'])} used, {human(space['free_bytes'])} free "
+        f"of {human(space['total_bytes'])}; {status['inodes']} inodes"
+    )
+    return result, lines
+
+
+def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
+    ino = resolve(master, args.path)
+    info = master.call("fileinfo", ino=ino)
+    attr, sclass = info["attr"], info["class"]
+    result = {"path": args.path, "inode": ino, **info}
+    lines = [f"{args.path}: inode {ino}, {attr['size']} bytes, class {sclass['name']} ({sclass['description']})"]
+    for chunk in info["chunks"]:
+        lines.append(
+            f"\tchunk {chunk['index']}: {chunk['chunk_id']:016X}_{chunk['version']:08X} "
+            f"(id:{chunk['chunk_id']} ver:{chunk['version']})"
+        )
+        if not any(c["valid"] for c in chunk["copies"]):
+            lines.append("\t\tno valid copies !!!")
+        for n, copy in enumerate(chunk["copies"], 1):
+            disk = "?" if copy["disk"] is None else copy["disk"]
+            state = "VALID" if copy["valid"] else f"INVALID (version {copy['version']})"
+            lines.append(f"\t\tcopy {n}: {copy['address']} (chunkserver {copy['server_id']}, disk {disk}): {state}")
+    if not info["chunks"]:
+        lines.append("\tno chunks")
+    return result, lines
+
+
+def cmd_getclass(master: Master, args) -> tuple[dict, list[str]]:
+    ino = resolve(master, args.path)
+    sclass = master.call("getclass", ino=ino)
+    return {"path": args.path, "inode": ino, "class": sclass}, [f"{args.path}: {sclass}"]
+
+
+def cmd_setclass(master: Master, args) -> tuple[dict, list[str]]:
+    ino = resolve(master, args.path)
+    try:
+        done = master.call("setclass", ino=ino, sclass=args.sclass, recursive=args.recursive)
+    except FsError as exc:
+        if exc.errno == errno.EINVAL:
+            names = ", ".join(c["name"] for c in master.call("classes"))
+            raise QuietError(f"no such storage class: {args.sclass} (classes: {names})") from None
+        raise QuietError(f"cannot set class {args.sclass} on {args.path}: {exc.message}") from None
+    result = {"path": args.path, "inode": ino, "class": args.sclass, "recursive": args.recursive, **done}
+    line = f"{args.path}: {args.sclass} ({done['changed']} inodes changed"
+    if done["skipped"]:
+        line += f", {done['skipped']} skipped: not the owner"
+    return result, [line + ")"]
+
+
+def cmd_classes(master: Master, args) -> tuple[list, list[str]]:
+    classes = master.call("classes")
+    lines = [f"{'NAME':<10} {'GOAL':>4}  {'REDUNDANCY':<22} {'TIER':<9} AVAILABLE"]
+    for c in classes:
+        lines.append(f"{c['name']:<10} {c['goal']:>4}  {c['description']:<22} {c['tier']:<9} {'yes' if c['available'] else 'not yet'}")
+    return classes, lines
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "fileinfo": cmd_fileinfo,
+    "getclass": cmd_getclass,
+    "setclass": cmd_setclass,
+    "classes": cmd_classes,
+}
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def probe_master(endpoint: str, timeout_s: float = 2.0) -> dict:
+    """Ask one master for its role directly (no redirect): leader, follower (with the leader's
+    address), or unreachable. MasterClient would follow the redirect and hide the follower."""
+    try:
+        with grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS) as channel:
+            request = mooseng_pb2.MetaRequest(op="status", args=wire.pack({}))
+            reply = mooseng_pb2_grpc.MasterStub(channel).Meta(request, timeout=timeout_s)
+    except grpc.RpcError:
+        return {"endpoint": endpoint, "role": "unreachable"}
+    if reply.leader:
+        return {"endpoint": endpoint, "role": "follower", "leader": reply.leader}
+    if reply.errno:
+        return {"endpoint": endpoint, "role": f"error: {reply.message}"}
+    master = wire.unpack(reply.result)["master"]
+    return {"endpoint": endpoint, "role": master["role"], "node_id": master["node_id"]}
+
+
+def human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser = argparse.ArgumentParser(
+        prog="mooseng", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument(
+        "--master", metavar="HOST:PORT[,HOST:PORT...]",
+        default=os.environ.get("MOOSENG_MASTER_ENDPOINTS") or DEFAULT_MASTER,
+        help=f"master endpoints (default: $MOOSENG_MASTER_ENDPOINTS or {DEFAULT_MASTER})",
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="S", help="give up on the master after S seconds (default 5)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", parents=[common], help="masters, chunkservers and their disks, chunk states per class")
+    p = sub.add_parser("fileinfo", parents=[common], help="chunks of a file and where each copy is")
+    p.add_argument("path", metavar="PATH")
+    p = sub.add_parser("getclass", parents=[common], help="storage class of a file or directory")
+    p.add_argument("path", metavar="PATH")
+    p = sub.add_parser("setclass", parents=[common], help="set the storage class (new children inherit it)")
+    p.add_argument("-r", "--recursive", action="store_true", help="also everything below a directory")
+    p.add_argument("sclass", metavar="CLASS")
+    p.add_argument("path", metavar="PATH")
+    sub.add_parser("classes", parents=[common], help="the storage classes")
+    args = parser.parse_args(argv)
+    endpoints = [e.strip() for e in args.master.split(",") if e.strip()]
+    for endpoint in endpoints:
+        try:
+            wire.parse_addr(endpoint)
+        except ValueError:
+            parser.error(f"--master: not host:port: {endpoint!r}")
+    if not endpoints:
+        parser.error("--master: no endpoint given")
+    args.endpoints = endpoints
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    master = Master(args.endpoints, args.timeout)
+    try:
+        result, lines = COMMANDS[args.command](master, args)
+        print(json.dumps(result, indent=2) if args.json else "\n".join(lines))
+    except QuietError as exc:
+        print(f"mooseng: {exc}", file=sys.stderr)
+        return exc.exitcode
+    except FsError as exc:
+        print(f"mooseng: {args.command}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `mooseng status | head`: not an error; keep the exit-time flush quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        master.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

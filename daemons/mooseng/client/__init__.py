@@ -1,0 +1,1 @@
+"""The MooseNG client: a Python library (fs.Client) and the FUSE mount built on it."""

@@ -1,0 +1,709 @@
+"""Open files: a write-back buffer and read-ahead per inode, shared by all of its handles here.
+
+Writes are copied into per-chunk dirty extents and return at once. A chunk's buffer is written in
+the background (write_chunk -> chunkservers -> commit_write) once it holds `flush_bytes`, and
+everything is written on flush/fsync/release or when the client's memory budget runs out.
+Reads overlay the buffered data on what the chunkservers return, so a handle sees its own (and
+its neighbours') unflushed writes, and getattr sizes include them. A failed background write is
+remembered per inode and raised, as EIO, by the next write/flush/fsync/release of every handle
+that was open when it happened (Linux's errseq rule), so data is never dropped silently.
+
+Reads go through a read cache of block-aligned entries. A handle that reads sequentially
+prefetches the next `readahead_bytes` in RA_UNIT pieces on a thread pool; a random read fetches
+only the 64 KiB blocks it touches.
+
+Locking: an inode's lock guards its buffers; BufferCache has its own lock. Take an inode's lock
+before the cache's, never the reverse, and never wait for cache room holding an inode's lock.
+"""
+
+import errno
+import itertools
+import logging
+import threading
+import time
+from bisect import bisect_right
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from stat import S_ISDIR, S_ISLNK, S_ISREG
+
+from mooseng.client.masterclient import ROOT, Attr, Cred
+from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
+from mooseng.errors import FsError
+
+log = logging.getLogger(__name__)
+
+FLUSH_BYTES = 16 << 20  # a chunk's dirty bytes that start its background write
+RA_UNIT = 4 << 20  # bytes per prefetch request; divides CHUNK_SIZE, so one never spans chunks
+SEQ_SLACK = 1 << 20  # a read this close to the previous one's end counts as sequential
+LOCATIONS_AHEAD = 16  # chunk refs per `chunks` query: a sequential reader asks once per GiB
+# Waits before re-reading with fresh chunk locations: another writer may have bumped the version
+# at the master before its copies have it.
+READ_RETRY_DELAYS = (0.0, 0.05, 0.2, 0.5, 1.0)
+_ACCMODE = 3  # os.O_ACCMODE
+_O_WRONLY, _O_RDWR, _O_APPEND = 1, 2, 0o2000
+
+
+def _ceil_block(n: int) -> int:
+    return -(-n // BLOCK_SIZE) * BLOCK_SIZE
+
+
+class Extents:
+    """Dirty byte ranges of one chunk: sorted, disjoint and never touching (neighbours merge),
+    so a sequential writer keeps appending to one bytearray."""
+
+    __slots__ = ("starts", "datas", "nbytes", "first_seq")
+
+    def __init__(self, first_seq: int = 0):
+        self.starts: list[int] = []
+        self.datas: list[bytearray] = []
+        self.nbytes = 0
+        self.first_seq = first_seq  # the oldest write in here, for flush's "everything so far"
+
+    def add(self, start: int, data) -> int:
+        """Overlay `data` at `start`; return how many bytes the buffer grew by."""
+        end = start + len(data)
+        starts, datas = self.starts, self.datas
+        i = bisect_right(starts, start) - 1
+        lo = i if i >= 0 and starts[i] + len(datas[i]) >= start else i + 1
+        hi = bisect_right(starts, end)  # extents from lo to hi-1 overlap or touch [start, end]
+        if lo == hi:
+            starts.insert(lo, start)
+            datas.insert(lo, bytearray(data))
+            self.nbytes += len(data)
+            return len(data)
+        old = sum(len(d) for d in datas[lo:hi])
+        base = starts[lo]
+        if base <= start:
+            merged = datas[lo]
+            if end - base <= len(merged):
+                merged[start - base:end - base] = data
+            else:
+                merged[start - base:] = data
+            tail_from = lo + 1
+        else:
+            base, merged = start, bytearray(data)
+            tail_from = lo
+        # Extents strictly inside [start, end] are overwritten; only the last one can reach past.
+        if hi - 1 >= tail_from:
+            last_start, last = starts[hi - 1], datas[hi - 1]
+            if last_start + len(last) > end:
+                merged += memoryview(last)[end - last_start:]
+        starts[lo:hi] = [base]
+        datas[lo:hi] = [merged]
+        grown = len(merged) - old
+        self.nbytes += grown
+        return grown
+
+    def end(self) -> int:
+        return self.starts[-1] + len(self.datas[-1]) if self.starts else 0
+
+    def items(self) -> list[tuple[int, bytearray]]:
+        return list(zip(self.starts, self.datas))
+
+    def slices(self, start: int, end: int) -> list[tuple[int, bytearray]]:
+        """Copies of the buffered bytes within [start, end), as (offset, data)."""
+        starts, datas = self.starts, self.datas
+        out = []
+        for j in range(max(bisect_right(starts, start) - 1, 0), len(starts)):
+            s = starts[j]
+            if s >= end:
+                break
+            d = datas[j]
+            a, b = max(s, start), min(s + len(d), end)
+            if a < b:
+                out.append((a, d[a - s:b - s]))
+        return out
+
+
+class _Entry:
+    """A read cache entry: [start, end) of a file, pending until its fetch fills it."""
+
+    __slots__ = ("ino", "start", "end", "data", "error", "_ready")
+
+    def __init__(self, ino: int, start: int, end: int):
+        self.ino, self.start, self.end = ino, start, end
+        self.data: memoryview | None = None
+        self.error: FsError | None = None
+        self._ready = threading.Event()
+
+    def fill(self, data: memoryview) -> None:
+        self.data = data
+        self._ready.set()
+
+    def fail(self, error: FsError) -> None:
+        self.error = error
+        self._ready.set()
+
+    def wait(self) -> memoryview:
+        self._ready.wait()
+        if self.error is not None:
+            raise self.error
+        return self.data
+
+
+class BufferCache:
+    """The client's memory budget (cache_size_mb): dirty data until the chunkservers have it, and
+    read cache entries. A writer waits for room (having the dirty buffers flushed); read entries
+    are evicted, least recently used first, to keep the total within the limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.dirty = 0
+        self.cached = 0
+        self._cond = threading.Condition()
+        self._lru: OrderedDict[_Entry, None] = OrderedDict()
+        self._blocks: dict[int, dict[int, _Entry]] = {}  # ino -> block number -> entry
+        self._writers: dict[int, "InodeData"] = {}  # inodes with dirty data no flush has taken yet
+
+    # --- write-back budget ---
+
+    def reserve(self, n: int) -> None:
+        """Wait until `n` more dirty bytes fit (one oversized write passes when nothing is dirty)."""
+        with self._cond:
+            while self.dirty and self.dirty + n > self.limit:
+                writers = list(self._writers.values())
+                if writers:
+                    self._cond.release()
+                    try:
+                        for inode in writers:
+                            inode.flush_async()
+                    finally:
+                        self._cond.acquire()
+                if self.dirty and self.dirty + n > self.limit:
+                    self._cond.wait(0.5)
+            self.dirty += n
+            self._evict()
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.dirty -= n
+            self._cond.notify_all()
+
+    def track(self, inode: "InodeData") -> None:
+        with self._cond:
+            self._writers[inode.ino] = inode
+
+    def untrack(self, inode: "InodeData") -> None:
+        with self._cond:
+            self._writers.pop(inode.ino, None)
+
+    # --- read cache ---
+
+    def lookup(self, ino: int, pos: int) -> _Entry | None:
+        with self._cond:
+            blocks = self._blocks.get(ino)
+            entry = blocks.get(pos // BLOCK_SIZE) if blocks else None
+            if entry is None:
+                return None
+            if not entry.start <= pos < entry.end:  # ended at an old end of file
+                self._drop(entry)
+                return None
+            self._lru.move_to_end(entry)
+            return entry
+
+    def claim(self, ino: int, start: int, end: int) -> list[_Entry]:
+        """New pending entries for the runs of blocks in [start, end) that no entry covers;
+        `start` is block-aligned. The caller must fill or fail each one."""
+        with self._cond:
+            blocks = self._blocks.setdefault(ino, {})
+            out = []
+            first = last = start // BLOCK_SIZE
+            stop = -(-end // BLOCK_SIZE)
+            while first < stop:
+                while first < stop and first in blocks:
+                    first += 1
+                last = first
+                while last < stop and last not in blocks:
+                    last += 1
+                if first < last:
+                    entry = _Entry(ino, first * BLOCK_SIZE, min(last * BLOCK_SIZE, end))
+                    for k in range(first, last):
+                        blocks[k] = entry
+                    self._lru[entry] = None
+                    self.cached += entry.end - entry.start
+                    out.append(entry)
+                first = last
+            self._evict()
+            return out
+
+    def discard(self, entry: _Entry) -> None:
+        with self._cond:
+            self._drop(entry)
+
+    def invalidate(self, ino: int, start: int = 0, end: int | None = None) -> None:
+        """Forget cached data of `ino` in [start, end) (all of it if end is None)."""
+        with self._cond:
+            blocks = self._blocks.get(ino)
+            if not blocks:
+                return
+            if end is None:
+                entries = set(blocks.values())
+            else:
+                entries = {blocks[k] for k in range(start // BLOCK_SIZE, -(-end // BLOCK_SIZE)) if k in blocks}
+            for entry in entries:
+                self._drop(entry)
+
+    def _drop(self, entry: _Entry) -> None:
+        if self._lru.pop(entry, False) is False:
+            return  # already dropped
+        self.cached -= entry.end - entry.start
+        blocks = self._blocks.get(entry.ino)
+        if blocks is not None:
+            for k in range(entry.start // BLOCK_SIZE, -(-entry.end // BLOCK_SIZE)):
+                if blocks.get(k) is entry:
+                    del blocks[k]
+            if not blocks:
+                del self._blocks[entry.ino]
+
+    def _evict(self) -> None:
+        while self._lru and self.dirty + self.cached > self.limit:
+            self._drop(next(iter(self._lru)))
+
+
+class InodeData:
+    """What this client holds for one open inode: its buffers, chunk locations and last attr."""
+
+    def __init__(self, files: "Files", attr: Attr):
+        self.files = files
+        self.ino = attr.ino
+        self.attr = attr  # the newest the master told us (commit_write, getattr, setattr)
+        self.handles = 0  # guarded by Files._lock
+        self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
+        self.append_lock = threading.Lock()  # O_APPEND writes: size and write as one step
+        self._dirty: dict[int, Extents] = {}  # chunk index -> data no flush has taken yet
+        self._inflight: dict[int, Extents] = {}  # chunk index -> data being written now
+        self._jobs: set[int] = set()  # chunks with a running flush job (at most one each)
+        self.dirty_bytes = 0  # in _dirty
+        self._seq = 0  # numbers writes, so that flush waits for exactly what came before it
+        self._force_seq = 0  # buffers holding writes up to this one are written regardless of size
+        self._end = 0  # end of the furthest buffered write: the file size while it is unflushed
+        self._mtime = 0  # time of the latest buffered write
+        self._writer = ROOT  # credentials of the latest writer; its flush runs with them
+        self.errors = 0  # failed background writes so far; handles compare with what they saw
+        self.last_error: FsError | None = None
+        self._locations: dict[int, tuple[int, int, list[str]]] = {}  # index -> (chunk_id, version, servers)
+        self._locations_gen = 0  # bumped by our own commits: older `chunks` answers are stale
+
+    # --- attributes ---
+
+    def size(self) -> int:
+        return max(self.attr.size, self._end)
+
+    def current_attr(self) -> Attr:
+        """The attr including buffered writes (their size and time)."""
+        with self.lock:
+            attr = self.attr
+            if self._end > attr.size or self._mtime > attr.mtime:
+                attr = attr._replace(size=max(attr.size, self._end), mtime=max(attr.mtime, self._mtime))
+            return attr
+
+    def update_attr(self, attr: Attr) -> None:
+        """Take a fresher attr from the master; a size or mtime we did not cause means another
+        client changed the file, so cached data and chunk locations are dropped."""
+        with self.lock:
+            old = self.attr
+            if attr.ctime < old.ctime:
+                return  # an answer overtaken by our own commit
+            if attr.size != old.size or attr.mtime != old.mtime:
+                self._locations.clear()
+                self.files.cache.invalidate(self.ino)
+            self.attr = attr
+
+    def truncated(self, attr: Attr) -> None:
+        """After setattr(size) (buffers were flushed first): everything cached may be wrong."""
+        with self.lock:
+            self.attr = attr
+            self._end = 0
+            self._locations.clear()
+            self.files.cache.invalidate(self.ino)
+
+    # --- writing ---
+
+    def check_error(self, handle: "FileHandle") -> None:
+        if handle.errors_seen != self.errors:
+            handle.errors_seen = self.errors
+            raise FsError(errno.EIO, f"writing inode {self.ino} failed: {self.last_error.message}")
+
+    def write(self, handle: "FileHandle", offset: int, data) -> None:
+        self.check_error(handle)
+        view = memoryview(data)
+        cache, flush_bytes = self.files.cache, self.files.flush_bytes
+        pos, n = 0, len(view)
+        while pos < n:
+            at = offset + pos
+            index, in_chunk = divmod(at, CHUNK_SIZE)
+            take = min(n - pos, CHUNK_SIZE - in_chunk)
+            cache.reserve(take)
+            with self.lock:
+                self._seq += 1
+                ext = self._dirty.get(index)
+                if ext is None:
+                    ext = self._dirty[index] = Extents(self._seq)
+                grown = ext.add(in_chunk, view[pos:pos + take])
+                if grown and not self.dirty_bytes:
+                    cache.track(self)
+                self.dirty_bytes += grown
+                self._end = max(self._end, at + take)
+                self._mtime = time.time_ns()
+                self._writer = handle.cred
+                if ext.nbytes >= flush_bytes:
+                    self._start_job(index)
+            if grown < take:
+                cache.release(take - grown)
+            pos += take
+
+    def flush(self, handle: "FileHandle | None" = None) -> None:
+        """Write everything buffered so far and wait for it; then raise what `handle` has not seen."""
+        with self.lock:
+            target = self._force_seq = self._seq
+            for index in self._dirty:
+                self._start_job(index)
+            while any(e.first_seq <= target for e in (*self._dirty.values(), *self._inflight.values())):
+                self._changed.wait()
+        if handle is not None:
+            self.check_error(handle)
+
+    def flush_async(self) -> None:
+        """Start writing everything buffered (the budget is exhausted); do not wait."""
+        with self.lock:
+            self._force_seq = self._seq
+            for index in self._dirty:
+                self._start_job(index)
+
+    def clean(self) -> bool:
+        with self.lock:
+            return not self._dirty and not self._inflight
+
+    def _start_job(self, index: int) -> None:
+        """With the lock held: make sure a flush job runs for this chunk (one at a time, since
+        every write session bumps the chunk's version)."""
+        if index not in self._jobs:
+            self._jobs.add(index)
+            self.files.flush_pool.submit(self._flush_job, index)
+
+    def _flush_job(self, index: int) -> None:
+        cache = self.files.cache
+        while True:
+            with self.lock:
+                ext = self._dirty.get(index)
+                if ext is None or (ext.nbytes < self.files.flush_bytes and ext.first_seq > self._force_seq):
+                    self._jobs.discard(index)
+                    self._changed.notify_all()
+                    return
+                del self._dirty[index]
+                self._inflight[index] = ext
+                self.dirty_bytes -= ext.nbytes
+                if not self.dirty_bytes:
+                    cache.untrack(self)
+                cred = self._writer
+            try:
+                attr, error = self._store(index, ext, cred), None
+            except FsError as exc:
+                attr, error = None, exc
+            except Exception as exc:  # a bug must not wedge every later flush of this inode
+                log.exception("flush of inode %d chunk %d", self.ino, index)
+                attr, error = None, FsError(errno.EIO, f"internal error: {exc!r}")
+            with self.lock:
+                if error is None:
+                    if attr.ctime >= self.attr.ctime:
+                        self.attr = attr
+                else:
+                    log.error("write-back of inode %d chunk %d (%d bytes) failed: %s", self.ino, index, ext.nbytes, error)
+                    self.errors += 1
+                    self.last_error = error
+                    self._locations.pop(index, None)
+                # Drop cached reads first, then the overlay: a reader that misses the overlay
+                # then cannot find pre-write data in the cache either.
+                base = index * CHUNK_SIZE
+                cache.invalidate(self.ino, base + ext.starts[0], base + ext.end())
+                del self._inflight[index]
+                if not self._dirty and not self._inflight:
+                    self._end = self._mtime = 0
+                self._changed.notify_all()
+            cache.release(ext.nbytes)
+
+    def _store(self, index: int, ext: Extents, cred: Cred) -> Attr:
+        """One write session: new chunk version, data to every copy, commit with the new size."""
+        master = self.files.master
+        chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
+        chunk_id, version = chunk["chunk_id"], chunk["version"]
+        result = self.files.chunks.write(chunk_id, version, chunk["expect_version"], chunk.get("servers", []), ext.items())
+        attr = master.call("commit_write", {
+            "ino": self.ino,
+            "size": index * CHUNK_SIZE + ext.end(),
+            "chunks": [{"chunk_id": chunk_id, "version": version, "ok": result.ok}],
+        }, cred)
+        with self.lock:
+            self._locations[index] = (chunk_id, version, result.ok)
+            self._locations_gen += 1
+        return Attr.from_dict(attr)
+
+    # --- reading ---
+
+    def read(self, offset: int, size: int):
+        """Up to `size` bytes at `offset` (short at end of file); a buffer, not always bytes."""
+        with self.lock:
+            end = min(offset + size, self.size())
+            if end <= offset:
+                return b""
+            stored_end = min(end, self.attr.size)  # past it, only buffered data or zeros
+            overlays = []
+            for index in range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1):
+                base = index * CHUNK_SIZE
+                a, b = max(offset, base) - base, min(end, base + CHUNK_SIZE) - base
+                for layer in (self._inflight, self._dirty):  # older first: newer data wins
+                    ext = layer.get(index)
+                    if ext is not None:
+                        overlays += [(base + s, d) for s, d in ext.slices(a, b)]
+        need_stored = stored_end > offset and not _covers(overlays, offset, stored_end)
+        stored = self._read_stored(offset, stored_end) if need_stored else None
+        if not overlays and stored_end == end:
+            return stored
+        out = bytearray(end - offset)
+        if stored is not None:
+            out[:stored_end - offset] = stored
+        for s, d in overlays:
+            out[s - offset:s - offset + len(d)] = d
+        return out
+
+    def _read_stored(self, start: int, end: int) -> memoryview:
+        """[start, end) as the chunkservers have it, through the read cache."""
+        cache = self.files.cache
+        parts = []
+        pos = start
+        failed_at = -1
+        while pos < end:
+            entry = cache.lookup(self.ino, pos)
+            if entry is None:
+                limit = min(_ceil_block(end), (pos // CHUNK_SIZE + 1) * CHUNK_SIZE, self.attr.size)
+                if limit <= pos:  # truncated meanwhile
+                    parts.append(memoryview(bytes(end - pos)))
+                    break
+                claimed = cache.claim(self.ino, pos - pos % BLOCK_SIZE, limit)
+                for new in claimed:
+                    self.fetch(new)
+                # Use what we fetched even if the budget already evicted it again.
+                entry = next((e for e in claimed if e.start <= pos < e.end), None)
+                if entry is None:
+                    continue  # another reader claimed this block first
+            try:
+                data = entry.wait()
+            except FsError:
+                cache.discard(entry)
+                if failed_at == pos:
+                    raise
+                failed_at = pos  # a failed prefetch: fetch once more before giving up
+                continue
+            take = min(end, entry.end) - pos
+            parts.append(data[pos - entry.start:pos - entry.start + take])
+            pos += take
+        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+
+    def prefetch(self, start: int, end: int) -> None:
+        """Queue reads of [start, end) (up to the stored size) that the cache lacks."""
+        end = min(end, self.attr.size)
+        pos = start - start % BLOCK_SIZE
+        cache, pool = self.files.cache, self.files.read_pool
+        while pos < end:
+            unit_end = min((pos // RA_UNIT + 1) * RA_UNIT, end)
+            for entry in cache.claim(self.ino, pos, unit_end):
+                pool.submit(self.fetch, entry)
+            pos = unit_end
+
+    def fetch(self, entry: _Entry) -> None:
+        """Fill a claimed entry from a chunkserver (it lies within one chunk)."""
+        try:
+            entry.fill(self._read_chunk(entry.start, entry.end - entry.start))
+        except Exception as exc:
+            if not isinstance(exc, FsError):
+                log.exception("read of inode %d at %d", self.ino, entry.start)
+                exc = FsError(errno.EIO, f"internal error: {exc!r}")
+            self.files.cache.discard(entry)
+            entry.fail(exc)
+
+    def _read_chunk(self, start: int, length: int) -> memoryview:
+        index, in_chunk = divmod(start, CHUNK_SIZE)
+        error = None
+        for attempt, delay in enumerate(READ_RETRY_DELAYS):
+            if delay:
+                time.sleep(delay)
+            chunk_id, version, servers = self._location(index, refresh=attempt > 0)
+            if chunk_id == 0:  # a hole
+                return memoryview(bytes(length))
+            try:
+                return self.files.chunks.read(chunk_id, version, in_chunk, length, servers)
+            except FsError as exc:
+                error = exc
+        raise error
+
+    def _location(self, index: int, refresh: bool) -> tuple[int, int, list[str]]:
+        master = self.files.master
+        while True:
+            with self.lock:
+                if refresh:
+                    self._locations.pop(index, None)
+                    refresh = False
+                loc = self._locations.get(index)
+                gen = self._locations_gen
+            if loc is not None:
+                return loc
+            refs = master.call("chunks", {"ino": self.ino, "index": index, "count": LOCATIONS_AHEAD})
+            with self.lock:
+                if self._locations_gen == gen:  # else our own commit overtook it: ask again
+                    for ref in refs:
+                        self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
+                    return self._locations.get(index, (0, 0, []))
+
+
+def _covers(overlays: list[tuple[int, bytearray]], start: int, end: int) -> bool:
+    """Whether the overlays together cover all of [start, end)."""
+    pos = start
+    for s, d in sorted(overlays, key=lambda o: o[0]):
+        if s > pos:
+            return False
+        pos = max(pos, s + len(d))
+        if pos >= end:
+            return True
+    return pos >= end
+
+
+class FileHandle:
+    """One open(): access mode, credentials, the errors it has seen and its read pattern."""
+
+    def __init__(self, fh: int, inode: InodeData, flags: int, cred: Cred):
+        self.fh = fh
+        self.inode = inode
+        self.flags = flags
+        self.cred = cred
+        self.errors_seen = inode.errors
+        self._lock = threading.Lock()
+        self._last_end = -1  # end of the previous read
+        self._streak = 0  # consecutive sequential reads
+        self._ra_next = 0  # prefetched up to here
+
+    @property
+    def writable(self) -> bool:
+        return self.flags & _ACCMODE in (_O_WRONLY, _O_RDWR)
+
+    @property
+    def readable(self) -> bool:
+        return self.flags & _ACCMODE != _O_WRONLY
+
+    def write(self, offset: int, data) -> int:
+        if not self.writable:
+            raise FsError(errno.EBADF, "file not open for writing")
+        if self.flags & _O_APPEND:
+            with self.inode.append_lock:
+                self.inode.write(self, self.inode.size(), data)
+        else:
+            self.inode.write(self, offset, data)
+        return len(data)
+
+    def read(self, offset: int, size: int):
+        if not self.readable:
+            raise FsError(errno.EBADF, "file not open for reading")
+        data = self.inode.read(offset, size)
+        window = self.inode.files.readahead_bytes
+        if window:
+            self._readahead(offset, offset + size, window)
+        return data
+
+    def _readahead(self, start: int, end: int, window: int) -> None:
+        """Sequential reads (tolerating the reordering of concurrent kernel requests) keep
+        `window` bytes ahead of the reader in flight or cached."""
+        with self._lock:
+            if self._last_end >= 0 and abs(start - self._last_end) <= SEQ_SLACK:
+                self._streak += 1
+                self._last_end = max(self._last_end, end)
+            else:
+                self._streak = 0
+                self._last_end = end
+                self._ra_next = 0
+            if not self._streak:
+                return
+            # Advance in whole units so that each prefetch request is one aligned RA_UNIT.
+            unit = min(RA_UNIT, window)
+            limit = (self._last_end + window) // unit * unit
+            ahead = max(self._ra_next, self._last_end)
+            if limit <= ahead:
+                return
+            self._ra_next = limit
+        self.inode.prefetch(ahead, limit)
+
+
+class Files:
+    """Open files of one client: handles, per-inode data, the memory budget and worker pools."""
+
+    def __init__(self, master, chunks, cache_bytes: int, readahead_bytes: int,
+                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8):
+        self.master = master
+        self.chunks = chunks
+        self.cache = BufferCache(cache_bytes)
+        self.readahead_bytes = readahead_bytes
+        self.flush_bytes = flush_bytes
+        self.flush_pool = ThreadPoolExecutor(flush_workers, thread_name_prefix="mooseng-flush")
+        self.read_pool = ThreadPoolExecutor(read_workers, thread_name_prefix="mooseng-readahead")
+        self._lock = threading.Lock()
+        self._inodes: dict[int, InodeData] = {}
+        self._handles: dict[int, FileHandle] = {}
+        self._fh = itertools.count(1)
+
+    def open(self, attr: Attr, flags: int, cred: Cred) -> FileHandle:
+        """A handle on a regular file whose current attr the caller just got from the master."""
+        if S_ISDIR(attr.mode):
+            raise FsError(errno.EISDIR, f"inode {attr.ino} is a directory")
+        if S_ISLNK(attr.mode):
+            raise FsError(errno.ELOOP, f"inode {attr.ino} is a symlink")
+        if not S_ISREG(attr.mode):
+            raise FsError(errno.ENXIO, f"inode {attr.ino} is not a regular file")
+        with self._lock:
+            inode = self._inodes.get(attr.ino)
+            if inode is None:
+                inode = self._inodes[attr.ino] = InodeData(self, attr)
+            inode.handles += 1
+            handle = FileHandle(next(self._fh), inode, flags, cred)
+            self._handles[handle.fh] = handle
+        inode.update_attr(attr)
+        return handle
+
+    def handle(self, fh: int) -> FileHandle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF, f"no open file {fh}") from None
+
+    def inode(self, ino: int) -> InodeData | None:
+        return self._inodes.get(ino)
+
+    def release(self, fh: int) -> None:
+        """Close a handle: write its inode's buffers; the last handle's close drops the cache."""
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+        if handle is None:
+            raise FsError(errno.EBADF, f"no open file {fh}")
+        inode = handle.inode
+        try:
+            inode.flush(handle)
+        finally:
+            with self._lock:
+                inode.handles -= 1
+                if not inode.handles and inode.clean():
+                    del self._inodes[inode.ino]
+                    self.cache.invalidate(inode.ino)
+
+    def flush_all(self) -> int:
+        """Write every buffer of every open file (unmount, shutdown); return how many of those
+        files lost writes (each is logged)."""
+        failed = 0
+        for inode in list(self._inodes.values()):
+            inode.flush()
+            if inode.errors:
+                failed += 1
+                log.error("inode %d: %d background write(s) failed, last: %s", inode.ino, inode.errors, inode.last_error)
+        return failed
+
+    def close(self) -> None:
+        self.flush_all()
+        self.flush_pool.shutdown(wait=True)
+        self.read_pool.shutdown(wait=True)

@@ -1,0 +1,372 @@
+"""The MooseNG client library: namespace operations and file I/O by inode, and path helpers.
+
+This is what the FUSE layer calls, and what tests, the CLI and benchmarks use without a mount.
+Methods take an optional `cred` (the caller's uid/gid/groups; the client's default otherwise) and
+raise FsError. Names are bytes (str is encoded as the kernel would pass it). Attributes come back
+as `Attr`, with sizes and mtimes that include this client's buffered writes.
+"""
+
+import errno
+import functools
+import os
+import time
+from stat import S_IFREG, S_ISDIR, S_ISLNK
+
+from mooseng.client import metrics
+from mooseng.client.chunkclient import ChunkClient
+from mooseng.client.filehandle import Files
+from mooseng.client.masterclient import ROOT, Attr, Cred, MasterClient
+from mooseng.constants import NAME_MAX, ROOT_INODE
+from mooseng.errors import FsError
+
+R_OK, W_OK, X_OK = os.R_OK, os.W_OK, os.X_OK
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+SYMLOOP_MAX = 40  # as Linux
+READ_PIECE = 16 << 20  # read_file reads this much per call
+
+
+def _op(name: str):
+    """Count and time one client operation."""
+
+    def wrap(fn):
+        count, duration = metrics.OPERATIONS.labels(name), metrics.DURATION.labels(name)
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            count.inc()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                duration.observe(time.perf_counter() - start)
+
+        return timed
+
+    return wrap
+
+
+def _name(name: bytes | str) -> bytes:
+    if isinstance(name, str):
+        name = os.fsencode(name)
+    if not name or b"/" in name or b"\0" in name:
+        raise FsError(errno.EINVAL, f"invalid file name {name!r}")
+    if len(name) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+    return name
+
+
+def allowed(attr: Attr, cred: Cred, mask: int) -> bool:
+    """The kernel's mode-bit check (generic_permission without ACLs)."""
+    if cred.uid == 0:
+        # root may do anything, except execute a file that has no x bit at all
+        return not mask & X_OK or S_ISDIR(attr.mode) or bool(attr.mode & 0o111)
+    if cred.uid == attr.uid:
+        bits = attr.mode >> 6
+    elif cred.gid == attr.gid or attr.gid in cred.gids:
+        bits = attr.mode >> 3
+    else:
+        bits = attr.mode
+    return bits & mask == mask
+
+
+def _open_mask(flags: int) -> int:
+    mask = {os.O_RDONLY: R_OK, os.O_WRONLY: W_OK, os.O_RDWR: R_OK | W_OK}.get(flags & os.O_ACCMODE, R_OK | W_OK)
+    return mask | W_OK if flags & os.O_TRUNC else mask
+
+
+class StatFs:
+    """statvfs numbers; sizes in blocks of `block_size` bytes."""
+
+    __slots__ = ("block_size", "blocks", "blocks_free", "blocks_avail", "files", "files_free", "name_max")
+
+    def __init__(self, result: dict, block_size: int = 65536):
+        self.block_size = block_size
+        total = result.get("total_bytes", 0)
+        free = result.get("free_bytes", 0)
+        self.blocks = total // block_size
+        self.blocks_free = free // block_size
+        self.blocks_avail = result.get("avail_bytes", free) // block_size
+        self.files = result.get("inodes", 0)
+        # No inode limit: report as many free as the 32-bit statfs fields hold comfortably.
+        self.files_free = max(0, (1 << 31) - self.files)
+        self.name_max = result.get("name_max", NAME_MAX)
+
+
+class Client:
+    """A MooseNG client: thread-safe, one per process is the normal case (`close()` when done).
+
+    `check_access`: check mode bits at open like the kernel does; the FUSE mount turns it off
+    because the kernel already checks (default_permissions).
+    """
+
+    def __init__(self, endpoints: list[str], *, timeout_s: float = 30.0, cache_size_mb: int = 256,
+                 readahead_mb: int = 16, write_mode: str = "chain", cred: Cred = ROOT,
+                 check_access: bool = True, client_id: int | None = None):
+        self.cred = cred
+        self.check_access = check_access
+        self.master = MasterClient(endpoints, timeout_s, client_id)
+        self.chunks = ChunkClient(write_mode)
+        self.files = Files(self.master, self.chunks, cache_size_mb << 20, readahead_mb << 20)
+
+    @classmethod
+    def from_config(cls, cfg, **kwargs) -> "Client":
+        """From the [client] section that config.load("client") returns."""
+        return cls(cfg.master_endpoints, timeout_s=cfg.master_timeout_s, cache_size_mb=cfg.cache_size_mb,
+                   readahead_mb=cfg.readahead_mb, write_mode=cfg.write_mode, **kwargs)
+
+    def close(self) -> None:
+        """Write every buffer, then close the pools and channels."""
+        try:
+            self.files.close()
+        finally:
+            self.chunks.close()
+            self.master.close()
+
+    def _call(self, op: str, args: dict, cred: Cred | None):
+        return self.master.call(op, args, cred or self.cred)
+
+    def _local(self, attr: Attr) -> Attr:
+        """An attr as this client sees it: with its own buffered writes."""
+        inode = self.files.inode(attr.ino)
+        if inode is None:
+            return attr
+        inode.update_attr(attr)
+        return inode.current_attr()
+
+    def _attr(self, op: str, args: dict, cred: Cred | None) -> Attr:
+        return self._local(Attr.from_dict(self._call(op, args, cred)))
+
+    # --- attributes ---
+
+    @_op("lookup")
+    def lookup(self, parent: int, name: bytes | str, cred: Cred | None = None) -> Attr:
+        return self._attr("lookup", {"parent": parent, "name": _name(name)}, cred)
+
+    @_op("getattr")
+    def getattr(self, ino: int, cred: Cred | None = None) -> Attr:
+        return self._attr("getattr", {"ino": ino}, cred)
+
+    @_op("setattr")
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                size: int | None = None, atime: int | str | None = None, mtime: int | str | None = None,
+                cred: Cred | None = None) -> Attr:
+        """Change attributes; times are ns or "now". Buffered writes go first, so that a
+        truncation or an explicit mtime is not undone by them."""
+        inode = self.files.inode(ino)
+        if inode is not None:
+            inode.flush()
+        args = {"ino": ino}
+        for key, value in (("mode", mode), ("uid", uid), ("gid", gid), ("size", size), ("atime", atime), ("mtime", mtime)):
+            if value is not None:
+                args[key] = value
+        result = self._call("setattr", args, cred)
+        attr = Attr.from_dict(result["attr"])
+        tail = result.get("tail")
+        if tail:
+            # A shrink cut a chunk: cut its copies at the new version, then tell the master
+            # which ones have it (size 0 leaves the size alone).
+            chunk_id, version = tail["chunk_id"], tail["version"]
+            done = self.chunks.truncate(chunk_id, version, tail["expect_version"], tail["length"], tail.get("servers", []))
+            attr = Attr.from_dict(self._call("commit_write", {
+                "ino": ino, "size": 0, "chunks": [{"chunk_id": chunk_id, "version": version, "ok": done.ok}]}, cred))
+        if inode is None:
+            return attr
+        if size is not None:
+            inode.truncated(attr)
+        else:
+            inode.update_attr(attr)
+        return inode.current_attr()
+
+    def truncate(self, ino: int, size: int, cred: Cred | None = None) -> Attr:
+        return self.setattr(ino, size=size, cred=cred)
+
+    @_op("access")
+    def access(self, ino: int, mask: int, cred: Cred | None = None) -> None:
+        """EACCES unless `cred` may do `mask` (R_OK | W_OK | X_OK) to the inode."""
+        if not allowed(self.getattr(ino, cred), cred or self.cred, mask):
+            raise FsError(errno.EACCES, f"access {mask:o} to inode {ino} denied")
+
+    @_op("statfs")
+    def statfs(self, cred: Cred | None = None) -> StatFs:
+        return StatFs(self._call("statfs", {}, cred))
+
+    # --- namespace ---
+
+    @_op("mknod")
+    def mknod(self, parent: int, name: bytes | str, mode: int, rdev: int = 0, cred: Cred | None = None) -> Attr:
+        """Any non-directory inode; `mode` includes the S_IF type bits."""
+        return self._attr("mknod", {"parent": parent, "name": _name(name), "mode": mode, "rdev": rdev}, cred)
+
+    @_op("mkdir")
+    def mkdir(self, parent: int, name: bytes | str, mode: int = 0o755, cred: Cred | None = None) -> Attr:
+        return self._attr("mkdir", {"parent": parent, "name": _name(name), "mode": mode & 0o7777}, cred)
+
+    @_op("symlink")
+    def symlink(self, parent: int, name: bytes | str, target: bytes | str, cred: Cred | None = None) -> Attr:
+        return self._attr("symlink", {"parent": parent, "name": _name(name), "target": os.fsencode(target)}, cred)
+
+    @_op("readlink")
+    def readlink(self, ino: int, cred: Cred | None = None) -> bytes:
+        return self._call("readlink", {"ino": ino}, cred)
+
+    @_op("link")
+    def link(self, ino: int, parent: int, name: bytes | str, cred: Cred | None = None) -> Attr:
+        return self._attr("link", {"ino": ino, "parent": parent, "name": _name(name)}, cred)
+
+    @_op("unlink")
+    def unlink(self, parent: int, name: bytes | str, cred: Cred | None = None) -> None:
+        self._call("unlink", {"parent": parent, "name": _name(name)}, cred)
+
+    @_op("rmdir")
+    def rmdir(self, parent: int, name: bytes | str, cred: Cred | None = None) -> None:
+        self._call("rmdir", {"parent": parent, "name": _name(name)}, cred)
+
+    @_op("rename")
+    def rename(self, parent: int, name: bytes | str, newparent: int, newname: bytes | str, flags: int = 0,
+               cred: Cred | None = None) -> None:
+        """flags: RENAME_NOREPLACE or RENAME_EXCHANGE, as renameat2."""
+        self._call("rename", {"parent": parent, "name": _name(name), "newparent": newparent,
+                              "newname": _name(newname), "flags": flags}, cred)
+
+    @_op("readdir")
+    def readdir(self, ino: int, offset: int = 0, limit: int = 1024,
+                cred: Cred | None = None) -> list[tuple[bytes, Attr, int]]:
+        """One page of entries after `offset` as (name, attr, next offset); empty at the end."""
+        page = self._call("readdir", {"ino": ino, "offset": offset, "limit": limit}, cred)
+        return [(name, Attr.from_dict(attr), cookie) for name, attr, cookie in page]
+
+    # --- extended attributes ---
+
+    @_op("getxattr")
+    def getxattr(self, ino: int, name: bytes | str, cred: Cred | None = None) -> bytes:
+        return self._call("getxattr", {"ino": ino, "name": os.fsencode(name)}, cred)
+
+    @_op("setxattr")
+    def setxattr(self, ino: int, name: bytes | str, value: bytes, flags: int = 0, cred: Cred | None = None) -> None:
+        """flags: XATTR_CREATE or XATTR_REPLACE."""
+        self._call("setxattr", {"ino": ino, "name": os.fsencode(name), "value": bytes(value), "flags": flags}, cred)
+
+    @_op("listxattr")
+    def listxattr(self, ino: int, cred: Cred | None = None) -> list[bytes]:
+        return self._call("listxattr", {"ino": ino}, cred)
+
+    @_op("removexattr")
+    def removexattr(self, ino: int, name: bytes | str, cred: Cred | None = None) -> None:
+        self._call("removexattr", {"ino": ino, "name": os.fsencode(name)}, cred)
+
+    # --- files ---
+
+    @_op("create")
+    def create(self, parent: int, name: bytes | str, mode: int, flags: int = os.O_RDWR,
+               cred: Cred | None = None) -> tuple[int, Attr]:
+        """Create a regular file and open it (fh, attr); an existing one is opened unless O_EXCL.
+        The new file is writable through this handle whatever its mode, as POSIX says."""
+        cred = cred or self.cred
+        try:
+            attr = self.mknod(parent, name, S_IFREG | mode & 0o7777, cred=cred)
+        except FsError as exc:
+            if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            attr = self.lookup(parent, name, cred)
+            return self.open(attr.ino, flags, cred), self._local(attr)
+        handle = self.files.open(attr, flags & ~os.O_TRUNC, cred)
+        return handle.fh, attr
+
+    @_op("open")
+    def open(self, ino: int, flags: int, cred: Cred | None = None) -> int:
+        """Open a regular file; returns a file handle number. O_TRUNC truncates."""
+        cred = cred or self.cred
+        attr = Attr.from_dict(self._call("getattr", {"ino": ino}, cred))
+        if self.check_access and not allowed(attr, cred, _open_mask(flags)):
+            raise FsError(errno.EACCES, f"open of inode {ino} denied")
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
+            attr = self.setattr(ino, size=0, cred=cred)
+        return self.files.open(attr, flags, cred).fh
+
+    @_op("read")
+    def read(self, fh: int, offset: int, size: int):
+        """Up to `size` bytes (fewer only at end of file), as a bytes-like object."""
+        data = self.files.handle(fh).read(offset, size)
+        metrics.BYTES_READ.inc(len(data))
+        return data
+
+    @_op("write")
+    def write(self, fh: int, offset: int, data) -> int:
+        """Buffer `data` at `offset` (at the end with O_APPEND); errors of earlier background
+        writes of this file surface here as EIO."""
+        n = self.files.handle(fh).write(offset, data)
+        metrics.BYTES_WRITTEN.inc(n)
+        return n
+
+    @_op("flush")
+    def flush(self, fh: int) -> None:
+        """Write this file's buffers and wait (close() does this)."""
+        handle = self.files.handle(fh)
+        handle.inode.flush(handle)
+
+    @_op("fsync")
+    def fsync(self, fh: int, datasync: bool = False) -> None:
+        """Like flush: a commit returns once the chunkservers have synced the data."""
+        handle = self.files.handle(fh)
+        handle.inode.flush(handle)
+
+    @_op("release")
+    def release(self, fh: int) -> None:
+        self.files.release(fh)
+
+    # --- paths ---
+
+    def resolve(self, path: str | bytes, cred: Cred | None = None, follow: bool = True) -> Attr:
+        """The inode at `path` (relative paths start at the root), following symlinks on the way
+        and, if `follow`, at the end."""
+        attr = self.getattr(ROOT_INODE, cred)
+        parts = os.fsencode(path).split(b"/")
+        links = 0
+        while parts:
+            name = parts.pop(0)
+            if name in (b"", b"."):
+                continue
+            if not S_ISDIR(attr.mode):
+                raise FsError(errno.ENOTDIR, f"{os.fsdecode(path)}: not a directory on the way")
+            child = self.lookup(attr.ino, name, cred)
+            if S_ISLNK(child.mode) and (follow or any(p not in (b"", b".") for p in parts)):
+                links += 1
+                if links > SYMLOOP_MAX:
+                    raise FsError(errno.ELOOP, f"{os.fsdecode(path)}: too many symlinks")
+                target = self.readlink(child.ino, cred)
+                if target.startswith(b"/"):
+                    attr = self.getattr(ROOT_INODE, cred)
+                parts = target.split(b"/") + parts
+                continue
+            attr = child
+        return attr
+
+    def _parent(self, path: str | bytes, cred: Cred | None) -> tuple[Attr, bytes]:
+        head, _, name = os.fsencode(path).rstrip(b"/").rpartition(b"/")
+        return self.resolve(head, cred), _name(name)
+
+    def write_file(self, path: str | bytes, data, mode: int = 0o644, cred: Cred | None = None) -> Attr:
+        """Create or replace the contents of a file, and close it (so the data is stored)."""
+        parent, name = self._parent(path, cred)
+        fh, attr = self.create(parent.ino, name, mode, os.O_WRONLY | os.O_TRUNC, cred)
+        try:
+            self.write(fh, 0, data)
+        finally:
+            self.release(fh)
+        return self.getattr(attr.ino, cred)
+
+    def read_file(self, path: str | bytes, cred: Cred | None = None) -> bytes:
+        attr = self.resolve(path, cred)
+        fh = self.open(attr.ino, os.O_RDONLY, cred)
+        try:
+            pieces, offset = [], 0
+            while True:
+                piece = self.read(fh, offset, READ_PIECE)
+                if not piece:
+                    return b"".join(pieces)
+                pieces.append(piece)
+                offset += len(piece)
+        finally:
+            self.release(fh)
+

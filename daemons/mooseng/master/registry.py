@@ -1,0 +1,365 @@
+"""Soft state rebuilt from chunkserver Register/Heartbeat: servers, their disks, and chunk copies.
+
+Nothing here is logged or replicated: after a master restart every chunkserver registers again
+with its full chunk list. Pure logic: the caller passes the time (monotonic seconds) and the
+namespace's view of chunk versions, and serializes calls (one lock around the registry).
+
+A copy is *valid* when its server is alive, its disk is healthy (or not yet known) and its version
+is the namespace's current version of the chunk. Copies the namespace no longer wants (unknown
+chunk, older version) go back to their server as delete commands in heartbeat replies; to keep
+that cheap, only chunks marked dirty (reported, written, freed) are checked, not the whole list.
+"""
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+STABLE, UNDERGOAL, MISSING = "stable", "undergoal", "missing"
+STATES = (STABLE, UNDERGOAL, MISSING)
+
+
+class RegistryError(Exception):
+    """A registration the master refuses; the subclass says why (the service maps it to a status)."""
+
+
+class ForeignCluster(RegistryError):
+    """The chunkserver belongs to another cluster (its cluster_id differs)."""
+
+
+class DuplicateServer(RegistryError):
+    """Another live chunkserver already uses this server_id."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    index: int
+    path: str
+    total: int
+    used: int
+    free: int
+    state: str  # "ok" | "damaged"
+    chunks: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "ok"
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """A copy as a chunkserver reports it (or is told to delete it)."""
+
+    chunk_id: int
+    version: int
+    disk: int | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    version: int
+    disk: int | None  # None: recorded from a client's commit, disk known at the next heartbeat
+
+
+@dataclass
+class Server:
+    server_id: int
+    address: str
+    session: int
+    last_seen: float
+    disks: list[Disk] = field(default_factory=list)
+    alive: bool = True
+    # Invariant: chunk_id in chunks <=> server_id in Registry._copies[chunk_id].
+    chunks: set[int] = field(default_factory=set)
+    # Subset of chunks to check against the namespace at the next heartbeat (see deletions()).
+    dirty: set[int] = field(default_factory=set)
+    # Last byte counters the server reported (counted since it started); None until a heartbeat.
+    counters: tuple[int, int] | None = None
+
+    def disk(self, index: int | None) -> Disk | None:
+        return next((d for d in self.disks if d.index == index), None)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    total: int
+    used: int
+    free: int
+
+
+class Registry:
+    def __init__(self, cluster_id: str, timeout_s: float, first_session: int = 1):
+        """`first_session` should differ between master runs so that stale sessions re-register."""
+        self.cluster_id = cluster_id
+        self.timeout_s = timeout_s
+        self._next_session = first_session
+        self._servers: dict[int, Server] = {}
+        self._copies: dict[int, dict[int, Copy]] = {}
+        # chunk_id -> {expect_version: deadline}: copies a write session is upgrading right now.
+        self._pending: dict[int, dict[int, float]] = {}
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    # --- chunkserver protocol -----------------------------------------------------------------
+
+    def register(
+        self,
+        cluster_id: str,
+        server_id: int,
+        address: str,
+        disks: list[Disk],
+        chunks: Iterable[ChunkRef],
+        now: float,
+    ) -> int:
+        """Accept a chunkserver and its full chunk list; return its new session.
+
+        Raises ForeignCluster or DuplicateServer. A known server_id re-registering (restart, lost
+        session) replaces its previous copies; its byte counters carry on.
+        """
+        if cluster_id != self.cluster_id:
+            raise ForeignCluster(
+                f"chunkserver {server_id} at {address} belongs to cluster {cluster_id!r}, "
+                f"this master to {self.cluster_id!r}"
+            )
+        old = self._servers.get(server_id)
+        if old is not None and old.alive and old.address != address:
+            raise DuplicateServer(
+                f"chunkserver id {server_id} is already in use by {old.address} (alive); "
+                f"refusing {address}: give every chunkserver its own server_id"
+            )
+        for other in list(self._servers.values()):
+            if other.address == address and other.server_id != server_id:
+                log.warning("chunkserver %s replaces %s at %s", server_id, other.server_id, address)
+                self._forget_server(other)
+        if old is not None:
+            self._drop_copies(old)
+        server = Server(server_id, address, self._next_session, now, list(disks))
+        if old is not None:
+            server.counters = old.counters
+        self._next_session += 1
+        self._servers[server_id] = server
+        for ref in chunks:
+            self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk))
+        server.dirty = set(server.chunks)
+        return server.session
+
+    def heartbeat(
+        self,
+        server_id: int,
+        session: int,
+        disks: list[Disk],
+        added: Iterable[ChunkRef],
+        removed: Iterable[ChunkRef],
+        bytes_read: int,
+        bytes_written: int,
+        now: float,
+    ) -> bool:
+        """Apply a heartbeat; False means the session is unknown and the server must re-register.
+
+        `disks` replaces the disk list (an empty list leaves it as it was). A reported version
+        older than the one recorded is ignored: it can only be a heartbeat overtaken by a client's
+        commit report of a newer write.
+        """
+        server = self._servers.get(server_id)
+        if server is None or not server.alive or server.session != session:
+            return False
+        server.last_seen = now
+        if disks:
+            server.disks = list(disks)
+        for ref in removed:
+            copy = self._copies.get(ref.chunk_id, {}).get(server_id)
+            if copy is not None and copy.version <= ref.version:
+                self._remove_copy(server, ref.chunk_id)
+        for ref in added:
+            copy = self._copies.get(ref.chunk_id, {}).get(server_id)
+            if copy is None or copy.version <= ref.version:
+                self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk))
+                self.recheck([ref.chunk_id])  # a new version may make the other copies stale
+        self._count_bytes(server, bytes_read, bytes_written)
+        return True
+
+    def expire(self, now: float) -> list[Server]:
+        """Mark servers silent for longer than the timeout down; return those that just went down.
+
+        A down server loses its session and its copies: when it comes back it re-registers with
+        its full chunk list, so nothing it did meanwhile can be missed. Write sessions past their
+        deadline (the client never committed) are forgotten here too.
+        """
+        down = []
+        for server in self._servers.values():
+            if server.alive and now - server.last_seen > self.timeout_s:
+                server.alive = False
+                server.session = 0
+                self._drop_copies(server)
+                down.append(server)
+        for chunk_id, pending in list(self._pending.items()):
+            for expect in [v for v, until in pending.items() if until < now]:
+                del pending[expect]
+            if not pending:
+                del self._pending[chunk_id]
+        return down
+
+    def deletions(self, server_id: int, version_of: Callable[[int], int | None], now: float) -> list[ChunkRef]:
+        """Copies the server must delete among its dirty chunks; they leave the registry at once.
+
+        `version_of(chunk_id)` is the namespace's current version, None for an unknown chunk
+        (always deleted). A copy older than that is stale, but is kept
+        - while a write session is upgrading it: it stays dirty, checked again next heartbeat;
+        - while the chunk has no valid copy at all: then the stale copies are all the data left
+          (say a client died between write_chunk and its write), so they wait for a valid copy
+          to appear, which marks the chunk dirty again.
+        """
+        server = self._servers.get(server_id)
+        if server is None:
+            return []
+        dirty, server.dirty = server.dirty, set()
+        out = []
+        for chunk_id in dirty:
+            copy = self._copies.get(chunk_id, {}).get(server_id)
+            if copy is None:
+                continue
+            current = version_of(chunk_id)
+            if current is not None and copy.version >= current:
+                continue
+            if current is not None:
+                if self._write_pending(chunk_id, copy.version, now):
+                    server.dirty.add(chunk_id)
+                    continue
+                if not any(self.is_valid(s, c, current) for s, c in self.copies(chunk_id)):
+                    continue
+            out.append(ChunkRef(chunk_id, copy.version, copy.disk))
+            self._remove_copy(server, chunk_id)
+        return out
+
+    # --- write sessions -----------------------------------------------------------------------
+
+    def begin_write(self, chunk_id: int, expect_version: int, until: float) -> None:
+        """Protect copies at `expect_version` from deletion while a client upgrades them."""
+        self._pending.setdefault(chunk_id, {})[expect_version] = until
+
+    def end_write(self, chunk_id: int, version: int) -> None:
+        """The session that produced `version` is over: older copies may now be deleted."""
+        pending = self._pending.get(chunk_id)
+        if pending is not None:
+            for expect in [v for v in pending if v < version]:
+                del pending[expect]
+            if not pending:
+                del self._pending[chunk_id]
+        self.recheck([chunk_id])
+
+    def record_copies(self, chunk_id: int, version: int, addresses: Iterable[str]) -> list[str]:
+        """Record copies a client stored (so reads see them before the next heartbeat).
+
+        Returns the addresses that name no live chunkserver (they are ignored).
+        """
+        by_address = {s.address: s for s in self._servers.values() if s.alive}
+        unknown = []
+        for address in addresses:
+            server = by_address.get(address)
+            if server is None:
+                unknown.append(address)
+                continue
+            copy = self._copies.get(chunk_id, {}).get(server.server_id)
+            if copy is None or copy.version <= version:
+                self._add_copy(server, chunk_id, Copy(version, copy.disk if copy else None))
+        self.recheck([chunk_id])
+        return unknown
+
+    def recheck(self, chunk_ids: Iterable[int]) -> None:
+        """Check these chunks' copies against the namespace at each holder's next heartbeat."""
+        for chunk_id in chunk_ids:
+            for server_id in self._copies.get(chunk_id, ()):
+                self._servers[server_id].dirty.add(chunk_id)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def server(self, server_id: int) -> Server | None:
+        return self._servers.get(server_id)
+
+    def servers(self) -> list[Server]:
+        return sorted(self._servers.values(), key=lambda s: s.server_id)
+
+    def copies(self, chunk_id: int) -> list[tuple[Server, Copy]]:
+        """Every recorded copy of the chunk, valid or not, by server id."""
+        held = self._copies.get(chunk_id, {})
+        return [(self._servers[sid], held[sid]) for sid in sorted(held)]
+
+    def is_valid(self, server: Server, copy: Copy, version: int) -> bool:
+        if not server.alive or copy.version != version:
+            return False
+        disk = server.disk(copy.disk)
+        return disk is None or disk.healthy
+
+    def holders(self, chunk_id: int, version: int) -> list[Server]:
+        """Servers with a valid copy of this version, best first.
+
+        The order rotates with the chunk id so that reads of different chunks (and the heads of
+        write chains) spread over the servers instead of all hitting the lowest id.
+        """
+        valid = [s for s, c in self.copies(chunk_id) if self.is_valid(s, c, version)]
+        if not valid:
+            return []
+        shift = chunk_id % len(valid)
+        return valid[shift:] + valid[:shift]
+
+    def classify(self, chunk_id: int, version: int, goal: int) -> str:
+        valid = sum(1 for s, c in self.copies(chunk_id) if self.is_valid(s, c, version))
+        return STABLE if valid >= goal else UNDERGOAL if valid else MISSING
+
+    def count_states(
+        self, chunks: Iterable[tuple[int, int, str]], goals: Mapping[str, int]
+    ) -> dict[str, dict[str, int]]:
+        """Count chunks per class and state from (chunk_id, version, class name) triples."""
+        counts: dict[str, dict[str, int]] = {}
+        for chunk_id, version, sclass in chunks:
+            per_class = counts.setdefault(sclass, dict.fromkeys(STATES, 0))
+            per_class[self.classify(chunk_id, version, goals[sclass])] += 1
+        return counts
+
+    def capacity(self) -> Capacity:
+        """Byte totals over the healthy disks of alive servers (what statfs reports)."""
+        disks = [d for s in self._servers.values() if s.alive for d in s.disks if d.healthy]
+        return Capacity(sum(d.total for d in disks), sum(d.used for d in disks), sum(d.free for d in disks))
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _write_pending(self, chunk_id: int, version: int, now: float) -> bool:
+        pending = self._pending.get(chunk_id)
+        if pending is None or version not in pending:
+            return False
+        if now <= pending[version]:
+            return True
+        del pending[version]
+        if not pending:
+            del self._pending[chunk_id]
+        return False
+
+    def _count_bytes(self, server: Server, bytes_read: int, bytes_written: int) -> None:
+        """Add the growth since the last beat; a counter that went down means the server restarted."""
+        if server.counters is not None:
+            last_read, last_written = server.counters
+            self.bytes_read += bytes_read - last_read if bytes_read >= last_read else bytes_read
+            self.bytes_written += bytes_written - last_written if bytes_written >= last_written else bytes_written
+        server.counters = (bytes_read, bytes_written)
+
+    def _add_copy(self, server: Server, chunk_id: int, copy: Copy) -> None:
+        self._copies.setdefault(chunk_id, {})[server.server_id] = copy
+        server.chunks.add(chunk_id)
+
+    def _remove_copy(self, server: Server, chunk_id: int) -> None:
+        held = self._copies.get(chunk_id)
+        if held is not None:
+            held.pop(server.server_id, None)
+            if not held:
+                del self._copies[chunk_id]
+        server.chunks.discard(chunk_id)
+        server.dirty.discard(chunk_id)
+
+    def _drop_copies(self, server: Server) -> None:
+        for chunk_id in list(server.chunks):
+            self._remove_copy(server, chunk_id)
+
+    def _forget_server(self, server: Server) -> None:
+        self._drop_copies(server)
+        del self._servers[server.server_id]

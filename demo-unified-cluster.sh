@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# MooseNG demo cluster (the seed README's commands): start | status | urls | test | logs [-f] |
+# stop | restart | cleanup.
+#
+# Runtime: MOOSENG_RUNTIME=local, or no reachable Docker engine, runs the seed topology as local
+# processes under MOOSENG_LOCAL_ROOT (default ./.mooseng) on the seed's ports, bound to 127.0.0.1.
+# Docker mode is not available yet: with an engine reachable the script says so and runs locally.
+# Other knobs: MOOSENG_SKIP_INSTALL=1 skips scripts/install.sh on start; MOOSENG_PYTHON picks the
+# interpreter (default .venv/bin/python); MOOSENG_LOG_LINES sets how much `logs` shows (default 50).
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${MOOSENG_PYTHON:-$REPO_DIR/.venv/bin/python}"
+ROOT="${MOOSENG_LOCAL_ROOT:-$REPO_DIR/.mooseng}"
+[[ "$ROOT" == /* ]] || ROOT="$PWD/$ROOT"
+LOG_LINES="${MOOSENG_LOG_LINES:-50}"
+MASTERS=1 # becomes 3 when Raft lands
+CHUNKSERVERS=3
+CLIENTS=3
+MiB=$((1024 * 1024))
+
+say() { printf '==> %s\n' "$*"; }
+die() {
+    printf 'demo-unified-cluster.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 start|status|urls|test|logs [-f]|stop|restart|cleanup
+  start     install (unless MOOSENG_SKIP_INSTALL=1), then start $MASTERS master(s), $CHUNKSERVERS chunkservers, $CLIENTS clients
+  status    processes, mounts and the file system's view (mooseng status)
+  urls      metrics URLs, master endpoints and mount points
+  test      the seed's filesystem and performance tests, with checksums across clients
+  logs      last $LOG_LINES lines of every node's log (-f: follow)
+  stop      unmount the clients and stop every daemon
+  restart   stop, then start (data is kept)
+  cleanup   stop, then delete $ROOT
+EOF
+    exit 2
+}
+
+docker_reachable() {
+    command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
+}
+
+# Tell the user which runtime this command acts on; only local processes exist so far.
+select_runtime() {
+    case "${MOOSENG_RUNTIME:-}" in
+    local) ;;
+    "" | docker)
+        if docker_reachable; then
+            say "A Docker engine is reachable, but Docker mode is not available yet: falling back to local processes."
+        elif [[ "${MOOSENG_RUNTIME:-}" == docker ]]; then
+            say "MOOSENG_RUNTIME=docker, but Docker mode is not available yet (and no engine is reachable): using local processes."
+        else
+            say "No Docker engine reachable: using local processes."
+        fi
+        ;;
+    *) die "MOOSENG_RUNTIME must be 'local' or 'docker', not '$MOOSENG_RUNTIME'" ;;
+    esac
+}
+
+require_python() {
+    [[ -x "$PYTHON" ]] || die "no Python at $PYTHON: run scripts/install.sh first (or set MOOSENG_PYTHON)"
+}
+
+localcluster() {
+    "$PYTHON" -m mooseng.localcluster "$@" --root "$ROOT"
+}
+
+mooseng_cli() {
+    "$PYTHON" -m mooseng.cli.main --master "$(localcluster endpoints)" "$@"
+}
+
+mnt() { printf '%s/client-%d/mnt' "$ROOT" "$1"; }
+
+cmd_start() {
+    if [[ "${MOOSENG_SKIP_INSTALL:-0}" != 1 ]]; then
+        [[ -x "$REPO_DIR/scripts/install.sh" ]] || die "scripts/install.sh is missing (or set MOOSENG_SKIP_INSTALL=1)"
+        say "Installing (scripts/install.sh)"
+        "$REPO_DIR/scripts/install.sh"
+    fi
+    require_python
+    say "Starting $MASTERS master(s), $CHUNKSERVERS chunkservers and $CLIENTS clients under $ROOT"
+    localcluster start --masters "$MASTERS" --chunkservers "$CHUNKSERVERS" --clients "$CLIENTS"
+    echo
+    cmd_urls
+}
+
+cmd_status() {
+    require_python
+    local rc=0
+    say "Processes"
+    localcluster status || rc=1
+    echo
+    say "File system (mooseng status)"
+    mooseng_cli status || rc=1
+    return "$rc"
+}
+
+cmd_urls() {
+    require_python
+    localcluster urls
+    echo "Prometheus, Grafana and the dashboard (9090, 3000, 8080) come with Docker mode."
+}
+
+cmd_logs() {
+    local follow=0 log name
+    case "${1:-}" in
+    "") ;;
+    -f) follow=1 ;;
+    *) usage ;;
+    esac
+    local logs=()
+    for log in "$ROOT"/*/*.log; do
+        [[ -f "$log" ]] && logs+=("$log")
+    done
+    ((${#logs[@]})) || die "no logs under $ROOT (start the cluster first)"
+    if ((follow)); then
+        trap 'kill $(jobs -p) 2>/dev/null' EXIT
+        for log in "${logs[@]}"; do
+            name="$(basename "$log" .log)"
+            tail -n "$LOG_LINES" -F "$log" 2>/dev/null | prefix "$name" &
+        done
+        wait
+    else
+        for log in "${logs[@]}"; do
+            tail -n "$LOG_LINES" "$log" | prefix "$(basename "$log" .log)"
+        done
+    fi
+}
+
+prefix() { awk -v p="$1" '{ printf "%-14s | %s\n", p, $0; fflush() }'; }
+
+# --- test ---------------------------------------------------------------------------------------
+
+fail() {
+    printf 'TEST FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+sha_of() { sha256sum <"$1" | cut -d' ' -f1; }
+
+zeros_sha() { head -c "$1" /dev/zero | sha256sum | cut -d' ' -f1; }
+
+# dd with its summary line shown; a failed dd fails the test with dd's own message.
+run_dd() {
+    local out
+    out="$(dd "$@" 2>&1)" || fail "dd $*: $(tail -n1 <<<"$out")"
+    printf '    %s\n' "$(tail -n1 <<<"$out")"
+}
+
+# Every client must read FILE with SIZE bytes and sha256 SHA (byte-exact across clients).
+verify_everywhere() {
+    local file="$1" size="$2" sha="$3" i got_size got_sha
+    for ((i = 1; i <= CLIENTS; i++)); do
+        got_size="$(stat -c %s "$(mnt "$i")/$file")" || fail "client-$i cannot stat $file"
+        [[ "$got_size" == "$size" ]] || fail "client-$i sees $file with $got_size bytes, expected $size"
+        got_sha="$(sha_of "$(mnt "$i")/$file")" || fail "client-$i cannot read $file"
+        [[ "$got_sha" == "$sha" ]] || fail "client-$i read $file with sha256 $got_sha, expected $sha"
+    done
+    printf '    %s: %d bytes, sha256 %.16s..., identical on %d clients\n' "$file" "$size" "$sha" "$CLIENTS"
+}
+
+# The three writers run at once; each must succeed.
+parallel_dd() {
+    local src_pattern="$1" dst="$2" size_mib="$3" i pids=() out
+    local scratch="$ROOT/test-scratch"
+    for ((i = 1; i <= CLIENTS; i++)); do
+        dd if="${src_pattern//\{i\}/$i}" of="$(mnt "$i")/${dst//\{i\}/$i}" bs=1M count="$size_mib" 2>"$scratch/dd$i.out" &
+        pids+=($!)
+    done
+    for ((i = 1; i <= CLIENTS; i++)); do
+        if ! wait "${pids[$((i - 1))]}"; then
+            fail "writer on client-$i failed: $(tail -n1 "$scratch/dd$i.out")"
+        fi
+        printf '    client-%d: %s\n' "$i" "$(tail -n1 "$scratch/dd$i.out")"
+    done
+}
+
+cmd_test() {
+    require_python
+    localcluster status >/dev/null || die "the cluster is not (fully) running: see '$0 status', or '$0 start'"
+    local m1 m2 m3 got i scratch="$ROOT/test-scratch"
+    m1="$(mnt 1)" m2="$(mnt 2)" m3="$(mnt 3)"
+    rm -rf "$scratch"
+    mkdir -p "$scratch"
+
+    say "Create a file via client-1, read it via client-2, list via client-3"
+    echo 'Hello MooseNG' >"$m1/test.txt"
+    got="$(cat "$m2/test.txt")" || fail "client-2 cannot read test.txt"
+    [[ "$got" == "Hello MooseNG" ]] || fail "client-2 read '$got' from test.txt, expected 'Hello MooseNG'"
+    echo "    client-2 read: $got"
+    # shellcheck disable=SC2012 # the seed's listing, shown to the user
+    ls -la "$m3/" | sed 's/^/    /'
+    [[ -f "$m3/test.txt" ]] || fail "client-3 does not list test.txt"
+
+    say "Large file: dd 100 MiB of zeros via client-1"
+    run_dd if=/dev/zero of="$m1/bigfile" bs=1M count=100
+    verify_everywhere bigfile $((100 * MiB)) "$(zeros_sha $((100 * MiB)))"
+
+    say "Concurrent access: three clients each write 50 MiB of zeros at once"
+    parallel_dd /dev/zero 'file{i}' 50
+    for ((i = 1; i <= CLIENTS; i++)); do
+        verify_everywhere "file$i" $((50 * MiB)) "$(zeros_sha $((50 * MiB)))"
+    done
+
+    # Zeros hide misplaced blocks; random data does not. Sizes cross the 64 MiB chunk boundary.
+    say "Random data: three clients each write 70 MiB at once, then a file of 64 MiB + 12345 bytes"
+    for ((i = 1; i <= CLIENTS; i++)); do
+        head -c $((70 * MiB)) /dev/urandom >"$scratch/random$i.src"
+    done
+    parallel_dd "$scratch/random{i}.src" 'random{i}.bin' 70
+    for ((i = 1; i <= CLIENTS; i++)); do
+        verify_everywhere "random$i.bin" $((70 * MiB)) "$(sha_of "$scratch/random$i.src")"
+    done
+    head -c $((64 * MiB + 12345)) /dev/urandom >"$scratch/odd.src"
+    cp "$scratch/odd.src" "$m2/odd-size.bin" || fail "client-2 cannot write odd-size.bin"
+    verify_everywhere odd-size.bin $((64 * MiB + 12345)) "$(sha_of "$scratch/odd.src")"
+
+    rm -f "$m1"/random*.bin "$m1/odd-size.bin"
+    rm -rf "$scratch"
+    say "All filesystem tests passed"
+}
+
+main() {
+    [[ $# -ge 1 ]] || usage
+    local command="$1"
+    shift
+    case "$command" in
+    start | status | urls | test | stop | restart | cleanup) [[ $# -eq 0 ]] || usage ;;
+    logs) ;;
+    *) usage ;;
+    esac
+    select_runtime
+    case "$command" in
+    start) cmd_start ;;
+    status) cmd_status ;;
+    urls) cmd_urls ;;
+    test) cmd_test ;;
+    logs) cmd_logs "$@" ;;
+    stop)
+        require_python
+        localcluster stop
+        say "Stopped"
+        ;;
+    restart)
+        require_python
+        localcluster stop
+        cmd_start
+        ;;
+    cleanup)
+        require_python
+        localcluster cleanup
+        say "Removed $ROOT"
+        ;;
+    esac
+}
+
+main "$@"

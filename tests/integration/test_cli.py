@@ -1,0 +1,223 @@
+"""The `mooseng` admin command against a real cluster: every command as text and as JSON, paths
+through a mount and as mfs:/..., and user errors as one line on stderr with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mooseng.constants import CHUNK_SIZE
+
+pytestmark = pytest.mark.fuse
+
+TOP = "cli-tree"
+
+
+def mooseng(*args: str, master: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would; every run must be free of tracebacks."""
+    cmd = [sys.executable, "-m", "mooseng.cli.main"] + (["--master", master] if master else []) + list(args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout
+
+
+def fails(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The error: exactly one line on stderr, nothing on stdout."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr.strip()
+
+
+@pytest.fixture(scope="module")
+def tree(cluster) -> Path:
+    """cli-tree/{big.bin (2 chunks), dir/a.bin, dir/sub/b.bin}, written through client-1."""
+    top = cluster.mountpoint(1) / TOP
+    (top / "dir" / "sub").mkdir(parents=True)
+    (top / "big.bin").write_bytes(os.urandom(CHUNK_SIZE + 4096))
+    (top / "dir" / "a.bin").write_bytes(os.urandom(1000))
+    (top / "dir" / "sub" / "b.bin").write_bytes(os.urandom(1000))
+    return top
+
+
+@pytest.fixture(scope="module")
+def master(cluster) -> str:
+    return ",".join(cluster.master_endpoints)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- status / classes -----------------------------------------------------------------------------
+
+
+def test_status_json(cluster, master, tree):
+    status = json.loads(ok(mooseng("status", "--json", master=master)))
+    assert status["masters"] == [
+        {"endpoint": cluster.master_endpoints[0], "role": "leader", "node_id": "master-1"}
+    ]
+    servers = status["chunkservers"]
+    assert [s["address"] for s in servers] == [n.addr("grpc") for n in cluster.nodes if n.kind == "chunkserver"]
+    assert all(s["state"] == "alive" for s in servers)
+    for s in servers:
+        assert [Path(d["path"]).name for d in s["disks"]] == ["disk1", "disk2", "disk3", "disk4"]
+        assert all(d["state"] == "ok" and d["total_bytes"] > 0 for d in s["disks"])
+    default = status["chunks"]["by_class"]["default"]
+    assert default["stable"] >= 2 and default["undergoal"] == default["missing"] == 0
+
+
+def test_status_text(cluster, master, tree):
+    out = ok(mooseng("status", master=master))
+    assert f"{cluster.master_endpoints[0]}" in out and "leader" in out
+    assert "chunkservers: 3 alive, 0 down" in out
+    for node in cluster.nodes:
+        if node.kind == "chunkserver":
+            assert node.addr("grpc") in out
+            assert str(node.dir / "disk4") in out
+    assert "CLASS" in out and "default" in out
+
+
+def test_master_endpoints_default_from_the_environment(cluster, tree):
+    out = ok(mooseng("status", env={"MOOSENG_MASTER_ENDPOINTS": ",".join(cluster.master_endpoints)}))
+    assert "chunkservers: 3 alive" in out
+
+
+def test_classes(master):
+    classes = json.loads(ok(mooseng("classes", "--json", master=master)))
+    assert [(c["name"], c["goal"], c["available"]) for c in classes] == [
+        ("default", 2, True), ("fast", 3, True), ("archive", 12, False),
+    ]  # fmt: skip
+    out = ok(mooseng("classes", master=master))
+    assert "fast" in out and "3 copies" in out and "erasure coding 8+4" in out
+
+
+def test_status_shows_a_dead_chunkserver_and_undergoal_chunks(cluster_factory):
+    cluster = cluster_factory(clients=1, env_extra={"MOOSENG_CHUNKSERVER_TIMEOUT_S": "1"})
+    (cluster.mountpoint(1) / "f").write_bytes(os.urandom(3 * CHUNK_SIZE // 2))  # 2 chunks, 2 copies
+    cluster.kill("chunkserver-1")
+    master = cluster.master_endpoints[0]
+    deadline = time.monotonic() + 15
+    while True:
+        status = json.loads(ok(mooseng("status", "--json", master=master)))
+        if status["chunkservers"][0]["state"] == "down" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [s["state"] for s in status["chunkservers"]] == ["down", "alive", "alive"]
+    default = status["chunks"]["by_class"]["default"]
+    assert default["missing"] == 0 and default["stable"] + default["undergoal"] == 2
+    out = ok(mooseng("status", master=master))
+    assert "chunkservers: 2 alive, 1 down" in out
+
+
+# --- fileinfo -------------------------------------------------------------------------------------
+
+
+def test_fileinfo_json_lists_every_chunk_and_copy(cluster, master, tree):
+    info = json.loads(ok(mooseng("fileinfo", "--json", str(tree / "big.bin"), master=master)))
+    assert info["path"] == str(tree / "big.bin")
+    assert info["attr"]["size"] == CHUNK_SIZE + 4096
+    assert info["class"]["name"] == "default"
+    assert [c["index"] for c in info["chunks"]] == [0, 1]
+    chunkservers = {n.addr("grpc") for n in cluster.nodes if n.kind == "chunkserver"}
+    for chunk in info["chunks"]:
+        copies = chunk["copies"]
+        assert len(copies) == 2 and all(c["valid"] for c in copies)
+        assert len({c["address"] for c in copies}) == 2 and {c["address"] for c in copies} <= chunkservers
+
+
+def test_fileinfo_through_another_mount_and_as_mfs_path_agree(cluster, master, tree):
+    via_client1 = json.loads(ok(mooseng("fileinfo", "--json", str(tree / "big.bin"), master=master)))
+    via_client3 = json.loads(
+        ok(mooseng("fileinfo", "--json", str(cluster.mountpoint(3) / TOP / "big.bin"), master=master))
+    )
+    via_mfs = json.loads(ok(mooseng("fileinfo", "--json", f"mfs:/{TOP}/dir/../big.bin", master=master)))
+    for other in (via_client3, via_mfs):
+        assert other["inode"] == via_client1["inode"]
+        assert other["chunks"] == via_client1["chunks"]
+
+
+def test_fileinfo_text(master, tree):
+    out = ok(mooseng("fileinfo", str(tree / "big.bin"), master=master))
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{tree / 'big.bin'}: inode ") and "class default (2 copies)" in lines[0]
+    assert sum(1 for line in lines if line.startswith("\tchunk ")) == 2
+    assert sum(1 for line in lines if line.startswith("\t\tcopy ") and line.endswith(": VALID")) == 4
+
+
+def test_fileinfo_of_a_directory_has_no_chunks(master, tree):
+    out = ok(mooseng("fileinfo", str(tree / "dir"), master=master))
+    assert out.splitlines()[1] == "\tno chunks"
+
+
+# --- getclass / setclass --------------------------------------------------------------------------
+
+
+def test_setclass_recursive_and_not(master, tree):
+    def getclass(path: Path) -> str:
+        return json.loads(ok(mooseng("getclass", "--json", str(path), master=master)))["class"]
+
+    assert ok(mooseng("getclass", str(tree / "dir"), master=master)) == f"{tree / 'dir'}: default\n"
+    done = json.loads(ok(mooseng("setclass", "-r", "fast", str(tree / "dir"), "--json", master=master)))
+    assert (done["class"], done["recursive"], done["changed"], done["skipped"]) == ("fast", True, 4, 0)
+    assert [getclass(p) for p in (tree / "dir", tree / "dir/a.bin", tree / "dir/sub/b.bin")] == ["fast"] * 3
+    assert getclass(tree / "big.bin") == "default"
+
+    out = ok(mooseng("setclass", "default", str(tree / "dir"), master=master))
+    assert out == f"{tree / 'dir'}: default (1 inodes changed)\n"
+    assert getclass(tree / "dir") == "default" and getclass(tree / "dir/sub/b.bin") == "fast"
+    assert getclass(f"mfs:/{TOP}/dir/sub") == "fast"
+
+
+# --- user errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_path(master, tree):
+    path = str(tree / "nope")
+    for command in (["fileinfo"], ["getclass"], ["setclass", "fast"]):
+        assert fails(mooseng(*command, path, master=master)) == f"mooseng: no such file: {path}"
+    assert fails(mooseng("getclass", f"mfs:/{TOP}/nope/x", master=master)) == f"mooseng: no such file: mfs:/{TOP}/nope/x"
+
+
+def test_path_outside_any_mount(master, tmp_path):
+    assert fails(mooseng("getclass", str(tmp_path), master=master)).startswith(
+        f"mooseng: not inside a MooseNG mount: {tmp_path}"
+    )
+    assert fails(mooseng("getclass", "mfs:relative", master=master)).startswith("mooseng: not an absolute")
+
+
+def test_unknown_and_unavailable_class(master, tree):
+    assert fails(mooseng("setclass", "gold", str(tree), master=master)) == (
+        "mooseng: no such storage class: gold (classes: default, fast, archive)"
+    )
+    assert fails(mooseng("setclass", "archive", str(tree), master=master)).startswith(
+        f"mooseng: cannot set class archive on {tree}: storage class 'archive'"
+    )
+
+
+def test_master_down():
+    endpoint = f"127.0.0.1:{free_port()}"
+    for command in (["status"], ["classes", "--json"], ["getclass", "mfs:/x"]):
+        proc = mooseng("--timeout", "1", *command, master=endpoint)
+        assert fails(proc) == f"mooseng: master {endpoint} unreachable"
+
+
+def test_bad_usage_exits_2():
+    proc = mooseng("status", master="not-an-endpoint")
+    assert proc.returncode == 2 and "--master: not host:port" in proc.stderr
+    assert mooseng("frobnicate").returncode == 2

@@ -1,0 +1,217 @@
+"""Chunkserver registry: registration rules, timeouts on an injected clock, delete lists, chunk states."""
+
+import pytest
+
+from mooseng.master.registry import (
+    MISSING,
+    STABLE,
+    UNDERGOAL,
+    ChunkRef,
+    Disk,
+    DuplicateServer,
+    ForeignCluster,
+    Registry,
+)
+
+GiB = 1 << 30
+TIMEOUT = 10.0
+
+
+def disks(free_gib=50, state="ok"):
+    return [Disk(0, "/d0", 100 * GiB, (100 - free_gib) * GiB, free_gib * GiB, state, 0)]
+
+
+def addr(sid):
+    return f"127.0.0.1:{9400 + sid}"
+
+
+@pytest.fixture
+def reg():
+    return Registry("mooseng", TIMEOUT, first_session=100)
+
+
+def register(reg, sid, chunks=(), now=0.0, address=None, state="ok"):
+    return reg.register("mooseng", sid, address or addr(sid), disks(state=state), list(chunks), now)
+
+
+def beat(reg, sid, session, now, added=(), removed=(), read=0, written=0):
+    return reg.heartbeat(sid, session, [], list(added), list(removed), read, written, now)
+
+
+def test_foreign_cluster_is_refused(reg):
+    with pytest.raises(ForeignCluster, match="cluster 'other'.*'mooseng'"):
+        reg.register("other", 1, addr(1), disks(), [], 0.0)
+    assert reg.servers() == []
+
+
+def test_duplicate_live_server_id_is_refused(reg):
+    register(reg, 1)
+    with pytest.raises(DuplicateServer, match=f"id 1 is already in use by {addr(1)}"):
+        register(reg, 1, address="127.0.0.1:9999")
+    assert reg.server(1).address == addr(1)
+
+
+def test_same_server_re_registering_gets_a_new_session_and_replaces_its_copies(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0), ChunkRef(6, 1, 0)])
+    s2 = register(reg, 1, chunks=[ChunkRef(6, 1, 0)], now=1.0)
+    assert s2 != s1
+    assert not beat(reg, 1, s1, 2.0), "the old session must be told to re-register"
+    assert reg.copies(5) == []
+    assert [s.server_id for s, _ in reg.copies(6)] == [1]
+
+
+def test_down_server_id_may_come_back_from_another_address(reg):
+    register(reg, 1)
+    reg.expire(TIMEOUT + 1)
+    register(reg, 1, address="127.0.0.1:9999", now=TIMEOUT + 2)
+    assert reg.server(1).address == "127.0.0.1:9999"
+    assert reg.server(1).alive
+
+
+def test_timeout_marks_down_with_injected_clock(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    s2 = register(reg, 2)
+    assert beat(reg, 2, s2, 6.0)
+    assert reg.expire(TIMEOUT) == [], "exactly the timeout is not yet down"
+    assert [s.server_id for s in reg.expire(TIMEOUT + 0.1)] == [1]
+    assert not reg.server(1).alive and reg.server(2).alive
+    assert reg.expire(TIMEOUT + 0.2) == [], "going down is reported once"
+    assert reg.copies(5) == [], "a down server's copies no longer count"
+    assert not beat(reg, 1, s1, TIMEOUT + 1), "a late heartbeat must re-register"
+    assert [s.server_id for s in reg.expire(6.0 + TIMEOUT + 0.1)] == [2]
+    assert reg.capacity().total == 0
+
+
+def test_heartbeat_from_unknown_server_asks_to_register(reg):
+    assert not beat(reg, 9, 1, 0.0)
+
+
+def test_stale_version_copies_are_listed_for_deletion(reg):
+    session = register(reg, 1, chunks=[ChunkRef(5, 3, 0), ChunkRef(6, 2, 0), ChunkRef(7, 4, 0)])
+    register(reg, 2, chunks=[ChunkRef(6, 3, 0)])
+    versions = {5: 3, 6: 3, 7: 3}  # 6 is stale on 1; 7 newer than the namespace: kept, but not valid
+    assert reg.deletions(1, versions.get, 1.0) == [ChunkRef(6, 2, 0)]
+    assert [s.server_id for s, _ in reg.copies(6)] == [2], "a copy told to delete leaves the registry at once"
+    assert reg.holders(5, 3) == [reg.server(1)]
+    assert reg.holders(7, 3) == []
+    assert reg.deletions(1, versions.get, 2.0) == [], "checked copies are not listed again"
+    assert beat(reg, 1, session, 3.0, added=[ChunkRef(8, 1, 0)])
+    assert reg.deletions(1, versions.get, 3.0) == [ChunkRef(8, 1, 0)], "newly reported unknown chunk"
+
+
+def test_unknown_chunks_are_listed_for_deletion(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 0), ChunkRef(6, 1, 0)])
+    assert reg.deletions(1, {5: 1}.get, 0.0) == [ChunkRef(6, 1, 0)]
+
+
+def test_freed_chunks_are_deleted_after_recheck(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
+    versions = {5: 1}
+    assert reg.deletions(1, versions.get, 0.0) == [] and reg.deletions(2, versions.get, 0.0) == []
+    del versions[5]  # unlinked
+    reg.recheck([5])
+    assert reg.deletions(1, versions.get, 1.0) == [ChunkRef(5, 1, 0)]
+    assert reg.deletions(2, versions.get, 1.0) == [ChunkRef(5, 1, 0)]
+
+
+def test_copies_being_written_are_not_deleted_until_the_session_ends(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
+    reg.begin_write(5, 1, until=60.0)  # write_chunk bumped 5 to version 2
+    versions = {5: 2}
+    reg.recheck([5])
+    assert reg.deletions(1, versions.get, 1.0) == []
+    reg.record_copies(5, 2, [addr(1)])  # server 2 failed the write
+    reg.end_write(5, 2)
+    assert reg.deletions(1, versions.get, 2.0) == []
+    assert reg.deletions(2, versions.get, 2.0) == [ChunkRef(5, 1, 0)]
+    assert reg.holders(5, 2) == [reg.server(1)]
+
+
+def test_pending_write_protection_expires(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    reg.begin_write(5, 1, until=30.0)
+    register(reg, 2, chunks=[ChunkRef(5, 2, 0)])  # the other copy of the write already made it
+    assert reg.deletions(1, {5: 2}.get, 10.0) == []
+    assert reg.deletions(1, {5: 2}.get, 31.0) == [ChunkRef(5, 1, 0)]
+
+
+def test_stale_copies_are_kept_while_no_valid_copy_exists(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
+    versions = {5: 2}  # write_chunk bumped the version, then the client died before writing
+    assert reg.deletions(1, versions.get, 1.0) == [] and reg.deletions(2, versions.get, 1.0) == []
+    assert reg.classify(5, 2, 2) == MISSING
+    assert beat(reg, 1, s1, 2.0, added=[ChunkRef(5, 2, 0)])  # a valid copy shows up after all
+    assert reg.deletions(1, versions.get, 2.0) == []
+    assert reg.deletions(2, versions.get, 2.0) == [ChunkRef(5, 1, 0)]
+
+
+def test_expired_write_sessions_are_forgotten(reg):
+    reg.begin_write(5, 1, until=30.0)
+    reg.expire(20.0)
+    assert reg._pending
+    reg.expire(31.0)
+    assert not reg._pending
+
+
+def test_commit_report_is_not_undone_by_an_older_heartbeat(reg):
+    session = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    reg.record_copies(5, 2, [addr(1)])
+    assert beat(reg, 1, session, 1.0, added=[ChunkRef(5, 1, 0)])
+    assert reg.holders(5, 2) == [reg.server(1)]
+    assert beat(reg, 1, session, 2.0, removed=[ChunkRef(5, 1, 0)])
+    assert reg.holders(5, 2) == [reg.server(1)], "removing an older version keeps the newer copy"
+    assert beat(reg, 1, session, 3.0, added=[ChunkRef(5, 2, 0)])
+    assert reg.copies(5)[0][1].disk == 0, "the heartbeat fills in the disk"
+
+
+def test_record_copies_ignores_unknown_addresses(reg):
+    register(reg, 1)
+    assert reg.record_copies(5, 1, [addr(1), "10.9.9.9:1"]) == ["10.9.9.9:1"]
+    assert reg.holders(5, 1) == [reg.server(1)]
+
+
+def test_holders_exclude_damaged_disks_and_rotate(reg):
+    for sid in (1, 2, 3):
+        register(reg, sid, chunks=[ChunkRef(10, 1, 0), ChunkRef(11, 1, 0)], state="damaged" if sid == 3 else "ok")
+    assert [s.server_id for s in reg.holders(10, 1)] == [1, 2]
+    assert [s.server_id for s in reg.holders(11, 1)] == [2, 1]
+
+
+def test_state_counts_per_class(reg):
+    register(reg, 1, chunks=[ChunkRef(1, 1, 0), ChunkRef(2, 1, 0), ChunkRef(3, 1, 0), ChunkRef(4, 1, 0)])
+    register(reg, 2, chunks=[ChunkRef(1, 1, 0), ChunkRef(3, 1, 0), ChunkRef(4, 1, 0)])
+    register(reg, 3, chunks=[ChunkRef(4, 1, 0)])
+    table = [
+        (1, 1, "default"),  # 2 copies, goal 2
+        (2, 1, "default"),  # 1 copy
+        (3, 2, "default"),  # copies are version 1: stale
+        (4, 1, "fast"),  # 3 copies, goal 3
+        (5, 1, "fast"),  # no copy at all
+    ]
+    counts = reg.count_states(table, {"default": 2, "fast": 3})
+    assert counts == {
+        "default": {STABLE: 1, UNDERGOAL: 1, MISSING: 1},
+        "fast": {STABLE: 1, UNDERGOAL: 0, MISSING: 1},
+    }
+    reg.expire(TIMEOUT + 1)
+    assert reg.classify(1, 1, 2) == MISSING
+
+
+def test_capacity_counts_alive_servers_and_healthy_disks(reg):
+    register(reg, 1)
+    register(reg, 2, state="damaged")
+    cap = reg.capacity()
+    assert (cap.total, cap.used, cap.free) == (100 * GiB, 50 * GiB, 50 * GiB)
+
+
+def test_byte_counters_add_growth_and_survive_a_chunkserver_restart(reg):
+    session = register(reg, 1)
+    assert beat(reg, 1, session, 1.0, read=100, written=1000)  # baseline: counted before this master
+    assert beat(reg, 1, session, 2.0, read=150, written=1600)
+    assert (reg.bytes_read, reg.bytes_written) == (50, 600)
+    session = register(reg, 1, now=3.0)  # the process restarted: counters start again from zero
+    assert beat(reg, 1, session, 4.0, read=10, written=20)
+    assert (reg.bytes_read, reg.bytes_written) == (60, 620)
