@@ -47,7 +47,7 @@ docker_reachable() {
 # Tell the user which runtime this command acts on; only local processes exist so far.
 select_runtime() {
     case "${MOOSENG_RUNTIME:-}" in
-    local) ;;
+    local) say "Runtime: local processes (MOOSENG_RUNTIME=local)." ;;
     "" | docker)
         if docker_reachable; then
             say "A Docker engine is reachable, but Docker mode is not available yet: falling back to local processes."
@@ -63,14 +63,12 @@ select_runtime() {
 
 require_python() {
     [[ -x "$PYTHON" ]] || die "no Python at $PYTHON: run scripts/install.sh first (or set MOOSENG_PYTHON)"
+    "$PYTHON" -c 'import mooseng' 2>/dev/null ||
+        die "$PYTHON cannot import mooseng: run scripts/install.sh (start does, unless MOOSENG_SKIP_INSTALL=1)"
 }
 
 localcluster() {
     "$PYTHON" -m mooseng.localcluster "$@" --root "$ROOT"
-}
-
-mooseng_cli() {
-    "$PYTHON" -m mooseng.cli.main --master "$(localcluster endpoints)" "$@"
 }
 
 mnt() { printf '%s/client-%d/mnt' "$ROOT" "$1"; }
@@ -90,12 +88,13 @@ cmd_start() {
 
 cmd_status() {
     require_python
-    local rc=0
+    local endpoints rc=0
+    endpoints="$(localcluster endpoints)" || exit 1
     say "Processes"
     localcluster status || rc=1
     echo
     say "File system (mooseng status)"
-    mooseng_cli status || rc=1
+    "$PYTHON" -m mooseng.cli.main --master "$endpoints" status || rc=1
     return "$rc"
 }
 
@@ -106,32 +105,31 @@ cmd_urls() {
 }
 
 cmd_logs() {
-    local follow=0 log name
+    local follow=() log logs=()
     case "${1:-}" in
     "") ;;
-    -f) follow=1 ;;
+    -f) follow=(-F) ;;
     *) usage ;;
     esac
-    local logs=()
-    for log in "$ROOT"/*/*.log; do
+    for log in "$ROOT"/master-*/*.log "$ROOT"/chunkserver-*/*.log "$ROOT"/client-*/*.log; do
         [[ -f "$log" ]] && logs+=("$log")
     done
     ((${#logs[@]})) || die "no logs under $ROOT (start the cluster first)"
-    if ((follow)); then
-        trap 'kill $(jobs -p) 2>/dev/null' EXIT
-        for log in "${logs[@]}"; do
-            name="$(basename "$log" .log)"
-            tail -n "$LOG_LINES" -F "$log" 2>/dev/null | prefix "$name" &
-        done
-        wait
-    else
-        for log in "${logs[@]}"; do
-            tail -n "$LOG_LINES" "$log" | prefix "$(basename "$log" .log)"
-        done
-    fi
+    # One tail for all logs (no background jobs to clean up); -v makes it name every file.
+    tail -v -n "$LOG_LINES" "${follow[@]}" "${logs[@]}" 2>/dev/null | label_lines
 }
 
-prefix() { awk -v p="$1" '{ printf "%-14s | %s\n", p, $0; fflush() }'; }
+# Prefix each line of a multi-file tail with its node name, taken from tail's "==> FILE <==" headers.
+label_lines() {
+    local line node=""
+    while IFS= read -r line; do
+        if [[ "$line" =~ ^==\>\ (.*)\ \<==$ ]]; then
+            node="$(basename "${BASH_REMATCH[1]}" .log)"
+        elif [[ -n "$line" ]]; then
+            printf '%-14s | %s\n' "$node" "$line"
+        fi
+    done
+}
 
 # --- test ---------------------------------------------------------------------------------------
 
@@ -163,9 +161,9 @@ verify_everywhere() {
     printf '    %s: %d bytes, sha256 %.16s..., identical on %d clients\n' "$file" "$size" "$sha" "$CLIENTS"
 }
 
-# The three writers run at once; each must succeed.
+# One writer per client, all at once ({i} in SRC and DST is the client number); each must succeed.
 parallel_dd() {
-    local src_pattern="$1" dst="$2" size_mib="$3" i pids=() out
+    local src_pattern="$1" dst="$2" size_mib="$3" i pids=()
     local scratch="$ROOT/test-scratch"
     for ((i = 1; i <= CLIENTS; i++)); do
         dd if="${src_pattern//\{i\}/$i}" of="$(mnt "$i")/${dst//\{i\}/$i}" bs=1M count="$size_mib" 2>"$scratch/dd$i.out" &
@@ -186,14 +184,15 @@ cmd_test() {
     m1="$(mnt 1)" m2="$(mnt 2)" m3="$(mnt 3)"
     rm -rf "$scratch"
     mkdir -p "$scratch"
+    trap 'rm -rf "$ROOT/test-scratch"' EXIT
 
     say "Create a file via client-1, read it via client-2, list via client-3"
-    echo 'Hello MooseNG' >"$m1/test.txt"
+    echo 'Hello MooseNG' >"$m1/test.txt" || fail "client-1 cannot write test.txt"
     got="$(cat "$m2/test.txt")" || fail "client-2 cannot read test.txt"
     [[ "$got" == "Hello MooseNG" ]] || fail "client-2 read '$got' from test.txt, expected 'Hello MooseNG'"
     echo "    client-2 read: $got"
     # shellcheck disable=SC2012 # the seed's listing, shown to the user
-    ls -la "$m3/" | sed 's/^/    /'
+    ls -la "$m3/" | sed 's/^/    /' || fail "client-3 cannot list its mount"
     [[ -f "$m3/test.txt" ]] || fail "client-3 does not list test.txt"
 
     say "Large file: dd 100 MiB of zeros via client-1"
@@ -220,7 +219,6 @@ cmd_test() {
     verify_everywhere odd-size.bin $((64 * MiB + 12345)) "$(sha_of "$scratch/odd.src")"
 
     rm -f "$m1"/random*.bin "$m1/odd-size.bin"
-    rm -rf "$scratch"
     say "All filesystem tests passed"
 }
 
@@ -243,7 +241,6 @@ main() {
     stop)
         require_python
         localcluster stop
-        say "Stopped"
         ;;
     restart)
         require_python

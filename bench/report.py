@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.targets import TARGETS
 from bench.workloads import Metric
 
 START = "<!-- bench:core:start -->"
 END = "<!-- bench:core:end -->"
-TITLES = {"local": "local", "moosefs": "MooseFS CE", "mooseng": "MooseNG"}
 MAX_CELL = 60  # longer failure reasons are cut in the table and given in full below it
 
 
@@ -48,12 +48,12 @@ def render(results: dict, metrics: list[Metric], meta: dict) -> str:
         "the rest of the file is kept). Higher is better everywhere; a ratio above 1.00x means "
         "MooseNG is faster. MB = 10^6 bytes.",
         "",
-        "| workload | local | MooseFS CE | MooseNG | MooseNG/local | MooseNG/MooseFS |",
+        "| workload | " + " | ".join(t.title for t in TARGETS.values()) + " | MooseNG/local | MooseNG/MooseFS |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     targets = meta["targets"]
     for m in metrics:
-        row = [m.label] + [cell(results.get(t), m) for t in ("local", "moosefs", "mooseng")]
+        row = [m.label] + [cell(results.get(t), m) for t in TARGETS]
         row += [ratio(results, m.key, "local"), ratio(results, m.key, "moosefs")]
         lines.append("| " + " | ".join(row) + " |")
     lines += [
@@ -65,9 +65,9 @@ def render(results: dict, metrics: list[Metric], meta: dict) -> str:
     ]
     for t in targets:
         if t in results and results[t].get("description"):
-            lines.append(f"- {TITLES[t]}: {results[t]['description']}")
+            lines.append(f"- {TARGETS[t].title}: {results[t]['description']}")
     lines.append(f"- Method: {meta['method']}")
-    problems = [f"  - {TITLES[t]}: {one_line(text)}" for t in targets if t in results
+    problems = [f"  - {TARGETS[t].title}: {one_line(text)}" for t in targets if t in results
                 for text in [results[t]["error"] or ""] + [f"{wl}: {err}" for wl, err in results[t]["errors"].items()]
                 + results[t]["notes"] if text]
     if problems:

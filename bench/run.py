@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402
-from bench.common import log, run  # noqa: E402
+from bench.common import BenchError, log, run  # noqa: E402
 from bench.targets import TARGETS, MooseNGTarget, Target  # noqa: E402
 from bench.workloads import WORKLOADS, Params, metrics_table  # noqa: E402
 
@@ -75,7 +75,7 @@ def describe_error(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno:
         where = f" on {e.filename}" if e.filename else ""
         return f"{errno.errorcode.get(e.errno, e.errno)} ({e.strerror}){where}"
-    return str(e) if type(e).__name__ == "BenchError" else f"{type(e).__name__}: {e}"
+    return str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
 
 
 def run_target(target: Target, params: Params, repeat: int) -> dict:
@@ -135,11 +135,17 @@ def machine_note() -> str:
             f"kernel {platform.release()}, Python {platform.python_version()}, {fio}")
 
 
+def load_average() -> str:
+    """The 1-minute load average: the machine is shared, so say how busy it was."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def method_note(p: Params, repeat: int) -> str:
     rounds = f"median of {repeat} rounds of the whole suite per target; " if repeat > 1 else "one round; "
     return (rounds + f"fio psync engine, fallocate=none, random buffer contents, sequential jobs capped at "
-            f"{p.fio_limit_s} s; read MB/s is fio's bytes/runtime, write MB/s is bytes over the wall "
-            f"clock of the fio run including its final fsync. Metadata and small-file loops are Python "
+            f"{p.fio_limit_s} s; MB/s = bytes / fio's runtime, the wall clock of the job from its first "
+            f"I/O through its final fsync (end_fsync=1 on writes), without fio's own start-up; for the "
+            f"parallel writers, all bytes / the longest job. Metadata and small-file loops are Python "
             f"os calls from one thread, each phase capped at {p.phase_limit_s:.0f} s. Before every cold "
             f"read: sync and `echo 3 > /proc/sys/vm/drop_caches`, plus a fresh client on FUSE targets "
             f"(see each target). The machine is shared: compare ratios from the same run.")
@@ -177,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="mooseng-bench-", dir=args.workdir))
     log(f"work directory {root}; targets {', '.join(args.targets)}; sequential size {params.size_mib} MiB")
     start = time.monotonic()
+    load_start = load_average()
     results = {}
     try:
         for name in args.targets:
@@ -186,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         cleanup(root)
 
     meta = {"command": command, "date": date, "seconds": time.monotonic() - start, "targets": args.targets,
-            "machine": machine_note(), "method": method_note(params, args.repeat),
+            "machine": f"{machine_note()}; 1-min load average {load_start} at start, {load_average()} at end",
+            "method": method_note(params, args.repeat),
             "params": dataclasses.asdict(params)}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

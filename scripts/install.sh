@@ -32,7 +32,7 @@ fi
 # Rebuild only when the build inputs changed.
 stamp="$VENV/.mooseng-build"
 inputs=$(cat pyproject.toml setup.py cext/*.pyx cext/*.pxd 2>/dev/null | sha256sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ] || ! "$VENV/bin/python" -c 'import mooseng._chunkio' 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$inputs" ] || ! "$VENV/bin/python" -c 'import mooseng._chunkio, mooseng._ec' 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel Cython
   "$VENV/bin/python" -m pip install -q -e '.[test]'
   echo "$inputs" > "$stamp"

@@ -11,6 +11,7 @@ Ports: `port_base=None` uses the seed's fixed ports (the demo); `port_base=0` fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from mooseng.cli.main import fuse_mounts, probe_master
@@ -57,7 +59,7 @@ class Node:
     index: int
     ports: dict[str, int]
     root: Path
-    pid: int | None = field(default=None, compare=False)
+    pid: int | None = None
 
     @property
     def name(self) -> str:
@@ -88,7 +90,11 @@ class Node:
 
 
 class LocalCluster:
-    """The seed topology as local processes under `root` (see the module docstring for ports)."""
+    """The seed topology as local processes under `root` (see the module docstring for ports).
+
+    Each daemon gets only its TOML file and `env_extra`: MOOSENG_* variables of the caller are not
+    passed on, since one such as MOOSENG_LISTEN would give every daemon the same setting.
+    """
 
     timeout_s = 60.0  # per start phase; a daemon that is slower than this is broken
     stop_timeout_s = 20.0  # SIGTERM grace before SIGKILL
@@ -109,14 +115,18 @@ class LocalCluster:
         self.root = Path(root).resolve()
         self.python = python
         self.env_extra = dict(env_extra or {})
-        self.port_base = _find_free_block(sum(len(PORT_NAMES[k]) * n for k, n in counts.items())) if port_base == AUTO_PORTS else port_base
+        if port_base == AUTO_PORTS:
+            port_base = _find_free_block(sum(len(PORT_NAMES[k]) * n for k, n in counts.items()))
+        self.port_base = port_base
         self.nodes: list[Node] = []
         next_port = self.port_base
         for kind in KINDS:
             for index in range(1, counts[kind] + 1):
                 if self.port_base is None:
                     if index > len(SEED_PORTS[kind]):
-                        raise ValueError(f"the seed defines ports for {len(SEED_PORTS[kind])} {kind}s; pass port_base for more")
+                        raise ValueError(
+                            f"the seed defines ports for {len(SEED_PORTS[kind])} {kind}s; pass port_base for more"
+                        )
                     ports = dict(SEED_PORTS[kind][index - 1])
                 else:
                     ports = {name: next_port + i for i, name in enumerate(PORT_NAMES[kind])}
@@ -127,7 +137,7 @@ class LocalCluster:
         self._procs: dict[str, subprocess.Popen] = {}
 
     @classmethod
-    def open(cls, root: Path) -> "LocalCluster":
+    def open(cls, root: Path) -> LocalCluster:
         """The cluster that `start` recorded under root (for stop/status from another process)."""
         try:
             layout = json.loads((Path(root) / "cluster.json").read_text())
@@ -180,14 +190,23 @@ class LocalCluster:
             raise
 
     def stop(self) -> None:
-        """Stop clients first (SIGTERM: they flush and unmount), then chunkservers, then masters."""
+        """Stop clients first (SIGTERM: they flush and unmount), then chunkservers, then masters.
+
+        A node that cannot be stopped does not keep the others running: they are stopped first,
+        then the error is raised.
+        """
+        errors = []
         for kind in reversed(KINDS):
             nodes = self._of(kind)
-            self._terminate(nodes)
-            if kind == "client":
+            try:
+                self._terminate(nodes)
                 for node in nodes:
-                    if _mounted(node.mountpoint):
+                    if kind == "client" and _mounted(node.mountpoint):
                         _unmount(node.mountpoint)
+            except ClusterError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to a node; after SIGKILL, SIGTERM or SIGINT wait until it is gone.
@@ -281,8 +300,8 @@ class LocalCluster:
         _write_atomic(node.config_path, _toml(node.kind, table))
 
     def _env(self) -> dict[str, str]:
-        """The caller's environment without MOOSENG_* (a stray MOOSENG_LISTEN would give every
-        daemon the same port), plus env_extra, plus the import path this module came from."""
+        """The caller's environment without MOOSENG_*, plus env_extra, plus the import path this
+        module came from (so daemons run the same code as the caller, installed or not)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOOSENG_")}
         env.update(self.env_extra)
         package_parent = str(Path(__file__).resolve().parents[1])
@@ -307,22 +326,18 @@ class LocalCluster:
         _write_atomic(node.pid_path, f"{proc.pid}\n")
 
     def _wait_ready(self, nodes: list[Node]) -> None:
-        """Wait until the nodes are usable: masters answer gRPC, chunkservers listen, clients have a
+        """Wait until the nodes are usable: masters answer `status`, chunkservers listen, clients have a
         live mount; after masters or chunkservers (re)start, until the master counts every running
         chunkserver alive (a restarted master serves no data before they register again)."""
         for node in nodes:
-            if node.kind == "master":
-                self._wait(nodes, node, lambda n=node: probe_master(n.addr("grpc"))["role"] != "unreachable", f"{node.name} to answer on {node.addr('grpc')}")
-            elif node.kind == "chunkserver":
-                self._wait(nodes, node, lambda n=node: _port_open(n.ports["grpc"]), f"{node.name} to listen on {node.addr('grpc')}")
-            else:
-                self._wait(nodes, node, lambda n=node: _mount_live(n.mountpoint), f"{node.name} to mount {node.mountpoint}")
+            self._wait(nodes, node, *_readiness(node))
         running = [n for n in self._of("chunkserver") if self._alive(n)]
         if running and nodes[0].kind != "client":
             watch = nodes + [n for n in running if n not in nodes]
-            self._wait(watch, nodes[-1], lambda: self._alive_chunkservers() >= len(running), f"the master to count {len(running)} chunkservers alive")
+            self._wait(watch, nodes[-1], lambda: self._alive_chunkservers() >= len(running),
+                       f"the master to count {len(running)} chunkservers alive")
 
-    def _wait(self, nodes: list[Node], subject: Node, ready, what: str) -> None:
+    def _wait(self, nodes: list[Node], subject: Node, ready: Callable[[], bool], what: str) -> None:
         """Poll `ready()` until it holds; fail early if one of `nodes` exits, with that node's log tail."""
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -378,6 +393,16 @@ class LocalCluster:
         return alive
 
 
+def _readiness(node: Node) -> tuple[Callable[[], bool], str]:
+    """How to tell that a node is up, and how to name what is awaited."""
+    if node.kind == "master":
+        answers = lambda: probe_master(node.addr("grpc"))[0]["role"] != "unreachable"  # noqa: E731
+        return answers, f"{node.name} to answer on {node.addr('grpc')}"
+    if node.kind == "chunkserver":
+        return (lambda: _port_open(node.ports["grpc"])), f"{node.name} to listen on {node.addr('grpc')}"
+    return (lambda: _mount_live(node.mountpoint)), f"{node.name} to mount {node.mountpoint}"
+
+
 # --- processes, ports, mounts, files ----------------------------------------------------------------
 
 
@@ -393,10 +418,8 @@ def _pid_is(pid: int, config_path: Path) -> bool:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _read_pid(path: Path) -> int | None:
@@ -516,14 +539,15 @@ def _print_status(status: dict, as_json: bool) -> None:
 
 
 def _print_urls(cluster: LocalCluster) -> None:
-    print("Master gRPC endpoints (MOOSENG_MASTER_ENDPOINTS):")
+    print("Master endpoints (MOOSENG_MASTER_ENDPOINTS):")
     print("  " + ",".join(cluster.master_endpoints))
     print("Metrics:")
     for node in cluster.nodes:
         print(f"  {node.name:<15} http://{node.addr('metrics')}/metrics")
     print("Mount points:")
-    for node in cluster._of("client"):
-        print(f"  {node.name:<15} {node.mountpoint}")
+    for node in cluster.nodes:
+        if node.kind == "client":
+            print(f"  {node.name:<15} {node.mountpoint}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("stop", "cleanup"):
             if (args.root / "cluster.json").exists():
                 LocalCluster.open(args.root).stop()
+                print(f"stopped the cluster under {args.root}")
+            elif args.command == "stop":
+                print(f"no cluster under {args.root}: nothing to stop")
             if args.command == "cleanup" and args.root.exists():
                 busy = [str(t) for _, t, _ in fuse_mounts() if t.is_relative_to(args.root.resolve())]
                 if busy:  # never rmtree through a live mount: it would delete the file system's files

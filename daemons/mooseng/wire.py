@@ -24,8 +24,9 @@ def unpack(data: bytes):
         raise ValueError(f"malformed msgpack: {exc}") from None
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
+def parse_addr(addr: str, allow_any_port: bool = False) -> tuple[str, int]:
+    """Split host:port; port 0 ("any free port") only where a listener asks for it."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not (0 if allow_any_port else 1) <= int(port) < 65536:
         raise ValueError(f"not host:port: {addr!r}")
     return host, int(port)

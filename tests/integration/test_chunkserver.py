@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from mooseng import wire
+from mooseng import rpc, wire
 from mooseng.chunkserver.store import HEADER_SIZE, chunk_path
 from mooseng.constants import CHUNK_SIZE
 from mooseng.proto import mooseng_pb2 as pb
@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 class Chunkserver:
-    def __init__(self, tmp: Path, server_id: int, master: str):
+    def __init__(self, tmp: Path, server_id: int, master: str | list[str]):
         self.dir = tmp / f"cs{server_id}"
         self.dir.mkdir()
         self.addr = f"127.0.0.1:{free_port()}"
@@ -41,7 +41,7 @@ class Chunkserver:
         self.config.write_text(
             "[chunkserver]\n"
             f"server_id = {server_id}\n"
-            f'master_addrs = ["{master}"]\n'
+            f'master_addrs = "{master if isinstance(master, str) else ",".join(master)}"\n'
             f'listen = "{self.addr}"\n'
             f'metrics_listen = "{self.metrics}"\n'
             f"data_dirs = {self.data_dirs!r}\n".replace("'", '"')
@@ -109,14 +109,14 @@ class Client:
         self.stub(addr)
         return self._channels[addr]
 
-    def write(self, addr, chunk_id, version, expect, chain, extents, piece=MiB):
+    def write(self, addr, chunk_id, version, expect, chain, extents, piece=MiB, timeout=60):
         def messages():
             yield pb.WriteRequest(chunk_id=chunk_id, version=version, expect_version=expect, chain=chain)
             for offset, data in extents:
                 for pos in range(0, len(data), piece):
                     yield pb.WriteRequest(offset=offset + pos, data=data[pos:pos + piece])
 
-        return self.stub(addr).Write(messages(), timeout=60)
+        return self.stub(addr).Write(messages(), timeout=timeout)
 
     def read(self, addr, chunk_id, version, offset, length) -> bytes:
         request = pb.ReadRequest(chunk_id=chunk_id, version=version, offset=offset, length=length)
@@ -140,10 +140,12 @@ def status_of(call) -> grpc.StatusCode:
     return info.value.code()
 
 
+
+
 def test_chained_write_lands_byte_exact_on_both(servers, client):
     cs1, cs2 = servers
     data = random.Random(1).randbytes(CHUNK_SIZE)
-    reply = client.write(cs1.addr, 77, 1, 0, [cs2.addr], [(0, data)])
+    reply = client.write(cs1.addr, 77, 1, 0, [cs2.addr], [(0, data)], timeout=None)
     assert (list(reply.ok), list(reply.failed), reply.written) == ([cs1.addr, cs2.addr], [], CHUNK_SIZE)
     for cs in servers:
         assert client.read(cs.addr, 77, 1, 0, CHUNK_SIZE) == data
@@ -217,8 +219,8 @@ def test_malformed_requests_get_invalid_argument(servers, client):
     first = pb.WriteRequest(chunk_id=4, version=1, expect_version=0, chain=[cs2.addr]).SerializeToString()
     assert status_of(lambda: raw_write(iter([first, garbage]), timeout=10)) == invalid
     assert status_of(lambda: client.stub(cs1.addr).Truncate(pb.TruncateRequest(chunk_id=1), timeout=10)) == invalid
-    # Nothing was stored by the refused writes, and both daemons still serve.
-    assert status_of(lambda: client.read(cs2.addr, 4, 1, 0, 1)) == grpc.StatusCode.NOT_FOUND
+    assert status_of(lambda: client.read(cs1.addr, 4, 1, 0, 1)) == grpc.StatusCode.NOT_FOUND
+    # Both daemons still serve.
     client.write(cs1.addr, 3, 1, 0, [cs2.addr], [(0, b"still up")])
     assert client.read(cs2.addr, 3, 1, 0, 8) == b"still up"
     assert all(cs.proc.poll() is None for cs in servers)
@@ -281,3 +283,112 @@ def test_config_error_exits_2(tmp_path):
     proc = run_chunkserver(config, log)
     assert proc.wait(30) == 2
     assert log.read_text().strip() == "config error: server_id = 0: must be >= 1"
+
+
+class FakeMaster:
+    """Records what the chunkserver reports (rpc.py, as the master speaks it); hands out deletes
+    and re-registration on demand."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.registers: list[dict] = []
+        self.beats: list[dict] = []
+        self.deletes: list[dict] = []
+        self.reregister = False
+        self.session = 100
+        self.server = rpc.Server("127.0.0.1:0", {"register": self.register, "heartbeat": self.heartbeat}).start()
+        self.addr = f"127.0.0.1:{self.server.port}"
+
+    def register(self, params, data, peer):
+        with self.lock:
+            self.registers.append(params)
+            self.session += 1
+            return {"session": self.session}
+
+    def heartbeat(self, params, data, peer):
+        with self.lock:
+            self.beats.append(params)
+            if params["session"] != self.session or self.reregister:
+                self.reregister = False
+                return {"reregister": True, "delete": []}
+            deletes, self.deletes = self.deletes, []
+            return {"reregister": False, "delete": deletes}
+
+    def wait_for(self, predicate, what, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if predicate(self):
+                    return
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def fake_master():
+    master = FakeMaster()
+    yield master
+    master.server.stop()
+
+
+def test_registers_heartbeats_and_runs_deletes(tmp_path, fake_master, client):
+    dead = f"127.0.0.1:{free_port()}"  # first in the list: the link must move on to the next
+    cs = Chunkserver(tmp_path, 7, [dead, fake_master.addr])
+    try:
+        cs.start()
+        fake_master.wait_for(lambda m: m.registers, "registration")
+        first = fake_master.registers[0]
+        assert (first["cluster_id"], first["server_id"], first["address"]) == ("mooseng", 7, cs.addr)
+        assert [d["path"] for d in first["disks"]] == cs.data_dirs and first["chunks"] == []
+        assert all(d["state"] == "ok" and d["total_bytes"] > 0 for d in first["disks"])
+
+        client.write(cs.addr, 31, 2, 0, [], [(0, b"x" * 1000)])
+        client.write(cs.addr, 32, 5, 0, [], [(0, b"y")])
+        fake_master.wait_for(lambda m: {c["chunk_id"] for b in m.beats for c in b["added"]} >= {31, 32}, "added deltas")
+        added = {c["chunk_id"]: c for b in fake_master.beats for c in b["added"]}
+        assert (added[31]["version"], added[31]["length"]) == (2, 1000)
+        fake_master.wait_for(lambda m: m.beats[-1]["bytes_written"] == 1001, "byte counters")
+
+        with fake_master.lock:
+            fake_master.deletes = [{"chunk_id": 31, "version": 1, "disk": 0}, {"chunk_id": 32, "version": 0, "disk": None}]
+        fake_master.wait_for(lambda m: any(c["chunk_id"] == 32 for b in m.beats for c in b["removed"]), "removed delta")
+        assert status_of(lambda: client.read(cs.addr, 32, 5, 0, 1)) == grpc.StatusCode.NOT_FOUND
+        assert client.read(cs.addr, 31, 2, 0, 3) == b"xxx"  # version 1 asked: not this copy
+
+        with fake_master.lock:
+            fake_master.reregister = True
+        fake_master.wait_for(lambda m: len(m.registers) >= 2, "re-registration")
+        assert [(c["chunk_id"], c["version"], c["length"]) for c in fake_master.registers[-1]["chunks"]] == [(31, 2, 1000)]
+    finally:
+        assert cs.stop() == 0
+    text = cs.log.read_text()
+    assert text.count(f"registered with master {fake_master.addr}") == 2
+    assert "Traceback" not in text
+
+
+def test_a_write_cut_off_by_the_client_can_be_retried(servers, client):
+    cs1, cs2 = servers
+    data = random.Random(4).randbytes(6 * MiB)
+
+    def messages():
+        yield pb.WriteRequest(chunk_id=41, version=1, expect_version=0, chain=[cs2.addr])
+        for pos in range(0, 4 * MiB, MiB):
+            yield pb.WriteRequest(offset=pos, data=data[pos:pos + MiB])
+        time.sleep(0.5)
+        raise RuntimeError("client gave up")
+
+    future = client.stub(cs1.addr).Write.future(messages(), timeout=60)
+    with pytest.raises(grpc.RpcError):
+        future.result()
+    deadline = time.monotonic() + 10
+    while True:  # the servers may still be closing the cut-off session (UNAVAILABLE: busy)
+        try:
+            reply = client.write(cs1.addr, 41, 1, 0, [cs2.addr], [(0, data)])
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, exc
+            time.sleep(0.05)
+    assert (list(reply.ok), list(reply.failed)) == ([cs1.addr, cs2.addr], [])
+    for cs in servers:
+        assert client.read(cs.addr, 41, 1, 0, len(data)) == data
+        assert "Traceback" not in cs.log.read_text()

@@ -179,7 +179,7 @@ def test_setclass_recursive_and_not(master, tree):
     assert getclass(tree / "big.bin") == "default"
 
     out = ok(mooseng("setclass", "default", str(tree / "dir"), master=master))
-    assert out == f"{tree / 'dir'}: default (1 inodes changed)\n"
+    assert out == f"{tree / 'dir'}: default (1 inode changed)\n"
     assert getclass(tree / "dir") == "default" and getclass(tree / "dir/sub/b.bin") == "fast"
     assert getclass(f"mfs:/{TOP}/dir/sub") == "fast"
 
@@ -191,7 +191,8 @@ def test_unknown_path(master, tree):
     path = str(tree / "nope")
     for command in (["fileinfo"], ["getclass"], ["setclass", "fast"]):
         assert fails(mooseng(*command, path, master=master)) == f"mooseng: no such file: {path}"
-    assert fails(mooseng("getclass", f"mfs:/{TOP}/nope/x", master=master)) == f"mooseng: no such file: mfs:/{TOP}/nope/x"
+    mfs_path = f"mfs:/{TOP}/nope/x"
+    assert fails(mooseng("getclass", mfs_path, master=master)) == f"mooseng: no such file: {mfs_path}"
 
 
 def test_path_outside_any_mount(master, tmp_path):
@@ -221,3 +222,17 @@ def test_bad_usage_exits_2():
     proc = mooseng("status", master="not-an-endpoint")
     assert proc.returncode == 2 and "--master: not host:port" in proc.stderr
     assert mooseng("frobnicate").returncode == 2
+
+
+def test_mount_path_of_another_cluster_is_refused(cluster_factory, cluster, tree):
+    """--master must be the mount's cluster: acting on another cluster's file of the same name
+    (setclass -r!) would be wrong. The other cluster gets a same-named directory at another inode."""
+    other = cluster_factory(chunkservers=1, clients=1)
+    twin = other.mountpoint(1) / TOP
+    twin.mkdir()
+    if twin.stat().st_ino == tree.stat().st_ino:  # the master never reuses an inode number
+        twin.rmdir()
+        twin.mkdir()
+    message = fails(mooseng("setclass", "-r", "fast", str(tree), master=other.master_endpoints[0]))
+    assert message.startswith(f"mooseng: {tree} is inode {tree.stat().st_ino} in its mount but inode ")
+    assert "another cluster" in message

@@ -1,10 +1,12 @@
-"""A real mooseng-master process driven with raw gRPC: namespace ops, malformed requests, fake
-chunkservers, crash recovery after kill -9, metrics, and start-up failures."""
+"""A real mooseng-master process driven with raw rpc calls: namespace ops, malformed requests, fake
+chunkservers (rpc servers answering set_version), crash recovery after kill -9, metrics, and
+start-up failures."""
 
 import errno
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -12,12 +14,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import grpc
+import msgpack
 import pytest
 
-from mooseng import wire
-from mooseng.proto import mooseng_pb2 as pb
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
+from mooseng import rpc
+from mooseng.master.service import SET_VERSION_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[2]
 GiB = 1 << 30
@@ -47,31 +48,33 @@ class Master:
             f"chunkserver_timeout_s = {timeout_s}\n"
         )
         self.proc: subprocess.Popen | None = None
-        self.channel: grpc.Channel | None = None
-        self.stub: pb_grpc.MasterStub | None = None
+        self.client: rpc.Client | None = None
         self.starts = 0
 
     def start(self) -> "Master":
         self.starts += 1
         self.log = self.dir / f"master.{self.starts}.log"
         self.proc = spawn(["-c", str(self.config)], self.log)
-        self.channel = grpc.insecure_channel(self.listen, options=wire.GRPC_OPTIONS)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=15)
-        except grpc.FutureTimeoutError:
-            raise AssertionError(f"master did not start:\n{self.log.read_text()}") from None
-        self.stub = pb_grpc.MasterStub(self.channel)
-        return self
+        self.client = rpc.Client(self.listen, timeout_s=10, connect_timeout_s=1)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.call("meta", {"op": "getattr", "args": {"ino": 1}})
+                return self
+            except rpc.RpcError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"master did not start:\n{self.log.read_text()}") from None
+                time.sleep(0.05)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        self.channel.close()
+        self.client.close()
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after a grace period; returns the exit code."""
-        if self.channel is not None:
-            self.channel.close()
+        if self.client is not None:
+            self.client.close()
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -86,14 +89,21 @@ class Master:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def call(self, method: str, params: dict):
+        return self.client.call(method, params)[0]
+
     def meta(self, op, uid=0, gid=0, **args):
-        reply = self.stub.Meta(pb.MetaRequest(op=op, args=wire.pack(args), uid=uid, gid=gid), timeout=10)
-        return reply.errno, (wire.unpack(reply.result) if reply.result else None), reply.message
+        reply = self.call("meta", {"op": op, "args": args, "uid": uid, "gid": gid, "gids": []})
+        assert not reply["leader"]
+        return reply["errno"], reply["result"], reply["message"]
 
     def ok(self, op, **args):
         code, result, message = self.meta(op, **args)
         assert code == 0, f"{op} {args}: errno {code} {message}"
         return result
+
+    def last_index(self) -> int:
+        return self.ok("status")["master"]["metadata"]["last_index"]
 
     def scrape(self) -> str:
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as r:
@@ -131,32 +141,123 @@ def master(masters):
     return masters().start()
 
 
+@pytest.fixture(scope="module")
+def shared_master(tmp_path_factory):
+    """One master for many small tests that only need it to stay up."""
+    m = Master(tmp_path_factory.mktemp("shared"))
+    try:
+        yield m.start()
+    finally:
+        m.stop()
+
+
+class FakeChunkserver:
+    """A chunkserver's `set_version` (the spec the real one implements) over copies in memory.
+
+    mode "ok" answers; "refuse" fails every call with FAILED_PRECONDITION; "late" applies the call
+    only after the master gave up waiting, as a stalled disk would.
+    """
+
+    def __init__(self):
+        self.copies: dict[int, list] = {}  # chunk_id -> [version, data]
+        self.mode = "ok"
+        self.calls = 0
+        self.server = rpc.Server("127.0.0.1:0", {"set_version": self.set_version, "read": self.read}).start()
+        self.address = f"127.0.0.1:{self.server.port}"
+
+    def set_version(self, params, data, peer):
+        self.calls += 1
+        if self.mode == "refuse":
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "refused for the test")
+        if self.mode == "late":
+            time.sleep(SET_VERSION_TIMEOUT_S + 0.5)
+        copy = self.copies.get(params["chunk_id"])
+        if copy is None:
+            raise rpc.RpcError(rpc.NOT_FOUND, "no such chunk")
+        if copy[0] not in (params["expect_version"], params["version"]):
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, f"copy is at version {copy[0]}")
+        copy[0] = params["version"]
+        return {}
+
+    def read(self, params, data, peer):
+        """What a client read at `version` gets: the data, or a refusal of a copy at another version."""
+        copy = self.copies.get(params["chunk_id"])
+        if copy is None or copy[0] != params["version"]:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, f"copy is at version {copy and copy[0]}")
+        return copy[1]
+
+    def version(self, chunk_id):
+        return self.copies[chunk_id][0]
+
+    def stop(self):
+        self.server.stop()
+
+
+@pytest.fixture
+def fakes():
+    """Three fake chunkservers, by server id."""
+    made = {sid: FakeChunkserver() for sid in (1, 2, 3)}
+    yield made
+    for fake in made.values():
+        fake.stop()
+
+
 def disk(index=0, free=50 * GiB, total=100 * GiB):
-    return pb.DiskInfo(index=index, path=f"/d{index}", total_bytes=total, used_bytes=total - free, free_bytes=free, state="ok")
+    used = total - free
+    return {"index": index, "path": f"/d{index}", "total_bytes": total, "used_bytes": used,
+            "free_bytes": free, "state": "ok", "chunks": 0}  # fmt: skip
+
+
+def ref(chunk_id, version):
+    return {"chunk_id": chunk_id, "version": version, "disk": 0, "length": 0}
 
 
 def register(m, sid, cluster="mooseng", chunks=(), address=None):
-    request = pb.RegisterRequest(
-        cluster_id=cluster,
-        server_id=sid,
-        address=address or f"127.0.0.1:{9400 + sid}",
-        disks=[disk()],
-        chunks=[pb.ChunkRef(chunk_id=c, version=v, disk=0) for c, v in chunks],
-    )
-    return m.stub.Register(request, timeout=10).session
+    params = {
+        "cluster_id": cluster,
+        "server_id": sid,
+        "address": address or f"127.0.0.1:{9400 + sid}",
+        "disks": [disk()],
+        "chunks": [ref(c, v) for c, v in chunks],
+    }
+    return m.call("register", params)["session"]
+
+
+def report(chunk_id, version, ok):
+    """One entry of commit_write's `chunks`: the copies a client stored."""
+    return {"chunk_id": chunk_id, "version": version, "ok": ok}
 
 
 def heartbeat(m, sid, session, added=(), read=0, written=0):
-    request = pb.HeartbeatRequest(
-        server_id=sid,
-        session=session,
-        disks=[disk()],
-        added=[pb.ChunkRef(chunk_id=c, version=v, disk=0) for c, v in added],
-        bytes_read=read,
-        bytes_written=written,
-    )
-    reply = m.stub.Heartbeat(request, timeout=10)
-    return reply.reregister, sorted((d.chunk_id, d.version) for d in reply.delete)
+    params = {
+        "server_id": sid,
+        "session": session,
+        "disks": [disk()],
+        "added": [ref(c, v) for c, v in added],
+        "removed": [],
+        "bytes_read": read,
+        "bytes_written": written,
+    }
+    reply = m.call("heartbeat", params)
+    return reply["reregister"], sorted((d["chunk_id"], d["version"]) for d in reply["delete"])
+
+
+def status_of(call) -> int:
+    with pytest.raises(rpc.RpcError) as exc:
+        call()
+    return exc.value.status
+
+
+def read_back(chunk):
+    """What a client reading the chunk as the master lists it gets from each listed copy."""
+    out = []
+    for address in chunk["servers"]:
+        client = rpc.Client(address)
+        try:
+            out.append(client.call("read", {"chunk_id": chunk["chunk_id"], "version": chunk["version"]})[0])
+        finally:
+            client.close()
+    return out
 
 
 # --- namespace over the wire ----------------------------------------------------------------------
@@ -177,6 +278,7 @@ def test_namespace_ops_and_errnos(master):
     assert master.meta("mknod", parent=1, name=b"x" * 256, mode=S_IFREG | 0o644)[0] == errno.ENAMETOOLONG
     assert master.meta("mkdir", parent=d["ino"], name=b"denied", mode=0o755, uid=1000, gid=1000)[0] == errno.EACCES
     assert master.ok("statfs")["inodes"] == 2
+    assert master.ok("readdir", ino=1, offset=None, limit=None)[0][0] == b"dir", "nil optional args: defaults"
 
 
 def test_write_without_chunkservers_is_enospc_and_allocates_nothing(master):
@@ -187,83 +289,147 @@ def test_write_without_chunkservers_is_enospc_and_allocates_nothing(master):
 
 
 @pytest.mark.parametrize(
-    "op, raw_args, fragment",
+    "params, fragment",
     [
-        ("nosuchop", wire.pack({}), "unknown op"),
-        ("mkdir", b"\xc1\xff\x00garbage", "malformed msgpack"),
-        ("mkdir", wire.pack([1, 2, 3]), "args must be a map"),
-        ("mkdir", wire.pack({"parent": "1", "name": b"a", "mode": 0o755}), "'parent' must be an unsigned integer"),
-        ("mkdir", wire.pack({"parent": 1, "name": "a", "mode": 0o755}), "'name' must be bytes"),
-        ("mkdir", wire.pack({"parent": 1, "name": b"a", "mode": -1}), "'mode' must be an unsigned integer"),
-        ("mkdir", wire.pack({"parent": 1, "name": b"a", "mode": True}), "'mode' must be an unsigned integer"),
-        ("mkdir", wire.pack({"parent": 1, "name": b"a"}), "missing arg 'mode'"),
-        ("mkdir", wire.pack({"parent": 1, "name": b"a", "mode": 1, "evil": 1}), "unknown arg 'evil'"),
-        ("setattr", wire.pack({"ino": 1, "atime": "yesterday"}), "'atime' must be nanoseconds or 'now'"),
-        ("commit_write", wire.pack({"ino": 2, "size": 1, "chunks": [{"chunk_id": 1}]}), "'chunks' must be"),
-        ("lookup", wire.pack({"parent": 1, "name": b"a", 7: 1}), "unknown arg 7"),
+        ({"op": "nosuchop", "args": {}}, "unknown op"),
+        ({"op": "mkdir", "args": [1, 2, 3]}, "args must be a map"),
+        ({"op": "mkdir", "args": {"parent": "1", "name": b"a", "mode": 0o755}}, "'parent' must be an unsigned integer"),
+        ({"op": "mkdir", "args": {"parent": 1, "name": "a", "mode": 0o755}}, "'name' must be bytes"),
+        ({"op": "mkdir", "args": {"parent": 1, "name": b"a", "mode": -1}}, "'mode' must be an unsigned integer"),
+        ({"op": "mkdir", "args": {"parent": 1, "name": b"a", "mode": True}}, "'mode' must be an unsigned integer"),
+        ({"op": "mkdir", "args": {"parent": 1, "name": b"a"}}, "missing arg 'mode'"),
+        ({"op": "mkdir", "args": {"parent": 1, "name": b"a", "mode": 1, "evil": 1}}, "unknown arg 'evil'"),
+        ({"op": "setattr", "args": {"ino": 1, "atime": "yesterday"}}, "'atime' must be nanoseconds or 'now'"),
+        ({"op": "commit_write", "args": {"ino": 2, "size": 1, "chunks": [{"chunk_id": 1}]}}, "'chunks' must be"),
+        ({"op": "lookup", "args": {"parent": 1, "name": b"a", 7: 1}}, "unknown arg 7"),
+        ({"args": {}}, "missing arg 'op'"),
+        ({"op": ["getattr"], "args": {"ino": 1}}, "'op' must be a string"),
+        ({"op": "getattr"}, "missing arg 'args'"),
+        ({"op": "getattr", "args": {"ino": 1}, "uid": -1}, "'uid' must be an unsigned 32-bit integer"),
+        ({"op": "getattr", "args": {"ino": 1}, "gids": [1, "2"]}, "'gids' must be a list"),
+        ({"op": "getattr", "args": {"ino": 1}, "cookie": 1}, "unknown arg 'cookie'"),
     ],
 )
-def test_malformed_requests_are_invalid_argument(master, op, raw_args, fragment):
-    with pytest.raises(grpc.RpcError) as exc:
-        master.stub.Meta(pb.MetaRequest(op=op, args=raw_args), timeout=10)
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert fragment in exc.value.details()
-    assert master.alive()
-    assert master.ok("getattr", ino=1)["ino"] == 1
+def test_malformed_requests_are_invalid_argument(shared_master, params, fragment):
+    with pytest.raises(rpc.RpcError) as exc:
+        shared_master.call("meta", params)
+    assert exc.value.status == rpc.INVALID_ARGUMENT
+    assert fragment in exc.value.message
+    assert shared_master.alive()
+    assert shared_master.ok("getattr", ino=1)["ino"] == 1
 
 
-def test_malformed_requests_never_reach_the_log(masters):
-    m = masters().start()
+def test_garbage_on_the_wire_is_refused_and_the_master_survives(shared_master):
+    host, port = shared_master.listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(rpc.MAGIC)
+        junk = b"\xc1\xff\x00garbage"
+        raw.sendall(struct.pack("<II", len(junk), 0) + junk)
+        header_len, _ = struct.unpack("<II", raw.recv(8))
+        status, message, _ = msgpack.unpackb(raw.recv(header_len))
+        assert status == rpc.INVALID_ARGUMENT and "malformed" in message
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\n\r\n")  # not a MooseNG peer: dropped
+        try:
+            assert raw.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    assert status_of(lambda: shared_master.call("nosuchmethod", {})) == rpc.INVALID_ARGUMENT
+    assert shared_master.alive()
+    assert shared_master.ok("getattr", ino=1)["ino"] == 1
+
+
+def test_malformed_requests_never_reach_the_log(shared_master):
+    before = shared_master.last_index()
     for _ in range(3):
-        with pytest.raises(grpc.RpcError):
-            m.stub.Meta(pb.MetaRequest(op="mkdir", args=wire.pack({"parent": 1, "name": b"a"})), timeout=10)
-    assert m.ok("status")["master"]["metadata"]["last_index"] == 0
+        bad = {"op": "mkdir", "args": {"parent": 1, "name": b"a"}}
+        assert status_of(lambda: shared_master.call("meta", bad)) == rpc.INVALID_ARGUMENT
+    assert shared_master.last_index() == before
 
 
 # --- chunkservers ---------------------------------------------------------------------------------
 
 
 def test_registration_rules(master):
-    with pytest.raises(grpc.RpcError) as exc:
+    with pytest.raises(rpc.RpcError) as exc:
         register(master, 1, cluster="other")
-    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "'other'" in exc.value.details()
+    assert exc.value.status == rpc.FAILED_PRECONDITION
+    assert "'other'" in exc.value.message
     register(master, 1)
-    with pytest.raises(grpc.RpcError) as exc:
-        register(master, 1, address="127.0.0.1:1")
-    assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    with pytest.raises(grpc.RpcError) as exc:
-        register(master, 2, address="nowhere")
-    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: register(master, 1, address="127.0.0.1:1")) == rpc.ALREADY_EXISTS
+    assert status_of(lambda: register(master, 2, address="nowhere")) == rpc.INVALID_ARGUMENT
+    assert status_of(lambda: register(master, 0)) == rpc.INVALID_ARGUMENT
     assert heartbeat(master, 3, 12345) == (True, []), "unknown session must re-register"
     log = master.log.read_text()
     assert "refused registration" in log and "belongs to cluster 'other'" in log
 
 
-def test_write_path_with_fake_chunkservers(master):
-    sessions = {sid: register(master, sid) for sid in (1, 2, 3)}
-    addresses = {f"127.0.0.1:{9400 + sid}" for sid in sessions}
+GOOD_REGISTER = {"cluster_id": "mooseng", "server_id": 7, "address": "127.0.0.1:9407", "disks": [disk()],
+                 "chunks": [ref(1, 1)]}  # fmt: skip
+GOOD_HEARTBEAT = {"server_id": 7, "session": 1, "disks": [disk()], "added": [ref(1, 1)], "removed": [],
+                  "bytes_read": 0, "bytes_written": 0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method, change, fragment",
+    [
+        ("register", {"server_id": 1 << 32}, "'server_id' must be an unsigned 32-bit integer"),
+        ("register", {"cluster_id": b"mooseng"}, "'cluster_id' must be a string"),
+        ("register", {"address": None}, "'address' must be a string"),
+        ("register", {"disks": {"index": 0}}, "'disks' must be a list of"),
+        ("register", {"disks": [{**disk(), "total_bytes": -1}]}, "'disks' must be a list of"),
+        ("register", {"disks": [{**disk(), "extra": 1}]}, "'disks' must be a list of"),
+        ("register", {"chunks": [{"chunk_id": "1", "version": 1, "disk": 0}]}, "'chunks' must be a list of"),
+        ("register", {"chunks": [{"chunk_id": 1, "version": 1}]}, "'chunks' must be a list of"),
+        ("register", {"chunks": [[1, 1, 0]]}, "'chunks' must be a list of"),
+        ("register", {"surprise": 1}, "unknown arg 'surprise'"),
+        ("heartbeat", {"session": -1}, "'session' must be an unsigned integer"),
+        ("heartbeat", {"added": [{"chunk_id": 1, "version": 1.5, "disk": 0}]}, "'added' must be a list of"),
+        ("heartbeat", {"removed": None}, "'removed' must be a list of"),
+        ("heartbeat", {"bytes_read": True}, "'bytes_read' must be an unsigned integer"),
+        ("heartbeat", {"disks": [{**disk(), "state": 1}]}, "'disks' must be a list of"),
+    ],
+)
+def test_malformed_chunkserver_reports_are_invalid_argument(shared_master, method, change, fragment):
+    params = {**(GOOD_REGISTER if method == "register" else GOOD_HEARTBEAT), **change}
+    with pytest.raises(rpc.RpcError) as exc:
+        shared_master.call(method, params)
+    assert exc.value.status == rpc.INVALID_ARGUMENT
+    assert fragment in exc.value.message
+    assert shared_master.alive()
+    assert shared_master.ok("getattr", ino=1)["ino"] == 1
+
+
+def test_write_path_with_fake_chunkservers(master, fakes):
+    sessions = {sid: register(master, sid, address=fake.address) for sid, fake in fakes.items()}
+    by_address = {fake.address: sid for sid, fake in fakes.items()}
     f = master.ok("mknod", parent=1, name=b"data", mode=S_IFREG | 0o644)
     ino = f["ino"]
 
     w = master.ok("write_chunk", ino=ino, index=0)
+    chunk_id = w["chunk_id"]
     assert w["new"] and w["version"] == 1 and w["expect_version"] == 0
-    assert len(w["servers"]) == 2 and set(w["servers"]) <= addresses  # default class: 2 copies
-    attr = master.ok("commit_write", ino=ino, size=1000, chunks=[{"chunk_id": w["chunk_id"], "version": 1, "ok": w["servers"]}])
+    assert len(w["servers"]) == 2 and set(w["servers"]) <= set(by_address)  # default class: 2 copies
+    for address in w["servers"]:  # what the client's write does
+        fakes[by_address[address]].copies[chunk_id] = [1, b"v1"]
+    attr = master.ok("commit_write", ino=ino, size=1000, chunks=[report(chunk_id, 1, w["servers"])])
     assert attr["size"] == 1000
-    [ref] = master.ok("chunks", ino=ino, index=0)
-    assert ref["chunk_id"] == w["chunk_id"] and sorted(ref["servers"]) == sorted(w["servers"])
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["chunk_id"] == chunk_id and sorted(chunk["servers"]) == sorted(w["servers"])
 
-    # Rewrite: the same holders, a new version; the one that fails the write becomes stale.
+    # Rewrite: the holders take version 2 before the master logs it; the write goes out at 2.
     again = master.ok("write_chunk", ino=ino, index=0)
-    assert not again["new"] and (again["version"], again["expect_version"]) == (2, 1)
+    assert not again["new"] and (again["version"], again["expect_version"]) == (2, 2)
     assert sorted(again["servers"]) == sorted(w["servers"])
+    assert [fakes[by_address[a]].version(chunk_id) for a in again["servers"]] == [2, 2]
+    # The write fails on one copy: it has version 2 without the data, so it is fenced.
     good, bad = again["servers"]
-    master.ok("commit_write", ino=ino, size=1000, chunks=[{"chunk_id": w["chunk_id"], "version": 2, "ok": [good]}])
-    assert master.ok("chunks", ino=ino, index=0)[0]["servers"] == [good]
-    bad_id = int(bad.rsplit(":", 1)[1]) - 9400
-    # The stale server reports the copy at version 1 (as a registration would): told to delete it.
-    assert heartbeat(master, bad_id, sessions[bad_id], added=[(w["chunk_id"], 1)]) == (False, [(w["chunk_id"], 1)])
+    fakes[by_address[good]].copies[chunk_id][1] = b"v2"
+    master.ok("commit_write", ino=ino, size=1000, chunks=[report(chunk_id, 2, [good])])
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["servers"] == [good] and read_back(chunk) == [b"v2"]
+    bad_id, good_id = by_address[bad], by_address[good]
+    assert heartbeat(master, bad_id, sessions[bad_id], added=[(chunk_id, 2)]) == (False, [(chunk_id, 2)])
     # A chunk the namespace never heard of is deleted too.
     assert heartbeat(master, 1, sessions[1], added=[(999, 1)]) == (False, [(999, 1)])
 
@@ -275,7 +441,7 @@ def test_write_path_with_fake_chunkservers(master):
     # A class with 3 copies places a new chunk on all three servers.
     assert master.ok("setclass", ino=ino, sclass="fast")["changed"] == 1
     w1 = master.ok("write_chunk", ino=ino, index=1)
-    assert sorted(w1["servers"]) == sorted(addresses)
+    assert sorted(w1["servers"]) == sorted(by_address)
     assert master.meta("setclass", ino=ino, sclass="archive")[0] == errno.ENOTSUP
 
     # Chunk 1 was never committed: no copy, so another write session cannot start.
@@ -290,25 +456,99 @@ def test_write_path_with_fake_chunkservers(master):
     assert statfs["total_bytes"] == 3 * 100 * GiB and statfs["free_bytes"] == 3 * 50 * GiB
 
     # Unlinking frees the chunks; holders are told to delete them at their next heartbeat.
-    assert sorted(master.ok("unlink", parent=1, name=b"data")["freed"]) == sorted([w["chunk_id"], w1["chunk_id"]])
-    good_id = int(good.rsplit(":", 1)[1]) - 9400
-    assert heartbeat(master, good_id, sessions[good_id]) == (False, [(w["chunk_id"], 2)])
+    assert sorted(master.ok("unlink", parent=1, name=b"data")["freed"]) == sorted([chunk_id, w1["chunk_id"]])
+    assert heartbeat(master, good_id, sessions[good_id]) == (False, [(chunk_id, 2)])
 
 
-def test_truncate_returns_tail_servers(master):
-    for sid in (1, 2):
-        register(master, sid)
-    ino = master.ok("mknod", parent=1, name=b"t", mode=S_IFREG | 0o644)["ino"]
+def written_file(master, fakes, name=b"f", data=b"v1", size=1000):
+    """A file whose chunk 0 is stored at version 1 on two fakes: (ino, chunk_id, servers)."""
+    by_address = {fake.address: fake for fake in fakes.values()}
+    ino = master.ok("mknod", parent=1, name=name, mode=S_IFREG | 0o644)["ino"]
     w = master.ok("write_chunk", ino=ino, index=0)
-    master.ok("commit_write", ino=ino, size=5000, chunks=[{"chunk_id": w["chunk_id"], "version": 1, "ok": w["servers"]}])
+    for address in w["servers"]:
+        by_address[address].copies[w["chunk_id"]] = [1, data]
+    master.ok("commit_write", ino=ino, size=size, chunks=[report(w["chunk_id"], 1, w["servers"])])
+    return ino, w["chunk_id"], [by_address[a] for a in w["servers"]]
+
+
+def test_abandoned_write_session_leaves_the_chunk_readable(master, fakes):
+    """A client that got write_chunk and never wrote (died, or every copy failed the write):
+    the copies already carry the new version, so the chunk still reads, at its old data."""
+    sessions = {sid: register(master, sid, address=fake.address) for sid, fake in fakes.items()}
+    ino, chunk_id, holders = written_file(master, fakes)
+    w = master.ok("write_chunk", ino=ino, index=0)
+    assert (w["version"], w["expect_version"]) == (2, 2)
+    # ... and nothing more from that client.
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["version"] == 2 and sorted(chunk["servers"]) == sorted(f.address for f in holders)
+    assert read_back(chunk) == [b"v1", b"v1"]
+    for sid, fake in fakes.items():
+        added = [(chunk_id, fake.version(chunk_id))] if chunk_id in fake.copies else []
+        assert heartbeat(master, sid, sessions[sid], added=added) == (False, []), "no copy is stale"
+    assert master.ok("status")["chunks"]["by_class"]["default"] == {"stable": 1, "undergoal": 0, "missing": 0}
+    # The next session carries on from there.
+    w = master.ok("write_chunk", ino=ino, index=0)
+    assert (w["version"], w["expect_version"]) == (3, 3) and [f.version(chunk_id) for f in holders] == [3, 3]
+
+
+def test_no_copy_takes_the_version_is_eio_and_logs_nothing(master, fakes):
+    for sid, fake in fakes.items():
+        register(master, sid, address=fake.address)
+    ino, chunk_id, holders = written_file(master, fakes)
+    for fake in holders:
+        fake.mode = "refuse"
+    before = master.last_index()
+    code, _, message = master.meta("write_chunk", ino=ino, index=0)
+    assert code == errno.EIO and f"no valid copy of chunk {chunk_id}" in message and "refused for the test" in message
+    assert master.last_index() == before
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["version"] == 1 and read_back(chunk) == [b"v1", b"v1"]
+    # The same for the tail of a shrink: refused before the size changes.
+    code, _, message = master.meta("setattr", ino=ino, size=10)
+    assert code == errno.EIO and f"no valid copy of chunk {chunk_id}" in message
+    assert master.ok("getattr", ino=ino)["size"] == 1000 and master.last_index() == before
+
+
+def test_a_copy_that_takes_the_version_late_is_fenced(master, fakes):
+    sessions = {sid: register(master, sid, address=fake.address) for sid, fake in fakes.items()}
+    ino, chunk_id, (fast, slow) = written_file(master, fakes)
+    slow.mode = "late"
+    started = time.monotonic()
+    w = master.ok("write_chunk", ino=ino, index=0)
+    assert time.monotonic() - started < SET_VERSION_TIMEOUT_S + 0.4, "the master does not wait for a stall"
+    assert w["servers"] == [fast.address] and w["version"] == 2
+    deadline = time.monotonic() + 10
+    while slow.version(chunk_id) != 2:  # it lands after all, without the data written meanwhile
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    slow_id = next(sid for sid, fake in fakes.items() if fake is slow)
+    assert heartbeat(master, slow_id, sessions[slow_id], added=[(chunk_id, 2)]) == (False, [(chunk_id, 2)])
+    assert master.ok("chunks", ino=ino, index=0)[0]["servers"] == [fast.address]
+
+
+def test_truncate_returns_tail_servers(master, fakes):
+    for sid, fake in fakes.items():
+        register(master, sid, address=fake.address)
+    ino, chunk_id, holders = written_file(master, fakes, size=5000)
+    servers = sorted(f.address for f in holders)
     result = master.ok("setattr", ino=ino, size=100)
     tail = result["tail"]
-    assert (tail["chunk_id"], tail["version"], tail["expect_version"], tail["length"]) == (w["chunk_id"], 2, 1, 100)
-    assert sorted(tail["servers"]) == sorted(w["servers"])
-    master.ok("commit_write", ino=ino, size=0, chunks=[{"chunk_id": w["chunk_id"], "version": 2, "ok": tail["servers"]}])
-    [ref] = master.ok("chunks", ino=ino, index=0)
-    assert ref["version"] == 2 and sorted(ref["servers"]) == sorted(w["servers"])
+    assert (tail["chunk_id"], tail["version"], tail["expect_version"], tail["length"]) == (chunk_id, 2, 2, 100)
+    assert sorted(tail["servers"]) == servers and [f.version(chunk_id) for f in holders] == [2, 2]
+    master.ok("commit_write", ino=ino, size=0, chunks=[report(chunk_id, 2, tail["servers"])])
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["version"] == 2 and sorted(chunk["servers"]) == servers
     assert master.ok("getattr", ino=ino)["size"] == 100
+
+
+def test_refused_truncate_puts_the_copies_back(master, fakes):
+    for sid, fake in fakes.items():
+        register(master, sid, address=fake.address)
+    ino, chunk_id, holders = written_file(master, fakes, size=5000)
+    assert master.meta("setattr", ino=ino, size=100, uid=1000, gid=1000)[0] == errno.EACCES
+    assert [f.version(chunk_id) for f in holders] == [1, 1], "set_version undone: copies match the namespace"
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["version"] == 1 and read_back(chunk) == [b"v1", b"v1"]
 
 
 def test_silent_chunkserver_goes_down(masters):
@@ -338,29 +578,27 @@ def test_acknowledged_creates_survive_kill_9(masters):
     stop = threading.Event()
 
     def create():
-        stub = m.stub
+        client = rpc.Client(m.listen, timeout_s=5)
         for i in range(100_000):
             if stop.is_set():
                 return
             name = f"f{i:06d}".encode()
-            args = wire.pack({"parent": 1, "name": name, "mode": S_IFREG | 0o644})
+            params = {"op": "mknod", "args": {"parent": 1, "name": name, "mode": S_IFREG | 0o644}}
             try:
-                reply = stub.Meta(pb.MetaRequest(op="mknod", args=args), timeout=5)
-            except grpc.RpcError:
+                reply, _ = client.call("meta", params)
+            except rpc.RpcError:
                 return  # the master died under us
-            assert reply.errno == 0, reply.message
+            assert reply["errno"] == 0, reply["message"]
             acked.append(name)
 
-    threads = [threading.Thread(target=create) for _ in range(1)]
-    for t in threads:
-        t.start()
+    writer = threading.Thread(target=create)
+    writer.start()
     deadline = time.monotonic() + 20
     while len(acked) < 300 and time.monotonic() < deadline:
         time.sleep(0.05)
-    m.kill9()
+    m.kill9()  # while the writer is still creating
     stop.set()
-    for t in threads:
-        t.join(30)
+    writer.join(30)
     assert len(acked) >= 300
 
     m.start()
@@ -406,7 +644,10 @@ def test_metrics_endpoint(master):
 
 def test_port_in_use_is_one_line_and_exit_1(master, tmp_path):
     clash = tmp_path / "clash.toml"
-    clash.write_text(f'[master]\nlisten = "{master.listen}"\nmetrics_listen = "127.0.0.1:{free_port()}"\ndata_dir = "{tmp_path / "d2"}"\n')
+    clash.write_text(
+        f'[master]\nlisten = "{master.listen}"\nmetrics_listen = "127.0.0.1:{free_port()}"\n'
+        f'data_dir = "{tmp_path / "d2"}"\n'
+    )
     proc = spawn(["-c", str(clash)], tmp_path / "clash.log")
     try:
         assert proc.wait(30) == 1

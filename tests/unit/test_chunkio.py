@@ -212,3 +212,16 @@ def test_io_errors_raise_oserror_and_leave_the_table_alone(model, tmp_path):
     with pytest.raises(OSError) as info:
         chunkio.pread_verify_bytes(fd, 10, DATA_START, 0, 10, model.table)
     assert info.value.errno == errno.EBADF
+
+
+def test_start_writeback(tmp_path):
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        os.pwrite(fd, bytes(1 << 20), 0)
+        chunkio.start_writeback(fd, 0, 1 << 20)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        chunkio.start_writeback(fd, 0, 1)
+    assert info.value.errno == errno.EBADF

@@ -4,6 +4,7 @@ GF(2^8) Reed-Solomon reference, and against the original bytes for every loss pa
 import array
 import itertools
 import random
+import sys
 import threading
 
 import pytest
@@ -200,6 +201,38 @@ def test_codec_shared_between_threads():
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("operation", ["encode", "decode"])
+def test_coding_releases_the_gil(operation):
+    """With a switch interval far longer than the test, a thread holding the GIL is never preempted:
+    the main thread runs before the worker's call has finished only if the call released the GIL."""
+    codec = Codec(8, 4)
+    size = 16 << 20  # long enough for the main thread to be scheduled while the call runs
+    data = [bytearray(size) for _ in range(8)]
+    parity = [bytearray(size) for _ in range(4)]
+    started = threading.Event()
+    finished = []
+
+    def worker():
+        started.set()
+        if operation == "encode":
+            codec.encode(data, parity)
+        else:
+            codec.decode([None] * 4 + data[4:] + parity, [0, 1, 2, 3], data[:4])
+        finished.append(True)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100)
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        started.wait()
+        ran_during_call = not finished
+    finally:
+        sys.setswitchinterval(interval)
+    thread.join()
+    assert ran_during_call
 
 
 # --- argument checking ---

@@ -14,6 +14,7 @@ import pytest
 from mooseng.constants import CHUNK_SIZE, ROOT_INODE
 from mooseng.errors import FsError
 from mooseng.master import namespace as nsmod
+from mooseng.master.classes import CLASSES, StorageClass
 from mooseng.master.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Namespace
 
 ROOT = {"uid": 0, "gid": 0, "gids": []}
@@ -526,15 +527,20 @@ def test_rename_special_names_and_flags(fs):
     fs.create(ROOT_INODE, b"f")
     fs.create(ROOT_INODE, b"g")
     d = fs.mkdir(ROOT_INODE, b"d")
-    fs.fails(errno.EBUSY, "rename", parent=d, name=b".", newparent=ROOT_INODE, newname=b"x")
-    fs.fails(errno.EBUSY, "rename", parent=d, name=b"..", newparent=ROOT_INODE, newname=b"x")
-    fs.fails(errno.EBUSY, "rename", parent=ROOT_INODE, name=b"f", newparent=d, newname=b"..")
-    fs.fails(errno.EEXIST, "rename", flags=RENAME_NOREPLACE, parent=ROOT_INODE, name=b"f", newparent=d, newname=b".")
-    fs.fails(errno.ENOENT, "rename", parent=ROOT_INODE, name=b"nope", newparent=ROOT_INODE, newname=b"x")
-    fs.fails(errno.EEXIST, "rename", flags=RENAME_NOREPLACE, parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g")
-    fs.fails(errno.ENOENT, "rename", flags=RENAME_EXCHANGE, parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"x")
-    fs.fails(errno.EINVAL, "rename", flags=3, parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"x")
-    fs.fails(errno.ENOTDIR, "rename", parent=ROOT_INODE, name=b"f", newparent=fs.lookup(ROOT_INODE, b"g"), newname=b"x")
+    g = fs.lookup(ROOT_INODE, b"g")
+
+    def rename(code, name, newparent, newname, flags=0, parent=ROOT_INODE):
+        fs.fails(code, "rename", parent=parent, name=name, newparent=newparent, newname=newname, flags=flags)
+
+    rename(errno.EBUSY, b".", ROOT_INODE, b"x", parent=d)
+    rename(errno.EBUSY, b"..", ROOT_INODE, b"x", parent=d)
+    rename(errno.EBUSY, b"f", d, b"..")
+    rename(errno.EEXIST, b"f", d, b".", flags=RENAME_NOREPLACE)
+    rename(errno.ENOENT, b"nope", ROOT_INODE, b"x")
+    rename(errno.EEXIST, b"f", ROOT_INODE, b"g", flags=RENAME_NOREPLACE)
+    rename(errno.ENOENT, b"f", ROOT_INODE, b"x", flags=RENAME_EXCHANGE)
+    rename(errno.EINVAL, b"f", ROOT_INODE, b"x", flags=RENAME_NOREPLACE | RENAME_EXCHANGE)
+    rename(errno.ENOTDIR, b"f", g, b"x")
     fs.do("rename", flags=RENAME_NOREPLACE, parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"h")
     assert fs.names(ROOT_INODE) == [b"g", b"d", b"h"]
 
@@ -677,7 +683,7 @@ def test_readdir_cookie_still_valid_after_compaction(fs):
     cookie = page[-1][2]
     for i in [*range(0, 1000, 2), 1, 3]:  # more than half: the cookie lists get compacted
         fs.do("unlink", parent=d, name=b"%04d" % i)
-    assert fs.ns._inodes[d].dir.holes < 2
+    assert len(fs.ns._inodes[d].dir.names) < 510, "removed entries should have been compacted away"
     rest = [e[0] for e in fs.q("readdir", ino=d, offset=cookie, limit=1000)]
     assert rest == [b"%04d" % i for i in range(501, 1000, 2)]
 
@@ -727,6 +733,20 @@ def test_setclass_counts_hard_linked_files_once(fs):
     f = fs.create(d, b"f")
     fs.do("link", ino=f, parent=d, name=b"g")
     assert fs.do("setclass", ino=d, sclass="fast", recursive=True) == {"changed": 2, "skipped": 0}
+
+
+def test_storage_class_model():
+    fast, archive = CLASSES["fast"], CLASSES["archive"]
+    assert (fast.goal, fast.available, fast.describe()) == (3, True, "3 copies")
+    assert (archive.goal, archive.available, archive.describe()) == (12, False, "erasure coding 8+4")
+    assert CLASSES["default"].to_dict() == {
+        "name": "default", "copies": 2, "ec": None, "goal": 2, "tier": "standard", "available": True,
+        "description": "2 copies",
+    }  # fmt: skip
+    assert StorageClass("x", ec=[4, 2]).ec == (4, 2)
+    for bad in [{}, {"copies": 2, "ec": (1, 1)}, {"copies": 0}, {"ec": (8,)}, {"ec": (0, 2)}, {"ec": 3}]:
+        with pytest.raises(ValueError):
+            StorageClass("bad", **bad)
 
 
 def test_statfs(fs):
@@ -780,6 +800,33 @@ def test_malformed_queries(fs):
         with pytest.raises(FsError) as info:
             fs.ns.query(op, args, ctx)
         assert info.value.errno == errno.EINVAL
+
+
+def test_garbage_args_never_crash_or_half_apply():
+    ns, _, _ = random_run(5, 400)
+    rng = random.Random(1)
+    keys = ["ino", "parent", "name", "mode", "rdev", "target", "newparent", "newname", "flags", "uid", "gid",
+            "size", "atime", "mtime", "value", "sclass", "recursive", "index", "offset", "limit", "count"]  # fmt: skip
+    values = [None, True, -1, 0, 1, 2, 3, 2**64 - 1, 1.5, "now", "fast", b"", b"a", b"user.a", b"..", b"a/b",
+              b"x" * 300, [], [1], {}, S_IFREG | 0o644, S_IFDIR | 0o755]  # fmt: skip
+    ops = sorted(nsmod.MUTATIONS | nsmod.QUERIES)
+    for i in range(3000):
+        args = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 8))}
+        for k in ("ino", "parent", "newparent"):
+            if rng.random() < 0.5:
+                args[k] = rng.choice(list(ns._inodes))
+        op, ctx = rng.choice(ops), rng.choice([ROOT, ALICE, {"uid": 0, "gid": 0}])
+        before = ns.dump()
+        try:
+            if op in nsmod.MUTATIONS:
+                ns.apply({"op": op, "args": args, "ctx": ctx, "ts": i})
+            else:
+                ns.query(op, args, ctx)
+        except FsError:
+            assert ns.dump() == before, f"{op} {args} failed but changed the state"
+        else:
+            assert op in nsmod.MUTATIONS or ns.dump() == before, f"query {op} changed the state"
+    check(ns)
 
 
 def test_queries_cannot_be_applied(fs):

@@ -13,12 +13,9 @@ from mooseng.master.registry import Disk, Server
 GiB = 1 << 30
 
 
-def server(sid, free_gib=50, total_gib=100, alive=True, disk_state="ok", disks=1):
-    per_disk = [
-        Disk(i, f"/d{i}", total_gib * GiB // disks, (total_gib - free_gib) * GiB // disks, free_gib * GiB // disks, disk_state)
-        for i in range(disks)
-    ]
-    return Server(sid, f"127.0.0.1:{9400 + sid}", session=sid, last_seen=0.0, disks=per_disk, alive=alive)
+def server(sid, free_gib=50, total_gib=100, alive=True, disk_state="ok"):
+    disk = Disk(0, "/d0", total_gib * GiB, (total_gib - free_gib) * GiB, free_gib * GiB, disk_state)
+    return Server(sid, f"127.0.0.1:{9400 + sid}", session=sid, last_seen=0.0, disks=[disk], alive=alive)
 
 
 def ids(servers):

@@ -30,6 +30,10 @@ def reg():
     return Registry("mooseng", TIMEOUT, first_session=100)
 
 
+def server(reg, sid):
+    return next(s for s in reg.servers() if s.server_id == sid)
+
+
 def register(reg, sid, chunks=(), now=0.0, address=None, state="ok"):
     return reg.register("mooseng", sid, address or addr(sid), disks(state=state), list(chunks), now)
 
@@ -48,7 +52,7 @@ def test_duplicate_live_server_id_is_refused(reg):
     register(reg, 1)
     with pytest.raises(DuplicateServer, match=f"id 1 is already in use by {addr(1)}"):
         register(reg, 1, address="127.0.0.1:9999")
-    assert reg.server(1).address == addr(1)
+    assert server(reg, 1).address == addr(1)
 
 
 def test_same_server_re_registering_gets_a_new_session_and_replaces_its_copies(reg):
@@ -64,8 +68,8 @@ def test_down_server_id_may_come_back_from_another_address(reg):
     register(reg, 1)
     reg.expire(TIMEOUT + 1)
     register(reg, 1, address="127.0.0.1:9999", now=TIMEOUT + 2)
-    assert reg.server(1).address == "127.0.0.1:9999"
-    assert reg.server(1).alive
+    assert server(reg, 1).address == "127.0.0.1:9999"
+    assert server(reg, 1).alive
 
 
 def test_timeout_marks_down_with_injected_clock(reg):
@@ -74,7 +78,7 @@ def test_timeout_marks_down_with_injected_clock(reg):
     assert beat(reg, 2, s2, 6.0)
     assert reg.expire(TIMEOUT) == [], "exactly the timeout is not yet down"
     assert [s.server_id for s in reg.expire(TIMEOUT + 0.1)] == [1]
-    assert not reg.server(1).alive and reg.server(2).alive
+    assert not server(reg, 1).alive and server(reg, 2).alive
     assert reg.expire(TIMEOUT + 0.2) == [], "going down is reported once"
     assert reg.copies(5) == [], "a down server's copies no longer count"
     assert not beat(reg, 1, s1, TIMEOUT + 1), "a late heartbeat must re-register"
@@ -89,80 +93,102 @@ def test_heartbeat_from_unknown_server_asks_to_register(reg):
 def test_stale_version_copies_are_listed_for_deletion(reg):
     session = register(reg, 1, chunks=[ChunkRef(5, 3, 0), ChunkRef(6, 2, 0), ChunkRef(7, 4, 0)])
     register(reg, 2, chunks=[ChunkRef(6, 3, 0)])
-    versions = {5: 3, 6: 3, 7: 3}  # 6 is stale on 1; 7 newer than the namespace: kept, but not valid
-    assert reg.deletions(1, versions.get, 1.0) == [ChunkRef(6, 2, 0)]
+    versions = {5: 3, 6: 3, 7: 3}  # 6 is stale on 1; 7 is ahead (set_version, then a master crash)
+    assert reg.deletions(1, versions.get) == [ChunkRef(6, 2, 0)]
     assert [s.server_id for s, _ in reg.copies(6)] == [2], "a copy told to delete leaves the registry at once"
-    assert reg.holders(5, 3) == [reg.server(1)]
-    assert reg.holders(7, 3) == []
-    assert reg.deletions(1, versions.get, 2.0) == [], "checked copies are not listed again"
+    assert reg.holders(5, 3) == [server(reg, 1)]
+    assert reg.holders(7, 3) == [server(reg, 1)], "a copy ahead of the namespace has the same data: valid"
+    assert reg.deletions(1, versions.get) == [], "checked copies are not listed again"
     assert beat(reg, 1, session, 3.0, added=[ChunkRef(8, 1, 0)])
-    assert reg.deletions(1, versions.get, 3.0) == [ChunkRef(8, 1, 0)], "newly reported unknown chunk"
+    assert reg.deletions(1, versions.get) == [ChunkRef(8, 1, 0)], "newly reported unknown chunk"
 
 
 def test_unknown_chunks_are_listed_for_deletion(reg):
     register(reg, 1, chunks=[ChunkRef(5, 1, 0), ChunkRef(6, 1, 0)])
-    assert reg.deletions(1, {5: 1}.get, 0.0) == [ChunkRef(6, 1, 0)]
+    assert reg.deletions(1, {5: 1}.get) == [ChunkRef(6, 1, 0)]
 
 
 def test_freed_chunks_are_deleted_after_recheck(reg):
     register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
     register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
     versions = {5: 1}
-    assert reg.deletions(1, versions.get, 0.0) == [] and reg.deletions(2, versions.get, 0.0) == []
+    assert reg.deletions(1, versions.get) == [] and reg.deletions(2, versions.get) == []
     del versions[5]  # unlinked
     reg.recheck([5])
-    assert reg.deletions(1, versions.get, 1.0) == [ChunkRef(5, 1, 0)]
-    assert reg.deletions(2, versions.get, 1.0) == [ChunkRef(5, 1, 0)]
+    assert reg.deletions(1, versions.get) == [ChunkRef(5, 1, 0)]
+    assert reg.deletions(2, versions.get) == [ChunkRef(5, 1, 0)]
 
 
-def test_copies_being_written_are_not_deleted_until_the_session_ends(reg):
-    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
-    register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
-    reg.begin_write(5, 1, until=60.0)  # write_chunk bumped 5 to version 2
+def test_fenced_copies_are_invalid_and_deleted_once_a_valid_copy_exists(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 2, 0)])
+    s2 = register(reg, 2, chunks=[ChunkRef(5, 2, 0)])
+    register(reg, 3, chunks=[ChunkRef(5, 1, 0)])
     versions = {5: 2}
-    reg.recheck([5])
-    assert reg.deletions(1, versions.get, 1.0) == []
-    reg.record_copies(5, 2, [addr(1)])  # server 2 failed the write
-    reg.end_write(5, 2)
-    assert reg.deletions(1, versions.get, 2.0) == []
-    assert reg.deletions(2, versions.get, 2.0) == [ChunkRef(5, 1, 0)]
-    assert reg.holders(5, 2) == [reg.server(1)]
+    reg.fence_missing(5, 2, 2, [addr(1)])  # the client stored version 2 on server 1 only
+    assert reg.holders(5, 2) == [server(reg, 1)]
+    assert reg.classify(5, 2, 2) == UNDERGOAL
+    assert reg.deletions(2, versions.get) == [ChunkRef(5, 2, 0)]
+    assert reg.deletions(3, versions.get) == [ChunkRef(5, 1, 0)], "and the stale copy goes as usual"
+    assert beat(reg, 2, s2, 1.0, added=[ChunkRef(5, 2, 0)])  # reported again (say it re-registered)
+    assert reg.holders(5, 2) == [server(reg, 1)], "the fence outlives the copy's record"
+    assert reg.deletions(2, versions.get) == [ChunkRef(5, 2, 0)]
 
 
-def test_pending_write_protection_expires(reg):
-    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
-    reg.begin_write(5, 1, until=30.0)
-    register(reg, 2, chunks=[ChunkRef(5, 2, 0)])  # the other copy of the write already made it
-    assert reg.deletions(1, {5: 2}.get, 10.0) == []
-    assert reg.deletions(1, {5: 2}.get, 31.0) == [ChunkRef(5, 1, 0)]
+def test_fenced_copies_are_kept_while_no_valid_copy_exists(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 2, 0)])
+    reg.fence(5, 2, [1])
+    assert reg.deletions(1, {5: 2}.get) == []
+    assert reg.classify(5, 2, 2) == MISSING
+
+
+def test_a_newer_fence_replaces_an_older_one(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 2, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 2, 0)])
+    reg.fence(5, 2, [2])
+    reg.fence(5, 2, [])  # same version: merged
+    assert reg.holders(5, 2) == [server(reg, 1)]
+    reg.record_copies(5, 3, [addr(1), addr(2)])  # both took version 3 and stored its data
+    reg.fence(5, 3, [])
+    assert sorted(s.server_id for s in reg.holders(5, 3)) == [1, 2]
+    assert not reg._fences
+
+
+def test_fence_missing_covers_later_versions(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 3, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 3, 0)])
+    register(reg, 3, chunks=[ChunkRef(5, 1, 0)])
+    # A session at version 2 reports after a later one (version 3) moved both copies on:
+    # server 2 missed the version-2 data, so its version-3 copy lacks it too.
+    reg.fence_missing(5, 2, 3, [addr(1)])
+    assert reg.holders(5, 3) == [server(reg, 1)]
+    assert reg.is_valid(5, server(reg, 3), reg.copies(5)[2][1], 1), "a copy below the written version is not fenced"
+
+
+def test_superseded_fences_are_dropped(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 2, 0)])
+    reg.fence(5, 2, [1])
+    reg.deletions(1, {5: 3}.get)
+    assert not reg._fences
 
 
 def test_stale_copies_are_kept_while_no_valid_copy_exists(reg):
     s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
     register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
     versions = {5: 2}  # write_chunk bumped the version, then the client died before writing
-    assert reg.deletions(1, versions.get, 1.0) == [] and reg.deletions(2, versions.get, 1.0) == []
+    assert reg.deletions(1, versions.get) == [] and reg.deletions(2, versions.get) == []
     assert reg.classify(5, 2, 2) == MISSING
     assert beat(reg, 1, s1, 2.0, added=[ChunkRef(5, 2, 0)])  # a valid copy shows up after all
-    assert reg.deletions(1, versions.get, 2.0) == []
-    assert reg.deletions(2, versions.get, 2.0) == [ChunkRef(5, 1, 0)]
-
-
-def test_expired_write_sessions_are_forgotten(reg):
-    reg.begin_write(5, 1, until=30.0)
-    reg.expire(20.0)
-    assert reg._pending
-    reg.expire(31.0)
-    assert not reg._pending
+    assert reg.deletions(1, versions.get) == []
+    assert reg.deletions(2, versions.get) == [ChunkRef(5, 1, 0)]
 
 
 def test_commit_report_is_not_undone_by_an_older_heartbeat(reg):
     session = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
     reg.record_copies(5, 2, [addr(1)])
     assert beat(reg, 1, session, 1.0, added=[ChunkRef(5, 1, 0)])
-    assert reg.holders(5, 2) == [reg.server(1)]
+    assert reg.holders(5, 2) == [server(reg, 1)]
     assert beat(reg, 1, session, 2.0, removed=[ChunkRef(5, 1, 0)])
-    assert reg.holders(5, 2) == [reg.server(1)], "removing an older version keeps the newer copy"
+    assert reg.holders(5, 2) == [server(reg, 1)], "removing an older version keeps the newer copy"
     assert beat(reg, 1, session, 3.0, added=[ChunkRef(5, 2, 0)])
     assert reg.copies(5)[0][1].disk == 0, "the heartbeat fills in the disk"
 
@@ -170,7 +196,7 @@ def test_commit_report_is_not_undone_by_an_older_heartbeat(reg):
 def test_record_copies_ignores_unknown_addresses(reg):
     register(reg, 1)
     assert reg.record_copies(5, 1, [addr(1), "10.9.9.9:1"]) == ["10.9.9.9:1"]
-    assert reg.holders(5, 1) == [reg.server(1)]
+    assert reg.holders(5, 1) == [server(reg, 1)]
 
 
 def test_holders_exclude_damaged_disks_and_rotate(reg):

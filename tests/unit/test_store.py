@@ -133,6 +133,31 @@ def test_version_rules(store):
         assert info.value.errno == errno.EINVAL
 
 
+def test_set_version_moves_a_copy_before_a_session(store, dirs):
+    store.write(1, 3, 0, 0, b"data")
+    store.take_changes()
+    store.set_version(1, 3, 4)
+    store.set_version(1, 3, 4)  # a retried call: already there
+    assert store.get(1).version == 4
+    assert store.take_changes()[0] == [ChunkInfo(1, 4, store.get(1).disk, 4)]
+    store.write(1, 4, 4, 4, b"+more")  # the session then writes with expect_version == version
+    assert store.read(1, 4, 0, 9) == b"data+more"
+    with pytest.raises(StaleChunk):
+        store.set_version(1, 7, 8)
+    with pytest.raises(ChunkNotFound):
+        store.set_version(2, 1, 2)
+    with store.open_write(1, 5, 4):
+        with pytest.raises(FsError) as info:
+            store.set_version(1, 4, 6)
+        assert info.value.errno == errno.EBUSY
+    store.close()
+    again = ChunkStore(dirs)
+    try:
+        assert again.get(1).version == 4
+    finally:
+        again.close()
+
+
 def test_one_session_at_a_time_and_readers_see_the_new_version(store):
     store.write(1, 1, 0, 0, b"old")
     with store.open_write(1, 2, 1) as session:

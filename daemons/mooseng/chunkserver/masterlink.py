@@ -1,7 +1,11 @@
 """Register with the master, then heartbeat: disks, chunk deltas, byte counters; run its deletes.
 
+The master speaks rpc.py (docs/DESIGN.md "Transport"): `register{cluster_id, server_id, address,
+disks, chunks} -> {session}` and `heartbeat{server_id, session, disks, added, removed, bytes_read,
+bytes_written} -> {reregister, delete}`.
+
 Any failure (master down, not the leader, refused, lost session) drops the session, and the next
-contact is a full Register, with every chunk held, to the next address in master_addrs. So change
+contact is a full register, with every chunk held, to the next address in master_addrs. So change
 deltas taken for a heartbeat that failed need no replay: the registration carries the whole state.
 Failures are logged once per change of state, not once per beat.
 """
@@ -10,36 +14,29 @@ import logging
 import threading
 import time
 
-import grpc
-
-from mooseng.chunkserver.service import CHANNEL_OPTIONS
+from mooseng import rpc
 from mooseng.chunkserver.store import ChunkInfo, ChunkStore, DiskStat
 from mooseng.errors import FsError
-from mooseng.proto import mooseng_pb2 as pb
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT_S = 30.0  # the request carries every chunk held
+CONNECT_TIMEOUT_S = 2.0
 
 
-def _ref(chunk: ChunkInfo) -> pb.ChunkRef:
-    return pb.ChunkRef(chunk_id=chunk.chunk_id, version=chunk.version, disk=chunk.disk, length=chunk.length)
+def _ref(chunk: ChunkInfo) -> dict:
+    return {"chunk_id": chunk.chunk_id, "version": chunk.version, "disk": chunk.disk, "length": chunk.length}
 
 
-def _disk(disk: DiskStat) -> pb.DiskInfo:
-    return pb.DiskInfo(
-        index=disk.index, path=disk.path, total_bytes=disk.total_bytes, used_bytes=disk.used_bytes,
-        free_bytes=disk.free_bytes, state=disk.state, chunks=disk.chunks,
-    )  # fmt: skip
-
-
-def _why(exc: grpc.RpcError) -> str:
-    return f"{exc.code().name}: {exc.details()}"
+def _disk(disk: DiskStat) -> dict:
+    return {
+        "index": disk.index, "path": disk.path, "total_bytes": disk.total_bytes, "used_bytes": disk.used_bytes,
+        "free_bytes": disk.free_bytes, "state": disk.state, "chunks": disk.chunks,
+    }  # fmt: skip
 
 
 class MasterLink:
-    """The chunkserver's side of Master.Register/Heartbeat, in its own thread (start/stop)."""
+    """The chunkserver's side of register/heartbeat, in its own thread (start/stop)."""
 
     def __init__(self, store: ChunkStore, *, cluster_id: str, server_id: int, address: str,
                  master_addrs: list[str], interval_s: float):
@@ -47,20 +44,16 @@ class MasterLink:
         self._cluster_id = cluster_id
         self._server_id = server_id
         self._address = address
-        self._masters = list(master_addrs)
+        self._masters = [
+            rpc.Client(addr, timeout_s=max(2.0, 3 * interval_s), connect_timeout_s=CONNECT_TIMEOUT_S)
+            for addr in master_addrs
+        ]
         self._interval = interval_s
-        self._beat_timeout = max(2.0, 3 * interval_s)
         self._current = 0  # index in _masters of the master we talk to
         self._session: int | None = None
         self._state = ""  # the state last logged, e.g. "registered 127.0.0.1:9421" or "down"
-        self._stubs: dict[str, pb_grpc.MasterStub] = {}
-        self._channels: list[grpc.Channel] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="masterlink", daemon=True)
-
-    @property
-    def session(self) -> int | None:
-        return self._session
 
     def start(self) -> None:
         self._thread.start()
@@ -69,20 +62,20 @@ class MasterLink:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        for channel in self._channels:
-            channel.close()
+        for master in self._masters:
+            master.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                self.beat()
+                self._beat()
             except Exception:  # a bug here must not end the reporting for good
                 log.exception("heartbeat failed unexpectedly")
                 self._session = None
             self._stop.wait(max(0.0, self._interval - (time.monotonic() - started)))
 
-    def beat(self) -> None:
+    def _beat(self) -> None:
         """One round: a heartbeat if registered (then run the master's deletes), else register."""
         if self._session is not None and not self._heartbeat():
             self._session = None
@@ -90,65 +83,59 @@ class MasterLink:
             self._register()
 
     def _heartbeat(self) -> bool:
-        addr = self._masters[self._current]
-        disks = [_disk(d) for d in self._store.disk_stats()]
+        master = self._masters[self._current]
         added, removed = self._store.take_changes()
-        request = pb.HeartbeatRequest(
-            server_id=self._server_id, session=self._session, disks=disks,
-            added=[_ref(c) for c in added], removed=[_ref(c) for c in removed],
-            bytes_read=self._store.bytes_read, bytes_written=self._store.bytes_written,
-        )  # fmt: skip
+        params = {
+            "server_id": self._server_id, "session": self._session,
+            "disks": [_disk(d) for d in self._store.disk_stats()],
+            "added": [_ref(c) for c in added], "removed": [_ref(c) for c in removed],
+            "bytes_read": self._store.bytes_read, "bytes_written": self._store.bytes_written,
+        }  # fmt: skip
         try:
-            reply = self._stub(addr).Heartbeat(request, timeout=self._beat_timeout)
-        except grpc.RpcError as exc:
-            self._log_state(f"lost {addr}", logging.WARNING, f"lost master {addr} ({_why(exc)}): registering again")
+            reply, _ = master.call("heartbeat", params)
+        except rpc.RpcError as exc:
+            self._log_state(f"lost {master.addr}", logging.WARNING, f"lost master {master.addr} ({exc}): registering again")
             self._current = (self._current + 1) % len(self._masters)
             return False
-        if reply.reregister:
-            self._log_state(f"reregister {addr}", logging.INFO, f"master {addr} asked for a new registration")
+        if reply["reregister"]:
+            self._log_state(f"reregister {master.addr}", logging.INFO, f"master {master.addr} asked for a new registration")
             return False
-        for ref in reply.delete:
+        for ref in reply["delete"]:
             try:
-                if self._store.delete(ref.chunk_id, ref.version):
-                    log.info("deleted chunk %016X version %d as the master asked", ref.chunk_id, ref.version)
+                if self._store.delete(ref["chunk_id"], ref["version"]):
+                    log.info("deleted chunk %016X version %d as the master asked", ref["chunk_id"], ref["version"])
             except FsError as exc:
-                log.warning("could not delete chunk %016X: %s", ref.chunk_id, exc)
+                log.warning("could not delete chunk %016X: %s", ref["chunk_id"], exc)
         return True
 
     def _register(self) -> None:
         """Try every master once, starting with the current one."""
         self._store.take_changes()  # the full list below supersedes them
-        disks = [_disk(d) for d in self._store.disk_stats()]
         chunks = [_ref(c) for c in self._store.chunks()]
-        request = pb.RegisterRequest(
-            cluster_id=self._cluster_id, server_id=self._server_id, address=self._address, disks=disks, chunks=chunks
-        )
+        params = {
+            "cluster_id": self._cluster_id, "server_id": self._server_id, "address": self._address,
+            "disks": [_disk(d) for d in self._store.disk_stats()], "chunks": chunks,
+        }  # fmt: skip
         failures = []
         for _ in range(len(self._masters)):
-            addr = self._masters[self._current]
+            if self._stop.is_set():
+                return
+            master = self._masters[self._current]
             try:
-                reply = self._stub(addr).Register(request, timeout=REGISTER_TIMEOUT_S)
-            except grpc.RpcError as exc:
-                failures.append(f"{addr}: {_why(exc)}")
+                reply, _ = master.call("register", params, timeout_s=REGISTER_TIMEOUT_S)
+            except rpc.RpcError as exc:
+                failures.append(f"{master.addr}: {exc}")
                 self._current = (self._current + 1) % len(self._masters)
                 continue
-            self._session = reply.session
+            self._session = reply["session"]
             self._log_state(
-                f"registered {addr}", logging.INFO,
-                f"registered with master {addr} (session {reply.session}, {len(chunks)} chunks)",
+                f"registered {master.addr}", logging.INFO,
+                f"registered with master {master.addr} (session {self._session}, {len(chunks)} chunks)",
             )  # fmt: skip
             return
         self._log_state("down", logging.WARNING, f"no master accepts this chunkserver, retrying: {'; '.join(failures)}")
 
     def _log_state(self, state: str, level: int, message: str) -> None:
-        if state != self._state:
+        if state != self._state and not self._stop.is_set():
             self._state = state
             log.log(level, "%s", message)
-
-    def _stub(self, addr: str) -> pb_grpc.MasterStub:
-        stub = self._stubs.get(addr)
-        if stub is None:
-            channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-            self._channels.append(channel)
-            stub = self._stubs[addr] = pb_grpc.MasterStub(channel)
-        return stub

@@ -9,6 +9,7 @@ the very same bytes. The wire format is plain mooseng.proto; any protobuf client
 Errors map to gRPC status codes: CRC mismatch DATA_LOSS, unknown chunk NOT_FOUND, wrong version
 FAILED_PRECONDITION, malformed request INVALID_ARGUMENT, no space RESOURCE_EXHAUSTED, chunk busy
 UNAVAILABLE, I/O error (damaged disk) INTERNAL. Every one means "try another copy" to a client.
+Measured against plain protobuf codecs: writes +15-50%, reads a third less server CPU.
 """
 
 import errno
@@ -32,9 +33,12 @@ from mooseng.proto import mooseng_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE = "mooseng.v1.ChunkServer"
-PIECE = 1 << 20  # bytes per Read reply: measured best on loopback (larger pieces are slower)
+# Bytes per Read reply, as DESIGN.md says. Measured on loopback: 256 KiB to 1 MiB alike, 2 MiB and
+# more 10-20% slower, 128 KiB and less much slower (per-message cost).
+PIECE = 1 << 20
 FORWARD_QUEUE = 8  # Write messages buffered toward the next chunkserver
 FORWARD_STALL_S = 30.0  # a downstream that accepts nothing for this long is given up
+NO_DEADLINE_S = 1e6  # time_remaining() beyond this means the caller set no deadline
 MAX_CHAIN = 16
 CHANNEL_OPTIONS = wire.GRPC_OPTIONS + [
     # A restarted peer must be reachable again within a second, not after gRPC's 2-minute backoff.
@@ -233,6 +237,10 @@ class _BadRequest(Exception):
     pass
 
 
+class _Cancelled(Exception):
+    """The client went away; gRPC may present that as a normal end of the request stream."""
+
+
 class ChunkServerService(pb_grpc.ChunkServerServicer):
     """Register with add_to_server (not add_ChunkServerServicer_to_server): it installs the
     codecs above, which Read's pre-encoded replies and Write's WriteMessage rely on."""
@@ -269,6 +277,8 @@ class ChunkServerService(pb_grpc.ChunkServerServicer):
         started = time.perf_counter()
         try:
             return self._write(request_iterator, context)
+        except _Cancelled:
+            context.abort(grpc.StatusCode.CANCELLED, "the write stream was cancelled")
         except _BadRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FsError as exc:
@@ -296,9 +306,10 @@ class ChunkServerService(pb_grpc.ChunkServerServicer):
         written = 0
         try:
             if first.chain:
+                remaining = context.time_remaining()
                 forward = _Forwarder(
                     self._writer(first.chain[0]), first.chain, first.for_next_hop(first.chain[1:]),
-                    context.time_remaining(),
+                    remaining if remaining < NO_DEADLINE_S else None,
                 )
             message = first
             while message is not None:
@@ -313,6 +324,11 @@ class ChunkServerService(pb_grpc.ChunkServerServicer):
                 session.write(message.offset, message.data)
                 written += len(message.data)
                 message = next(requests, None)
+            # gRPC may show a cancelled stream as ended before it shows the cancellation. This
+            # narrows that window without closing it: like a local file after a crash mid-write,
+            # a copy may then keep part of a stream whose client died (its write never succeeded).
+            if not context.is_active():
+                raise _Cancelled()
             if forward is not None:
                 forward.finish()
             session.commit()

@@ -48,6 +48,10 @@ EMPTY_HEADER = bytes(TABLE_OFFSET - _IDENT.size) + EMPTY_TABLE  # the header aft
 
 OK, DAMAGED = "ok", "damaged"
 FD_CACHE_SIZE = 256
+# Writes at least this big start their writeback at once, so the fdatasync of the commit has
+# little left to do (measured: a 64 MiB chunk's commit went from ~80 ms to ~1 ms, streaming writes
+# +50%). Smaller writes leave it to the commit: they may rewrite the same pages again.
+WRITEBACK_MIN = 1 << 20
 _NAME = re.compile(r"chunk_([0-9A-F]{16})\.mng")
 _MAX_ID = (1 << 64) - 1
 # OSError numbers that say the disk or its file system is broken, not the request.
@@ -448,6 +452,8 @@ class ChunkStore:
             self._check_alive(chunk)
             with self._io(chunk) as handle:
                 chunkio.pwrite_update(handle.fd, data, HEADER_SIZE, offset, chunk.length, handle.table)
+                if length >= WRITEBACK_MIN:
+                    chunkio.start_writeback(handle.fd, HEADER_SIZE + offset, length)
                 table = memoryview(handle.table)[4 * first:4 * (last + 1)]
                 os.pwrite(handle.fd, table, TABLE_OFFSET + 4 * first)
             end = offset + length
@@ -479,6 +485,27 @@ class ChunkStore:
             chunk.writer = None
             if discard and not chunk.gone:
                 self._discard(chunk)
+
+    def set_version(self, chunk_id: int, expect_version: int, version: int) -> None:
+        """Move the copy from `expect_version` to `version` (durably), as the master does to every
+        valid copy before a write session or a cut (MooseFS-style); already at `version`: done.
+
+        ChunkNotFound, StaleChunk (at another version), FsError(EBUSY) while a session is open:
+        its commit would take the header back to the session's older version.
+        """
+        _check_ids(chunk_id, version, expect_version)
+        chunk = self._find(chunk_id)
+        with chunk.lock:
+            self._check_alive(chunk)
+            if chunk.writer is not None:
+                raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being written (version {chunk.writer})")
+            if chunk.version not in (expect_version, version):
+                raise StaleChunk(chunk_id, chunk.version, f"{expect_version} (to make {version})")
+            if chunk.version != version:
+                with self._io(chunk) as handle:
+                    self._set_version(handle.fd, version)
+                chunk.version = version
+                self._changed(chunk)
 
     # --- truncate / delete --------------------------------------------------------------------
 

@@ -21,13 +21,10 @@ import re
 import sys
 from pathlib import Path
 
-import grpc
-
-from mooseng import wire
+from mooseng import rpc, wire
 from mooseng.client.masterclient import Cred, MasterClient
 from mooseng.constants import ROOT_INODE
 from mooseng.errors import FsError, QuietError
-from mooseng.proto import mooseng_pb2, mooseng_pb2_grpc
 
 DEFAULT_MASTER = "127.0.0.1:9421"
 MFS_PREFIX = "mfs:"
@@ -35,11 +32,10 @@ MOUNT_FSTYPE = "fuse.mooseng"  # mooseng-mount's subtype=mooseng
 
 
 class Master:
-    """The CLI's view of the master: Meta calls as the invoking user, errors as one-line messages."""
+    """The CLI's view of the master: `meta` calls as the invoking user, errors as one-line messages."""
 
     def __init__(self, endpoints: list[str], timeout_s: float):
         self.endpoints = endpoints
-        self.timeout_s = timeout_s
         self._client = MasterClient(endpoints, timeout_s=timeout_s)
         self._cred = Cred(os.getuid(), os.getgid(), tuple(os.getgroups()))
 
@@ -75,26 +71,38 @@ def fuse_mounts() -> list[tuple[str, Path, str]]:
     return mounts
 
 
-def fs_components(path: str) -> list[str]:
-    """The names leading from the file system's root to PATH (see the module docstring)."""
+def fs_components(path: str) -> tuple[list[str], Path | None]:
+    """The names leading from the file system's root to PATH, and PATH's real path if it is a
+    mount path. A mount path follows symlinks, as the kernel does; in an mfs: path ".." is
+    resolved by name, as a shell does, and a final symlink is the entry itself."""
     if path.startswith(MFS_PREFIX):
         inner = path[len(MFS_PREFIX):]
         if not inner.startswith("/"):
             raise QuietError(f"not an absolute file system path: {path} (write mfs:/dir/file)")
-        # normpath keeps a leading "//"; ".." above the root stays at the root, as in a mount.
-        parts = posixpath.normpath("/" + inner.lstrip("/")).split("/")
-        return [p for p in parts if p not in ("", "..")]
+        return [p for p in posixpath.normpath("/" + inner.lstrip("/")).split("/") if p], None
     real = Path(os.path.realpath(path))
     mounts = [t for _, t, fstype in fuse_mounts() if fstype == MOUNT_FSTYPE and real.is_relative_to(t)]
     if not mounts:
         raise QuietError(f"not inside a MooseNG mount: {path} (name files in the file system as mfs:/dir/file)")
-    return list(real.relative_to(max(mounts, key=lambda t: len(t.parts))).parts)
+    return list(real.relative_to(max(mounts, key=lambda t: len(t.parts))).parts), real
 
 
 def resolve(master: Master, path: str) -> int:
-    """The inode of PATH, walked with `lookup` from the root inode."""
+    """The inode of PATH, walked with `lookup` from the root inode.
+
+    For a mount path the mount must show the same inode: otherwise the mount belongs to another
+    cluster than --master, and acting on the master's file of that name (setclass -r!) would be wrong.
+    """
+    names, real = fs_components(path)
+    if real is not None:
+        try:
+            mount_ino = os.stat(real).st_ino
+        except FileNotFoundError:
+            raise QuietError(f"no such file: {path}") from None
+        except OSError as exc:
+            raise QuietError(f"{path}: {exc.strerror}") from None
     ino = ROOT_INODE
-    for name in fs_components(path):
+    for name in names:
         try:
             ino = master.call("lookup", parent=ino, name=os.fsencode(name))["ino"]
         except FsError as exc:
@@ -103,6 +111,11 @@ def resolve(master: Master, path: str) -> int:
             if exc.errno == errno.ENOTDIR:
                 raise QuietError(f"not a directory on the way to: {path}") from None
             raise QuietError(f"{path}: {exc.message}") from None
+    if real is not None and ino != mount_ino:
+        raise QuietError(
+            f"{path} is inode {mount_ino} in its mount but inode {ino} on master {','.join(master.endpoints)}: "
+            "is that mount from another cluster? (pass its --master)"
+        )
     return ino
 
 
@@ -110,8 +123,10 @@ def resolve(master: Master, path: str) -> int:
 
 
 def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
-    status = master.call("status")
-    masters = [probe_master(ep) for ep in master.endpoints]
+    probes = [probe_master(ep) for ep in master.endpoints]
+    masters = [summary for summary, _ in probes]
+    # The leader's answer if a probe reached it; else MasterClient finds it (or says none answers).
+    status = next((s for _, s in probes if s is not None), None) or master.call("status")
     result = {"masters": masters, **status}
     lines = ["masters:"]
     for m in masters:
@@ -120,13 +135,15 @@ def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
     servers = status["chunkservers"]
     alive = sum(1 for s in servers if s["state"] == "alive")
     lines.append(f"chunkservers: {alive} alive, {len(servers) - alive} down")
-    lines.append(f"  {'ID':>4}  {'ADDRESS':<21} {'STATE':<6} {'CHUNKS':>7}  {'USED':>10} / {'TOTAL':<10} LAST HEARTBEAT")
+    lines.append(
+        f"  {'ID':>4}  {'ADDRESS':<21} {'STATE':<6} {'CHUNKS':>7}  {'USED':>11} / {'TOTAL':<11} LAST HEARTBEAT"
+    )
     for s in servers:
         used = sum(d["used_bytes"] for d in s["disks"])
         total = sum(d["total_bytes"] for d in s["disks"])
         lines.append(
             f"  {s['server_id']:>4}  {s['address']:<21} {s['state']:<6} {s['chunks']:>7}  "
-            f"{human(used):>10} / {human(total):<10} {s['last_heartbeat_s']:.1f} s ago"
+            f"{human(used):>11} / {human(total):<11} {s['last_heartbeat_s']:.1f} s ago"
         )
         for d in s["disks"]:
             lines.append(
@@ -135,7 +152,8 @@ def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
             )
     chunks = status["chunks"]
     lines.append(f"chunks: {chunks['total']} total")
-    lines.append(f"  {'CLASS':<10} {'STABLE':>8} {'UNDERGOAL':>10} {'MISSING':>8}")
+    if chunks["by_class"]:
+        lines.append(f"  {'CLASS':<10} {'STABLE':>8} {'UNDERGOAL':>10} {'MISSING':>8}")
     for name, states in sorted(chunks["by_class"].items()):
         lines.append(f"  {name:<10} {states['stable']:>8} {states['undergoal']:>10} {states['missing']:>8}")
     space = status["space"]
@@ -179,12 +197,13 @@ def cmd_setclass(master: Master, args) -> tuple[dict, list[str]]:
     try:
         done = master.call("setclass", ino=ino, sclass=args.sclass, recursive=args.recursive)
     except FsError as exc:
-        if exc.errno == errno.EINVAL:
-            names = ", ".join(c["name"] for c in master.call("classes"))
-            raise QuietError(f"no such storage class: {args.sclass} (classes: {names})") from None
+        if exc.errno == errno.EINVAL:  # an unknown class, or a request the master refused
+            names = [c["name"] for c in master.call("classes")]
+            if args.sclass not in names:
+                raise QuietError(f"no such storage class: {args.sclass} (classes: {', '.join(names)})") from None
         raise QuietError(f"cannot set class {args.sclass} on {args.path}: {exc.message}") from None
     result = {"path": args.path, "inode": ino, "class": args.sclass, "recursive": args.recursive, **done}
-    line = f"{args.path}: {args.sclass} ({done['changed']} inodes changed"
+    line = f"{args.path}: {args.sclass} ({done['changed']} inode{'' if done['changed'] == 1 else 's'} changed"
     if done["skipped"]:
         line += f", {done['skipped']} skipped: not the owner"
     return result, [line + ")"]
@@ -194,7 +213,8 @@ def cmd_classes(master: Master, args) -> tuple[list, list[str]]:
     classes = master.call("classes")
     lines = [f"{'NAME':<10} {'GOAL':>4}  {'REDUNDANCY':<22} {'TIER':<9} AVAILABLE"]
     for c in classes:
-        lines.append(f"{c['name']:<10} {c['goal']:>4}  {c['description']:<22} {c['tier']:<9} {'yes' if c['available'] else 'not yet'}")
+        available = "yes" if c["available"] else "not yet"
+        lines.append(f"{c['name']:<10} {c['goal']:>4}  {c['description']:<22} {c['tier']:<9} {available}")
     return classes, lines
 
 
@@ -210,24 +230,25 @@ COMMANDS = {
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def probe_master(endpoint: str, timeout_s: float = 2.0) -> dict:
-    """Ask one master for its role directly (no redirect): leader, follower (with the leader's
-    address), or unreachable. MasterClient would follow the redirect and hide the follower."""
+def probe_master(endpoint: str, timeout_s: float = 2.0) -> tuple[dict, dict | None]:
+    """Ask one master directly, without following a redirect (MasterClient would, and hide the
+    follower): ({endpoint, role: leader | follower | unreachable, ...}, its status or None)."""
+    client = rpc.Client(endpoint, timeout_s=timeout_s, connect_timeout_s=timeout_s)
     try:
-        with grpc.insecure_channel(endpoint, options=wire.GRPC_OPTIONS) as channel:
-            request = mooseng_pb2.MetaRequest(op="status", args=wire.pack({}))
-            reply = mooseng_pb2_grpc.MasterStub(channel).Meta(request, timeout=timeout_s)
-    except grpc.RpcError:
-        return {"endpoint": endpoint, "role": "unreachable"}
-    if reply.leader:
-        return {"endpoint": endpoint, "role": "follower", "leader": reply.leader}
-    if reply.errno:
-        return {"endpoint": endpoint, "role": f"error: {reply.message}"}
-    master = wire.unpack(reply.result)["master"]
-    return {"endpoint": endpoint, "role": master["role"], "node_id": master["node_id"]}
+        reply, _ = client.call("meta", {"op": "status", "args": {}})
+    except rpc.RpcError:
+        return {"endpoint": endpoint, "role": "unreachable"}, None
+    finally:
+        client.close()
+    if reply["leader"]:
+        return {"endpoint": endpoint, "role": "follower", "leader": reply["leader"]}, None
+    if reply["errno"]:
+        return {"endpoint": endpoint, "role": f"error: {reply['message']}"}, None
+    status = reply["result"]
+    return {"endpoint": endpoint, "role": status["master"]["role"], "node_id": status["master"]["node_id"]}, status
 
 
-def human(n: int) -> str:
+def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -246,7 +267,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("MOOSENG_MASTER_ENDPOINTS") or DEFAULT_MASTER,
         help=f"master endpoints (default: $MOOSENG_MASTER_ENDPOINTS or {DEFAULT_MASTER})",
     )  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="S", help="give up on the master after S seconds (default 5)")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="give up on the master after S seconds (default 5)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("status", parents=[common], help="masters, chunkservers and their disks, chunk states per class")
     p = sub.add_parser("fileinfo", parents=[common], help="chunks of a file and where each copy is")

@@ -9,12 +9,14 @@ Read replies are decoded into a memoryview of the received message.
 import errno
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, NamedTuple
 
 import grpc
+import grpc.experimental
 
-from mooseng.client.masterclient import CHANNEL_OPTIONS
+from mooseng import wire
 from mooseng.errors import FsError
 from mooseng.proto import mooseng_pb2 as pb
 
@@ -24,6 +26,23 @@ PIECE = 1 << 20  # bytes per Write message
 _WRITE_TAG_OFFSET = b"\x28"  # field 5, varint
 _WRITE_TAG_DATA = b"\x32"  # field 6, length-delimited
 _READ_TAG_DATA = 0x0A  # ReadReply field 1, length-delimited
+# gRPC's default reconnect backoff grows to 120 s; a chunkserver that restarts must be found again
+# within the client's own retry budget, so keep the channel's backoff short. Read streams are
+# consumed in the calling thread; without SingleThreadedUnaryStream gRPC starts a thread per call
+# to drive the stream, which costs more than a small random read itself.
+_OPTIONS = wire.GRPC_OPTIONS + [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+]
+SUSPECT_S = 10.0  # a copy that failed a read is tried last for this long
+_ZEROS = memoryview(bytes(PIECE))
+
+
+def zeros(n: int) -> list[memoryview]:
+    """`n` zero bytes as views of one shared buffer (fresh zeroed memory is slow to touch)."""
+    return [_ZEROS[:min(PIECE, n - pos)] for pos in range(0, n, PIECE)]
 
 
 class WriteResult(NamedTuple):
@@ -40,9 +59,11 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode_write(header: bytes, offset: int, data: memoryview) -> bytes:
-    """One WriteRequest: `header` (serialised header fields, or b""), offset and data; one copy."""
-    return b"".join((header, _WRITE_TAG_OFFSET, _varint(offset), _WRITE_TAG_DATA, _varint(len(data)), data))
+def encode_write(header: bytes, offset: int, parts: list) -> bytes:
+    """One WriteRequest: `header` (serialised header fields, or b""), offset and the data that is
+    `parts` joined; one copy."""
+    size = sum(len(p) for p in parts)
+    return b"".join((header, _WRITE_TAG_OFFSET, _varint(offset), _WRITE_TAG_DATA, _varint(size), *parts))
 
 
 def decode_read(raw: bytes) -> memoryview:
@@ -105,37 +126,34 @@ class ChunkClient:
         self._stubs: dict[str, _Stub] = {}
         self._channels: list[grpc.Channel] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mooseng-fanout")
+        self._suspect: dict[str, float] = {}  # address -> until when it is tried last
 
-    def read(self, chunk_id: int, version: int, offset: int, length: int, servers: list[str]) -> memoryview:
-        """`length` bytes at `offset` of the chunk from the first copy that delivers them.
+    def read(self, chunk_id: int, version: int, offset: int, length: int, servers: list[str]) -> list[memoryview]:
+        """`length` bytes at `offset` of the chunk from the first copy that delivers them, as the
+        pieces they arrived in (joining them would cost a copy that most readers do not need).
 
         Any failure of a copy, including DATA_LOSS (a CRC mismatch), moves on to the next copy;
         bytes past what a copy stores read as zeros. EIO names every copy that failed and why.
         """
         request = pb.ReadRequest(chunk_id=chunk_id, version=version, offset=offset, length=length)
         failures = []
-        for addr in servers:
+        now = time.monotonic()
+        for addr in sorted(servers, key=lambda a: self._suspect.get(a, 0) > now):  # stable: keeps the order
             try:
                 return self._read_from(addr, request, length)
             except (grpc.RpcError, FsError) as exc:
+                self._suspect[addr] = time.monotonic() + SUSPECT_S
                 failures.append(f"{addr}: {_why(exc)}")
                 log.warning("read of chunk %016x v%d from %s failed: %s", chunk_id, version, addr, _why(exc))
         detail = "; ".join(failures) or "no copy is available"
         raise FsError(errno.EIO, f"chunk {chunk_id:016x} v{version}: no copy could be read: {detail}")
 
-    def _read_from(self, addr: str, request: pb.ReadRequest, length: int) -> memoryview:
-        pieces = list(self._stub(addr).read(request, timeout=self.timeout_s))
-        if len(pieces) == 1 and len(pieces[0]) == length:
-            return pieces[0]
-        out = bytearray(length)
-        pos = 0
-        for piece in pieces:
-            end = pos + len(piece)
-            if end > length:
-                raise FsError(errno.EIO, f"sent {end} bytes, asked for {length}")
-            out[pos:end] = piece
-            pos = end
-        return memoryview(out)
+    def _read_from(self, addr: str, request: pb.ReadRequest, length: int) -> list[memoryview]:
+        pieces = [piece for piece in self._stub(addr).read(request, timeout=self.timeout_s) if piece]
+        got = sum(len(piece) for piece in pieces)
+        if got > length:
+            raise FsError(errno.EIO, f"sent {got} bytes, asked for {length}")
+        return pieces + zeros(length - got)
 
     def write(self, chunk_id: int, version: int, expect_version: int, servers: list[str],
               extents: Iterable[tuple[int, memoryview]]) -> WriteResult:
@@ -195,14 +213,26 @@ class ChunkClient:
 
     @staticmethod
     def _messages(first: bytes, extents) -> Iterator[bytes]:
-        """The stream: the first message carries the header (`first`, serialised); then pieces
-        of at most PIECE bytes."""
+        """The stream: the first message carries the header (`first`, serialised); contiguous
+        extents are joined into messages of up to PIECE bytes."""
+        run: list[memoryview] = []
+        run_start = run_len = 0
         for offset, data in extents:
             view = memoryview(data)
-            for pos in range(0, len(view), PIECE):
-                yield encode_write(first, offset + pos, view[pos:pos + PIECE])
-                first = b""
-        if first:  # nothing to write: still open the stream with its header
+            pos = 0
+            while pos < len(view):
+                if run and (run_start + run_len != offset + pos or run_len == PIECE):
+                    yield encode_write(first, run_start, run)
+                    first, run = b"", []
+                if not run:
+                    run_start, run_len = offset + pos, 0
+                take = min(PIECE - run_len, len(view) - pos)
+                run.append(view[pos:pos + take])
+                run_len += take
+                pos += take
+        if run:
+            yield encode_write(first, run_start, run)
+        elif first:  # nothing to write: still open the stream with its header
             yield first
 
     def truncate(self, chunk_id: int, version: int, expect_version: int, length: int,
@@ -230,7 +260,7 @@ class ChunkClient:
             with self._lock:
                 stub = self._stubs.get(addr)
                 if stub is None:
-                    channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
+                    channel = grpc.insecure_channel(addr, options=_OPTIONS)
                     self._channels.append(channel)
                     stub = self._stubs[addr] = _Stub(channel)
         return stub

@@ -1,8 +1,9 @@
 """Open files: a write-back buffer and read-ahead per inode, shared by all of its handles here.
 
-Writes are copied into per-chunk dirty extents and return at once. A chunk's buffer is written in
-the background (write_chunk -> chunkservers -> commit_write) once it holds `flush_bytes`, and
-everything is written on flush/fsync/release or when the client's memory budget runs out.
+Writes are kept (not copied) as per-chunk dirty extents and return at once. A chunk's buffer is
+written in the background (write_chunk -> chunkservers -> commit_write) once it holds
+`flush_bytes` or the writer moves on to the next chunk, and everything is written on
+flush/fsync/release or when the client's memory budget runs out.
 Reads overlay the buffered data on what the chunkservers return, so a handle sees its own (and
 its neighbours') unflushed writes, and getattr sizes include them. A failed background write is
 remembered per inode and raised, as EIO, by the next write/flush/fsync/release of every handle
@@ -21,11 +22,12 @@ import itertools
 import logging
 import threading
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
+from mooseng.client.chunkclient import zeros
 from mooseng.client.masterclient import ROOT, Attr, Cred
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
 from mooseng.errors import FsError
@@ -41,6 +43,7 @@ LOCATIONS_AHEAD = 16  # chunk refs per `chunks` query: a sequential reader asks 
 READ_RETRY_DELAYS = (0.0, 0.05, 0.2, 0.5, 1.0)
 _ACCMODE = 3  # os.O_ACCMODE
 _O_WRONLY, _O_RDWR, _O_APPEND = 1, 2, 0o2000
+_UNIT_BLOCKS = RA_UNIT // BLOCK_SIZE
 
 
 def _ceil_block(n: int) -> int:
@@ -48,97 +51,112 @@ def _ceil_block(n: int) -> int:
 
 
 class Extents:
-    """Dirty byte ranges of one chunk: sorted, disjoint and never touching (neighbours merge),
-    so a sequential writer keeps appending to one bytearray."""
+    """Dirty data of one chunk as sorted, disjoint pieces (offset, immutable buffer).
 
-    __slots__ = ("starts", "datas", "nbytes", "first_seq")
+    A write keeps the caller's bytes as they are: no copy on the write path, and the pieces of a
+    sequential writer go out as they came (the chunk client joins them into messages). Data that
+    a later write overlaps is cut away with zero-copy views.
+    """
+
+    __slots__ = ("starts", "pieces", "nbytes", "first_seq", "sealed")
 
     def __init__(self, first_seq: int = 0):
         self.starts: list[int] = []
-        self.datas: list[bytearray] = []
+        self.pieces: list = []  # bytes, or memoryviews of bytes
         self.nbytes = 0
         self.first_seq = first_seq  # the oldest write in here, for flush's "everything so far"
+        self.sealed = False  # the writer moved on to the next chunk: write this one out now
 
     def add(self, start: int, data) -> int:
-        """Overlay `data` at `start`; return how many bytes the buffer grew by."""
+        """Overlay `data` (bytes, or a view of bytes) at `start`; return how many bytes the
+        buffer grew by."""
         end = start + len(data)
-        starts, datas = self.starts, self.datas
-        i = bisect_right(starts, start) - 1
-        lo = i if i >= 0 and starts[i] + len(datas[i]) >= start else i + 1
-        hi = bisect_right(starts, end)  # extents from lo to hi-1 overlap or touch [start, end]
-        if lo == hi:
-            starts.insert(lo, start)
-            datas.insert(lo, bytearray(data))
-            self.nbytes += len(data)
-            return len(data)
-        old = sum(len(d) for d in datas[lo:hi])
-        base = starts[lo]
-        if base <= start:
-            merged = datas[lo]
-            if end - base <= len(merged):
-                merged[start - base:end - base] = data
-            else:
-                merged[start - base:] = data
-            tail_from = lo + 1
-        else:
-            base, merged = start, bytearray(data)
-            tail_from = lo
-        # Extents strictly inside [start, end] are overwritten; only the last one can reach past.
-        if hi - 1 >= tail_from:
-            last_start, last = starts[hi - 1], datas[hi - 1]
+        starts, pieces = self.starts, self.pieces
+        lo = bisect_right(starts, start) - 1
+        if lo < 0 or starts[lo] + len(pieces[lo]) <= start:
+            lo += 1  # the first piece that overlaps [start, end)
+        hi = bisect_left(starts, end)  # pieces lo .. hi-1 overlap it
+        new_starts, new_pieces = [start], [data]
+        overlap = 0
+        if lo < hi:
+            first_start, first = starts[lo], pieces[lo]
+            if first_start < start:
+                new_starts.insert(0, first_start)
+                new_pieces.insert(0, memoryview(first)[:start - first_start])
+            last_start, last = starts[hi - 1], pieces[hi - 1]
             if last_start + len(last) > end:
-                merged += memoryview(last)[end - last_start:]
-        starts[lo:hi] = [base]
-        datas[lo:hi] = [merged]
-        grown = len(merged) - old
+                new_starts.append(end)
+                new_pieces.append(memoryview(last)[end - last_start:])
+            overlap = sum(min(s + len(p), end) - max(s, start) for s, p in zip(starts[lo:hi], pieces[lo:hi]))
+        starts[lo:hi] = new_starts
+        pieces[lo:hi] = new_pieces
+        grown = len(data) - overlap
         self.nbytes += grown
         return grown
 
     def end(self) -> int:
-        return self.starts[-1] + len(self.datas[-1]) if self.starts else 0
+        return self.starts[-1] + len(self.pieces[-1]) if self.starts else 0
 
-    def items(self) -> list[tuple[int, bytearray]]:
-        return list(zip(self.starts, self.datas))
+    def items(self) -> list[tuple[int, object]]:
+        return list(zip(self.starts, self.pieces))
 
-    def slices(self, start: int, end: int) -> list[tuple[int, bytearray]]:
-        """Copies of the buffered bytes within [start, end), as (offset, data)."""
-        starts, datas = self.starts, self.datas
+    def slices(self, start: int, end: int) -> list[tuple[int, memoryview]]:
+        """The buffered bytes within [start, end), as (offset, view)."""
+        starts, pieces = self.starts, self.pieces
         out = []
         for j in range(max(bisect_right(starts, start) - 1, 0), len(starts)):
             s = starts[j]
             if s >= end:
                 break
-            d = datas[j]
-            a, b = max(s, start), min(s + len(d), end)
+            a, b = max(s, start), min(s + len(pieces[j]), end)
             if a < b:
-                out.append((a, d[a - s:b - s]))
+                out.append((a, memoryview(pieces[j])[a - s:b - s]))
         return out
 
 
 class _Entry:
-    """A read cache entry: [start, end) of a file, pending until its fetch fills it."""
+    """A read cache entry: [start, end) of a file, pending until its fetch fills it with the
+    pieces the chunkserver sent."""
 
-    __slots__ = ("ino", "start", "end", "data", "error", "_ready")
+    __slots__ = ("ino", "start", "end", "pieces", "offsets", "error", "_ready")
 
     def __init__(self, ino: int, start: int, end: int):
         self.ino, self.start, self.end = ino, start, end
-        self.data: memoryview | None = None
+        self.pieces: list[memoryview] = []
+        self.offsets: list[int] = []  # file offset of each piece
         self.error: FsError | None = None
         self._ready = threading.Event()
 
-    def fill(self, data: memoryview) -> None:
-        self.data = data
+    def fill(self, pieces: list[memoryview]) -> None:
+        pos = self.start
+        for piece in pieces:
+            self.offsets.append(pos)
+            pos += len(piece)
+        self.pieces = pieces
         self._ready.set()
 
     def fail(self, error: FsError) -> None:
         self.error = error
         self._ready.set()
 
-    def wait(self) -> memoryview:
-        self._ready.wait()
+    def get(self, start: int, end: int):
+        """Bytes [start, end) (file offsets within the entry); no copy unless pieces are joined."""
+        if not self._ready.is_set():
+            self._ready.wait()
         if self.error is not None:
             raise self.error
-        return self.data
+        i = bisect_right(self.offsets, start) - 1
+        piece, base = self.pieces[i], self.offsets[i]
+        if end - base <= len(piece):
+            return piece[start - base:end - base]
+        parts = []
+        while start < end:
+            piece, base = self.pieces[i], self.offsets[i]
+            stop = min(end, base + len(piece))
+            parts.append(piece[start - base:stop - base])
+            start = stop
+            i += 1
+        return b"".join(parts)
 
 
 class BufferCache:
@@ -202,8 +220,8 @@ class BufferCache:
             return entry
 
     def claim(self, ino: int, start: int, end: int) -> list[_Entry]:
-        """New pending entries for the runs of blocks in [start, end) that no entry covers;
-        `start` is block-aligned. The caller must fill or fail each one."""
+        """New pending entries for the runs of blocks in [start, end) that no entry covers, cut
+        at RA_UNIT boundaries; `start` is block-aligned. The caller must fill or fail each one."""
         with self._cond:
             blocks = self._blocks.setdefault(ino, {})
             out = []
@@ -213,7 +231,8 @@ class BufferCache:
                 while first < stop and first in blocks:
                     first += 1
                 last = first
-                while last < stop and last not in blocks:
+                unit_end = min(stop, (first // _UNIT_BLOCKS + 1) * _UNIT_BLOCKS)
+                while last < unit_end and last not in blocks:
                     last += 1
                 if first < last:
                     entry = _Entry(ino, first * BLOCK_SIZE, min(last * BLOCK_SIZE, end))
@@ -281,6 +300,7 @@ class InodeData:
         self._mtime = 0  # time of the latest buffered write
         self._writer = ROOT  # credentials of the latest writer; its flush runs with them
         self.errors = 0  # failed background writes so far; handles compare with what they saw
+        self.errors_logged = 0  # of those, how many flush_all has reported
         self.last_error: FsError | None = None
         self._locations: dict[int, tuple[int, int, list[str]]] = {}  # index -> (chunk_id, version, servers)
         self._locations_gen = 0  # bumped by our own commits: older `chunks` answers are stale
@@ -326,21 +346,26 @@ class InodeData:
             raise FsError(errno.EIO, f"writing inode {self.ino} failed: {self.last_error.message}")
 
     def write(self, handle: "FileHandle", offset: int, data) -> None:
+        """Buffer `data`, which is kept as it is: bytes, or a read-only view of bytes."""
         self.check_error(handle)
-        view = memoryview(data)
         cache, flush_bytes = self.files.cache, self.files.flush_bytes
-        pos, n = 0, len(view)
+        pos, n = 0, len(data)
         while pos < n:
             at = offset + pos
             index, in_chunk = divmod(at, CHUNK_SIZE)
             take = min(n - pos, CHUNK_SIZE - in_chunk)
+            piece = data if take == n else memoryview(data)[pos:pos + take]
             cache.reserve(take)
             with self.lock:
                 self._seq += 1
                 ext = self._dirty.get(index)
                 if ext is None:
                     ext = self._dirty[index] = Extents(self._seq)
-                grown = ext.add(in_chunk, view[pos:pos + take])
+                    before = self._dirty.get(index - 1)
+                    if before is not None:  # a sequential writer crossed into this chunk
+                        before.sealed = True
+                        self._start_job(index - 1)
+                grown = ext.add(in_chunk, piece)
                 if grown and not self.dirty_bytes:
                     cache.track(self)
                 self.dirty_bytes += grown
@@ -387,7 +412,7 @@ class InodeData:
         while True:
             with self.lock:
                 ext = self._dirty.get(index)
-                if ext is None or (ext.nbytes < self.files.flush_bytes and ext.first_seq > self._force_seq):
+                if ext is None or not (ext.sealed or ext.nbytes >= self.files.flush_bytes or ext.first_seq <= self._force_seq):
                     self._jobs.discard(index)
                     self._changed.notify_all()
                     return
@@ -467,7 +492,7 @@ class InodeData:
             out[s - offset:s - offset + len(d)] = d
         return out
 
-    def _read_stored(self, start: int, end: int) -> memoryview:
+    def _read_stored(self, start: int, end: int):
         """[start, end) as the chunkservers have it, through the read cache."""
         cache = self.files.cache
         parts = []
@@ -478,38 +503,34 @@ class InodeData:
             if entry is None:
                 limit = min(_ceil_block(end), (pos // CHUNK_SIZE + 1) * CHUNK_SIZE, self.attr.size)
                 if limit <= pos:  # truncated meanwhile
-                    parts.append(memoryview(bytes(end - pos)))
+                    parts += zeros(end - pos)
                     break
                 claimed = cache.claim(self.ino, pos - pos % BLOCK_SIZE, limit)
-                for new in claimed:
-                    self.fetch(new)
-                # Use what we fetched even if the budget already evicted it again.
+                # Use what we fetch even if the budget already evicted it again.
                 entry = next((e for e in claimed if e.start <= pos < e.end), None)
+                for other in claimed:  # the rest of a large read in parallel
+                    if other is not entry:
+                        self.files.read_pool.submit(self.fetch, other)
                 if entry is None:
                     continue  # another reader claimed this block first
+                self.fetch(entry)
+            stop = min(end, entry.end)
             try:
-                data = entry.wait()
+                parts.append(entry.get(pos, stop))
             except FsError:
                 cache.discard(entry)
                 if failed_at == pos:
                     raise
                 failed_at = pos  # a failed prefetch: fetch once more before giving up
                 continue
-            take = min(end, entry.end) - pos
-            parts.append(data[pos - entry.start:pos - entry.start + take])
-            pos += take
-        return parts[0] if len(parts) == 1 else memoryview(b"".join(parts))
+            pos = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch(self, start: int, end: int) -> None:
         """Queue reads of [start, end) (up to the stored size) that the cache lacks."""
-        end = min(end, self.attr.size)
-        pos = start - start % BLOCK_SIZE
-        cache, pool = self.files.cache, self.files.read_pool
-        while pos < end:
-            unit_end = min((pos // RA_UNIT + 1) * RA_UNIT, end)
-            for entry in cache.claim(self.ino, pos, unit_end):
-                pool.submit(self.fetch, entry)
-            pos = unit_end
+        pool = self.files.read_pool
+        for entry in self.files.cache.claim(self.ino, start - start % BLOCK_SIZE, min(end, self.attr.size)):
+            pool.submit(self.fetch, entry)
 
     def fetch(self, entry: _Entry) -> None:
         """Fill a claimed entry from a chunkserver (it lies within one chunk)."""
@@ -522,7 +543,7 @@ class InodeData:
             self.files.cache.discard(entry)
             entry.fail(exc)
 
-    def _read_chunk(self, start: int, length: int) -> memoryview:
+    def _read_chunk(self, start: int, length: int) -> list[memoryview]:
         index, in_chunk = divmod(start, CHUNK_SIZE)
         error = None
         for attempt, delay in enumerate(READ_RETRY_DELAYS):
@@ -530,7 +551,7 @@ class InodeData:
                 time.sleep(delay)
             chunk_id, version, servers = self._location(index, refresh=attempt > 0)
             if chunk_id == 0:  # a hole
-                return memoryview(bytes(length))
+                return zeros(length)
             try:
                 return self.files.chunks.read(chunk_id, version, in_chunk, length, servers)
             except FsError as exc:
@@ -554,6 +575,10 @@ class InodeData:
                     for ref in refs:
                         self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
                     return self._locations.get(index, (0, 0, []))
+
+
+def _immutable(data) -> bool:
+    return type(data) is bytes or (type(data) is memoryview and data.readonly and type(data.obj) is bytes)
 
 
 def _covers(overlays: list[tuple[int, bytearray]], start: int, end: int) -> bool:
@@ -593,6 +618,8 @@ class FileHandle:
     def write(self, offset: int, data) -> int:
         if not self.writable:
             raise FsError(errno.EBADF, "file not open for writing")
+        if not _immutable(data):  # the buffer keeps it until written: the caller must not change it
+            data = bytes(data)
         if self.flags & _O_APPEND:
             with self.inode.append_lock:
                 self.inode.write(self, self.inode.size(), data)
@@ -676,31 +703,36 @@ class Files:
     def inode(self, ino: int) -> InodeData | None:
         return self._inodes.get(ino)
 
-    def release(self, fh: int) -> None:
-        """Close a handle: write its inode's buffers; the last handle's close drops the cache."""
+    def release(self, fh: int) -> Attr:
+        """Close a handle: if it could write, write its inode's buffers (raising what the handle
+        has not seen); return the inode's attr. The last handle's close drops the inode's cache."""
         with self._lock:
             handle = self._handles.pop(fh, None)
         if handle is None:
             raise FsError(errno.EBADF, f"no open file {fh}")
         inode = handle.inode
         try:
-            inode.flush(handle)
+            if handle.writable:
+                inode.flush(handle)
         finally:
             with self._lock:
                 inode.handles -= 1
                 if not inode.handles and inode.clean():
                     del self._inodes[inode.ino]
                     self.cache.invalidate(inode.ino)
+        return inode.current_attr()
 
     def flush_all(self) -> int:
-        """Write every buffer of every open file (unmount, shutdown); return how many of those
-        files lost writes (each is logged)."""
+        """Write every buffer of every open file (unmount, shutdown); return how many files lost
+        writes since the last call (each is logged: no handle may be left to report it)."""
         failed = 0
         for inode in list(self._inodes.values()):
             inode.flush()
-            if inode.errors:
+            if inode.errors > inode.errors_logged:
                 failed += 1
-                log.error("inode %d: %d background write(s) failed, last: %s", inode.ino, inode.errors, inode.last_error)
+                log.error("inode %d: %d background write(s) failed, last: %s",
+                          inode.ino, inode.errors - inode.errors_logged, inode.last_error)
+                inode.errors_logged = inode.errors
         return failed
 
     def close(self) -> None:

@@ -24,6 +24,10 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 SYMLOOP_MAX = 40  # as Linux
 READ_PIECE = 16 << 20  # read_file reads this much per call
+# xattr namespaces whose answers do not depend on the caller (the master checks no permission
+# to read them), so one cached answer serves everyone.
+_CACHED_XATTRS = (b"security.", b"system.")
+XATTR_CACHE_MAX = 10000
 
 
 def _op(name: str):
@@ -76,17 +80,15 @@ def _open_mask(flags: int) -> int:
 
 
 class StatFs:
-    """statvfs numbers; sizes in blocks of `block_size` bytes."""
+    """statvfs numbers from the master's statfs (space over the live chunkservers' disks);
+    sizes in blocks of `block_size` bytes. Every free block is available to every user."""
 
-    __slots__ = ("block_size", "blocks", "blocks_free", "blocks_avail", "files", "files_free", "name_max")
+    __slots__ = ("block_size", "blocks", "blocks_free", "files", "files_free", "name_max")
 
     def __init__(self, result: dict, block_size: int = 65536):
         self.block_size = block_size
-        total = result.get("total_bytes", 0)
-        free = result.get("free_bytes", 0)
-        self.blocks = total // block_size
-        self.blocks_free = free // block_size
-        self.blocks_avail = result.get("avail_bytes", free) // block_size
+        self.blocks = result.get("total_bytes", 0) // block_size
+        self.blocks_free = result.get("free_bytes", 0) // block_size
         self.files = result.get("inodes", 0)
         # No inode limit: report as many free as the 32-bit statfs fields hold comfortably.
         self.files_free = max(0, (1 << 31) - self.files)
@@ -102,9 +104,11 @@ class Client:
 
     def __init__(self, endpoints: list[str], *, timeout_s: float = 30.0, cache_size_mb: int = 256,
                  readahead_mb: int = 16, write_mode: str = "chain", cred: Cred = ROOT,
-                 check_access: bool = True, client_id: int | None = None):
+                 check_access: bool = True, xattr_cache_s: float = 1.0, client_id: int | None = None):
         self.cred = cred
         self.check_access = check_access
+        self.xattr_cache_s = xattr_cache_s
+        self._xattrs: dict[tuple[int, bytes], tuple[float, bytes | FsError]] = {}
         self.master = MasterClient(endpoints, timeout_s, client_id)
         self.chunks = ChunkClient(write_mode)
         self.files = Files(self.master, self.chunks, cache_size_mb << 20, readahead_mb << 20)
@@ -113,7 +117,8 @@ class Client:
     def from_config(cls, cfg, **kwargs) -> "Client":
         """From the [client] section that config.load("client") returns."""
         return cls(cfg.master_endpoints, timeout_s=cfg.master_timeout_s, cache_size_mb=cfg.cache_size_mb,
-                   readahead_mb=cfg.readahead_mb, write_mode=cfg.write_mode, **kwargs)
+                   readahead_mb=cfg.readahead_mb, write_mode=cfg.write_mode, xattr_cache_s=cfg.attr_timeout_s,
+                   **kwargs)
 
     def close(self) -> None:
         """Write every buffer, then close the pools and channels."""
@@ -240,12 +245,31 @@ class Client:
 
     @_op("getxattr")
     def getxattr(self, ino: int, name: bytes | str, cred: Cred | None = None) -> bytes:
-        return self._call("getxattr", {"ino": ino, "name": os.fsencode(name)}, cred)
+        """The value; ENODATA if unset. security.* and system.* answers are cached for
+        `xattr_cache_s`: the kernel asks for security.capability before every write."""
+        name = os.fsencode(name)
+        if not name.startswith(_CACHED_XATTRS):
+            return self._call("getxattr", {"ino": ino, "name": name}, cred)
+        key, now = (ino, name), time.monotonic()
+        hit = self._xattrs.get(key)
+        if hit is None or hit[0] < now:
+            try:
+                answer = self._call("getxattr", {"ino": ino, "name": name}, cred)
+            except FsError as exc:
+                answer = exc
+            if len(self._xattrs) >= XATTR_CACHE_MAX:
+                self._xattrs.clear()
+            hit = self._xattrs[key] = (now + self.xattr_cache_s, answer)
+        if isinstance(hit[1], FsError):
+            raise FsError(hit[1].errno, hit[1].message)
+        return hit[1]
 
     @_op("setxattr")
     def setxattr(self, ino: int, name: bytes | str, value: bytes, flags: int = 0, cred: Cred | None = None) -> None:
         """flags: XATTR_CREATE or XATTR_REPLACE."""
-        self._call("setxattr", {"ino": ino, "name": os.fsencode(name), "value": bytes(value), "flags": flags}, cred)
+        name = os.fsencode(name)
+        self._xattrs.pop((ino, name), None)
+        self._call("setxattr", {"ino": ino, "name": name, "value": bytes(value), "flags": flags}, cred)
 
     @_op("listxattr")
     def listxattr(self, ino: int, cred: Cred | None = None) -> list[bytes]:
@@ -253,7 +277,9 @@ class Client:
 
     @_op("removexattr")
     def removexattr(self, ino: int, name: bytes | str, cred: Cred | None = None) -> None:
-        self._call("removexattr", {"ino": ino, "name": os.fsencode(name)}, cred)
+        name = os.fsencode(name)
+        self._xattrs.pop((ino, name), None)
+        self._call("removexattr", {"ino": ino, "name": name}, cred)
 
     # --- files ---
 
@@ -301,9 +327,10 @@ class Client:
 
     @_op("flush")
     def flush(self, fh: int) -> None:
-        """Write this file's buffers and wait (close() does this)."""
+        """Write this file's buffers and wait (close() of a writable descriptor does this)."""
         handle = self.files.handle(fh)
-        handle.inode.flush(handle)
+        if handle.writable:
+            handle.inode.flush(handle)
 
     @_op("fsync")
     def fsync(self, fh: int, datasync: bool = False) -> None:
@@ -312,8 +339,13 @@ class Client:
         handle.inode.flush(handle)
 
     @_op("release")
-    def release(self, fh: int) -> None:
-        self.files.release(fh)
+    def release(self, fh: int) -> Attr:
+        """Close a handle (writing its inode's buffers); returns the attr the file has now."""
+        return self.files.release(fh)
+
+    def attr_of(self, fh: int) -> Attr:
+        """The attr of an open file as this client knows it (no master call)."""
+        return self.files.handle(fh).inode.current_attr()
 
     # --- paths ---
 

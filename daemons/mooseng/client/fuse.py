@@ -27,6 +27,7 @@ BLKSIZE = 128 * 1024  # st_blksize: tools like cp then issue whole FUSE-sized wr
 GROUPS_TTL_S = 1.0  # how long a process's supplementary groups are reused
 GROUPS_CACHE_MAX = 4096
 DIR_PAGE = 256  # entries fetched per readdir call; the kernel takes about 4 KiB worth
+SEEN_MAX = 100_000  # files whose last-seen version is remembered for cache revalidation
 DOT_COOKIES = (1, 2)  # readdir offsets after "." and ".."; the master's own cookies start at 3
 
 
@@ -42,8 +43,6 @@ def _handler(fn):
             if exc.errno == errno.EIO:
                 log.warning("%s: %s", fn.__name__, exc)
             raise llfuse.FUSEError(exc.errno) from None
-        except llfuse.FUSEError:
-            raise
         except Exception:
             log.exception("%s failed unexpectedly", fn.__name__)
             raise llfuse.FUSEError(errno.EIO) from None
@@ -64,6 +63,8 @@ def _supplementary_groups(pid: int) -> tuple[int, ...]:
 
 
 class Operations(llfuse.Operations):
+    """The FUSE request handlers of one mount; fs.Client does the work."""
+
     def __init__(self, client: Client, attr_timeout: float, entry_timeout: float):
         super().__init__()
         self.client = client
@@ -71,6 +72,8 @@ class Operations(llfuse.Operations):
         self.entry_timeout = entry_timeout
         self._groups: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._groups_lock = threading.Lock()
+        self._seen: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) when last opened here
+        self._seen_lock = threading.Lock()
         self._dirs: dict[int, tuple[int, Cred]] = {}  # open directories: handle -> (ino, opener)
         self._dir_handles = itertools.count(1)
 
@@ -148,8 +151,7 @@ class Operations(llfuse.Operations):
         out = llfuse.StatvfsData()
         out.f_bsize = out.f_frsize = st.block_size
         out.f_blocks = st.blocks
-        out.f_bfree = st.blocks_free
-        out.f_bavail = st.blocks_avail
+        out.f_bfree = out.f_bavail = st.blocks_free
         out.f_files = st.files + st.files_free
         out.f_ffree = out.f_favail = st.files_free
         out.f_namemax = st.name_max
@@ -196,12 +198,27 @@ class Operations(llfuse.Operations):
 
     @_handler
     def open(self, inode, flags, ctx):
-        return self.client.open(inode, flags & ~os.O_APPEND, self._cred(ctx))
+        fh = self.client.open(inode, flags & ~os.O_APPEND, self._cred(ctx))
+        self._revalidate(self.client.attr_of(fh))
+        return fh
 
     @_handler
     def create(self, parent_inode, name, mode, flags, ctx):
         fh, attr = self.client.create(parent_inode, name, mode, flags & ~os.O_APPEND, self._cred(ctx))
+        self._revalidate(attr)
         return fh, self._entry(attr)
+
+    def _revalidate(self, attr: Attr) -> None:
+        """Close-to-open consistency: llfuse keeps the kernel's page cache across opens, so drop it
+        when the file changed (size or mtime) since this mount last had it open."""
+        seen = (attr.mtime, attr.size)
+        with self._seen_lock:
+            before = self._seen.get(attr.ino)
+            if len(self._seen) >= SEEN_MAX:
+                self._seen.clear()
+            self._seen[attr.ino] = seen
+        if before is not None and before != seen:
+            llfuse.invalidate_inode(attr.ino)
 
     @_handler
     def read(self, fh, off, size):
@@ -221,7 +238,9 @@ class Operations(llfuse.Operations):
 
     @_handler
     def release(self, fh):
-        self.client.release(fh)
+        attr = self.client.release(fh)
+        with self._seen_lock:  # our own writes changed it: that is no reason to drop the cache
+            self._seen[attr.ino] = (attr.mtime, attr.size)
 
     # --- directories ---
 

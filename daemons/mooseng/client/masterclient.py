@@ -1,4 +1,4 @@
-"""Meta RPCs to the master: credentials, leader redirects and a retry bounded in time.
+"""`meta` calls to the master: credentials, leader redirects and a retry bounded in time.
 
 Every call carries (client_id, seq); all attempts of one call reuse its seq so that the master can
 apply a retried mutation once even when the first reply was lost. An unreachable master becomes
@@ -13,27 +13,15 @@ import threading
 import time
 from typing import NamedTuple
 
-import grpc
-
-from mooseng import wire
+from mooseng import rpc
 from mooseng.errors import FsError
-from mooseng.proto import mooseng_pb2 as pb
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-# gRPC's default reconnect backoff grows to 120 s; a master (or chunkserver) that restarts must be
-# found again within the client's own retry budget, so keep the channel's backoff short.
-CHANNEL_OPTIONS = wire.GRPC_OPTIONS + [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
-
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _ATTEMPT_TIMEOUT_S = 10.0  # one RPC; a hung master costs this much before the next endpoint is tried
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
+_CONNECT_TIMEOUT_S = 2.0
 
 
 class Cred(NamedTuple):
@@ -80,14 +68,16 @@ class MasterClient:
         self.client_id = client_id if client_id is not None else random.getrandbits(64) or 1
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        self._stubs: dict[str, pb_grpc.MasterStub] = {}
-        self._channels: list[grpc.Channel] = []
+        self._clients: dict[str, rpc.Client] = {}  # one per endpoint; each pools its connections
         self._target = self.endpoints[0]
 
     def call(self, op: str, args: dict | None = None, cred: Cred = ROOT):
-        """Run one Meta op and return its decoded result; errno != 0 raises FsError(errno, message)."""
-        request = pb.MetaRequest(op=op, args=wire.pack(args or {}), client_id=self.client_id,
-                                 seq=next(self._seq), uid=cred.uid, gid=cred.gid, gids=cred.gids)
+        """Run one op and return its result; errno != 0 raises FsError(errno, message).
+
+        A request the master refuses as malformed is EINVAL; any other refusal is EIO.
+        """
+        params = {"op": op, "args": args or {}, "client_id": self.client_id, "seq": next(self._seq),
+                  "uid": cred.uid, "gid": cred.gid, "gids": list(cred.gids)}
         deadline = time.monotonic() + self.timeout_s
         backoff = _BACKOFF_FIRST_S
         failures = redirects = 0
@@ -98,24 +88,23 @@ class MasterClient:
             if remaining <= 0:
                 raise FsError(errno.EIO, f"master unreachable: {last} (gave up after {self.timeout_s:g} s)")
             try:
-                reply = self._stub(addr).Meta(request, timeout=min(remaining, _ATTEMPT_TIMEOUT_S))
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code not in _RETRYABLE:
-                    kind = errno.EINVAL if code == grpc.StatusCode.INVALID_ARGUMENT else errno.EIO
-                    raise FsError(kind, f"master {addr} refused {op}: {code.name}: {exc.details()}") from None
-                last = f"{addr}: {code.name}: {exc.details()}"
+                reply, _ = self._client(addr).call("meta", params, timeout_s=min(remaining, _ATTEMPT_TIMEOUT_S))
+            except rpc.RpcError as exc:
+                if exc.status != rpc.UNAVAILABLE:
+                    kind = errno.EINVAL if exc.status == rpc.INVALID_ARGUMENT else errno.EIO
+                    raise FsError(kind, f"master {addr} refused {op}: {exc}") from None
+                last = f"{addr}: {exc.message}"
                 self._advance(addr)
                 failures += 1
             else:
-                if reply.leader:
-                    last = f"{addr} is not the leader, redirected to {reply.leader}"
-                    self._target = reply.leader
+                if reply["leader"]:
+                    last = f"{addr} is not the leader, redirected to {reply['leader']}"
+                    self._target = reply["leader"]
                     redirects += 1
                 else:
-                    if reply.errno:
-                        raise FsError(reply.errno, reply.message)
-                    return wire.unpack(reply.result) if reply.result else None
+                    if reply["errno"]:
+                        raise FsError(reply["errno"], reply["message"])
+                    return reply["result"]
             # Each endpoint may be tried, and a redirect followed, at once (a failover); after a
             # whole round without an answer, back off.
             if failures >= len(self.endpoints) or redirects > len(self.endpoints):
@@ -133,20 +122,19 @@ class MasterClient:
                 i = 0
             self._target = self.endpoints[i % len(self.endpoints)]
 
-    def _stub(self, addr: str) -> pb_grpc.MasterStub:
-        stub = self._stubs.get(addr)
-        if stub is None:
+    def _client(self, addr: str) -> rpc.Client:
+        client = self._clients.get(addr)
+        if client is None:
             with self._lock:
-                stub = self._stubs.get(addr)
-                if stub is None:
-                    channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-                    self._channels.append(channel)
-                    stub = self._stubs[addr] = pb_grpc.MasterStub(channel)
-        return stub
+                client = self._clients.get(addr)
+                if client is None:
+                    client = self._clients[addr] = rpc.Client(
+                        addr, timeout_s=_ATTEMPT_TIMEOUT_S, connect_timeout_s=min(_CONNECT_TIMEOUT_S, self.timeout_s)
+                    )
+        return client
 
     def close(self) -> None:
         with self._lock:
-            for channel in self._channels:
-                channel.close()
-            self._channels.clear()
-            self._stubs.clear()
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

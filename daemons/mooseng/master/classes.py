@@ -22,7 +22,8 @@ class StorageClass:
         if self.copies is not None and (type(self.copies) is not int or self.copies < 1):
             raise ValueError(f"storage class {self.name!r}: copies must be a positive integer")
         if self.ec is not None:
-            if len(self.ec) != 2 or not all(type(x) is int and x >= 1 for x in self.ec):
+            ec = self.ec
+            if not isinstance(ec, (tuple, list)) or len(ec) != 2 or not all(type(x) is int and x >= 1 for x in ec):
                 raise ValueError(f"storage class {self.name!r}: ec must be (k, m) with k, m >= 1")
             object.__setattr__(self, "ec", tuple(self.ec))
 

@@ -1,4 +1,4 @@
-"""mooseng-master: load the configuration, recover the metadata, serve gRPC and metrics until a signal.
+"""mooseng-master: load the configuration, recover the metadata, serve rpc and metrics until a signal.
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 when the master cannot start (address in use, data dir
 unusable) or its metadata store fails while running, 2 for a configuration error.
@@ -7,25 +7,19 @@ unusable) or its metadata store fails while running, 2 for a configuration error
 import argparse
 import logging
 import signal
-import socket
 import sys
 import threading
 import time
-from concurrent import futures
 
-import grpc
-
-from mooseng import config, logsetup, metrics, wire
+from mooseng import config, logsetup, metrics, rpc
 from mooseng.errors import ConfigError, QuietError
 from mooseng.master.metastore import MetaStore, MetaStoreError
 from mooseng.master.metrics import MasterMetrics
 from mooseng.master.registry import Registry
 from mooseng.master.service import MasterService
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
 
 log = logging.getLogger("mooseng.master")
 
-GRPC_WORKERS = 32
 STOP_GRACE_S = 5.0
 
 
@@ -52,28 +46,28 @@ def serve(cfg) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"), options=wire.GRPC_OPTIONS
-    )
-    _bind(server, cfg.listen)
+    store = MetaStore(cfg.data_dir, cfg.snapshot_every)
+    # Sessions start from the wall clock so that sessions from an earlier run are never reused.
+    registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
+    master_metrics = MasterMetrics()
+    service = MasterService(store, registry, master_metrics, cfg.node_id)
+    # Bound before the (possibly long) recovery so that a clash fails at once; requests wait in
+    # the listen backlog until server.start().
+    try:
+        server = rpc.Server(cfg.listen, service.handlers(), name="master")
+    except OSError as exc:
+        raise QuietError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
     try:
         metrics_server = metrics.serve(cfg.metrics_listen)
     except OSError as exc:
         raise QuietError(f"cannot serve metrics on {cfg.metrics_listen}: {exc.strerror}") from None
-
-    store = MetaStore(cfg.data_dir, cfg.snapshot_every)
     try:
         store.open()
     except (MetaStoreError, OSError) as exc:
         metrics_server.shutdown()
         raise QuietError(f"cannot open metadata in {cfg.data_dir}: {exc}") from None
 
-    # Sessions start from the wall clock so that sessions from an earlier run are never reused.
-    registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
-    master_metrics = MasterMetrics()
-    service = MasterService(store, registry, master_metrics, cfg.node_id)
     master_metrics.watch(service.gauges)
-    pb_grpc.add_MasterServicer_to_server(service, server)
     server.start()
     service.start()
     log.info(
@@ -88,35 +82,12 @@ def serve(cfg) -> int:
             exitcode = 1
             break
     log.info("stopping")
-    server.stop(STOP_GRACE_S).wait()
-    service.stop()
+    server.stop()
+    service.stop(STOP_GRACE_S)
     store.close()
     metrics_server.shutdown()
     log.info("stopped")
     return exitcode
-
-
-def _bind(server: grpc.Server, addr: str) -> None:
-    """Bind the gRPC port, failing with one line that names the address.
-
-    A plain socket tries first because gRPC, on failure, also prints its own multi-part error.
-    """
-    host, port = wire.parse_addr(addr)
-    try:
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(
-            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(sockaddr)
-    except OSError as exc:
-        raise QuietError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
-    try:
-        bound = server.add_insecure_port(addr)
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise QuietError(f"cannot listen on {addr}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ class MetaStore:
         self._synced = 0  # last entry known durable; _synced <= _index
         self._pending: list[bytes] = []  # framed records _synced+1 .. _index, not yet written
         self._flushing = False  # a leader is writing + syncing with the lock released
+        self._barrier = 0  # threads in _sync_locked waiting for the running flush to end
         self._failure: BaseException | None = None  # set once; the store then refuses all ops
         self._fd = -1
         self._lock_fd = -1
@@ -300,7 +301,7 @@ class MetaStore:
             while self._synced < index:
                 if self._failure is not None:
                     raise FsError(errno.EIO, f"metadata store failed: {self._failure}")
-                if self._flushing:
+                if self._flushing or self._barrier:
                     self._cv.wait()
                 else:
                     self._flush_batch()
@@ -330,23 +331,29 @@ class MetaStore:
         self._cv.notify_all()
 
     def _sync_locked(self) -> None:
-        """Make every applied entry durable without releasing the lock (for snapshot and close)."""
-        while self._flushing:
-            self._cv.wait()
-        if self._failure is not None:
-            raise FsError(errno.EIO, f"metadata store failed: {self._failure}")
-        if self._synced == self._index:
-            return
+        """Make every applied entry durable and return with the lock held (snapshot, close).
+        Group-commit leaders hold off while this waits, so a busy log cannot starve it."""
+        self._barrier += 1
         try:
-            _write_all(self._fd, b"".join(self._pending))
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            self._fail(exc)
-            raise FsError(errno.EIO, f"metadata store failed: {exc}") from exc
-        self._pending = []
-        self._synced = self._index
-        self._syncs += 1
-        self._cv.notify_all()
+            while self._flushing:
+                self._cv.wait()
+        finally:
+            self._barrier -= 1
+        try:
+            if self._failure is not None:
+                raise FsError(errno.EIO, f"metadata store failed: {self._failure}")
+            if self._synced < self._index:
+                try:
+                    _write_all(self._fd, b"".join(self._pending))
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    self._fail(exc)
+                    raise FsError(errno.EIO, f"metadata store failed: {exc}") from exc
+                self._pending = []
+                self._synced = self._index
+                self._syncs += 1
+        finally:
+            self._cv.notify_all()
 
     def _rotate_locked(self) -> None:
         """Move the (synced) live log aside and start an empty one."""

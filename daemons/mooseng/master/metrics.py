@@ -34,14 +34,18 @@ class MasterMetrics:
             "mooseng_client_operations_total", "Meta operations served, by op (failures included)", ["op"]
         )
         self.duration = latency_histogram("mooseng_operation_duration_seconds", "Time to serve a Meta operation")
+        self._children: dict[str, tuple] = {}  # op -> its labelled series: labels() costs ~8 us a call
 
     def watch(self, gauges: Callable[[], Gauges]) -> None:
         """Expose the gauges `gauges()` returns, computed at every scrape."""
         REGISTRY.register(_GaugeCollector(gauges))
 
     def observe(self, op: str, seconds: float) -> None:
-        self.operations.labels(op).inc()
-        self.duration.labels(op).observe(seconds)
+        children = self._children.get(op)
+        if children is None:
+            children = self._children[op] = (self.operations.labels(op), self.duration.labels(op))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _GaugeCollector:
@@ -54,7 +58,9 @@ class _GaugeCollector:
     def collect(self):
         g = self._gauges()
         yield GaugeMetricFamily("mooseng_raft_leader", "1 if this master is the leader", value=int(g.leader))
-        yield GaugeMetricFamily("mooseng_metadata_log_index", "Index of the last applied changelog entry", value=g.log_index)
+        yield GaugeMetricFamily(
+            "mooseng_metadata_log_index", "Index of the last applied changelog entry", value=g.log_index
+        )
         yield GaugeMetricFamily("mooseng_chunks_total", "Chunks in the namespace", value=g.chunks_total)
         states = GaugeMetricFamily("mooseng_chunks", "Chunks by replication state", labels=["state"])
         for state, n in g.chunk_states.items():
@@ -64,8 +70,12 @@ class _GaugeCollector:
         for state, n in g.chunkservers.items():
             servers.add_metric([state], n)
         yield servers
-        yield CounterMetricFamily("mooseng_bytes_read", "Bytes read from chunkservers (heartbeat counters)", value=g.bytes_read)
-        yield CounterMetricFamily("mooseng_bytes_written", "Bytes written to chunkservers (heartbeat counters)", value=g.bytes_written)
+        yield CounterMetricFamily(
+            "mooseng_bytes_read", "Bytes read from chunkservers (heartbeat counters)", value=g.bytes_read
+        )
+        yield CounterMetricFamily(
+            "mooseng_bytes_written", "Bytes written to chunkservers (heartbeat counters)", value=g.bytes_written
+        )
         disks = GaugeMetricFamily("mooseng_disk_bytes", "Chunkserver disk space", labels=["server", "disk", "kind"])
         for server, disk, kind, n in g.disk_bytes:
             disks.add_metric([server, disk, kind], n)

@@ -63,10 +63,6 @@ _DOTS = (b".", b"..")
 _NODE_KINDS = (S_IFREG, S_IFIFO, S_IFCHR, S_IFBLK, S_IFSOCK)
 
 
-def _err(code: int, message: str) -> FsError:
-    return FsError(code, message)
-
-
 def _show(name: bytes) -> str:
     return name.decode("utf-8", "replace")
 
@@ -161,21 +157,24 @@ def _attr(n: _Inode) -> dict:
 
 def _ctx(ctx) -> tuple[int, int, list]:
     if type(ctx) is not dict:
-        raise _err(errno.EINVAL, "ctx: expected a map")
+        raise FsError(errno.EINVAL, "ctx: expected a map")
     uid, gid, gids = ctx.get("uid"), ctx.get("gid"), ctx.get("gids")
     if type(uid) is not int or type(gid) is not int or not (0 <= uid < _U32 and 0 <= gid < _U32):
-        raise _err(errno.EINVAL, "ctx: uid and gid must be 32-bit unsigned integers")
+        raise FsError(errno.EINVAL, "ctx: uid and gid must be 32-bit unsigned integers")
     if gids is None:
         gids = []
     elif type(gids) is not list or not all(type(g) is int for g in gids):
-        raise _err(errno.EINVAL, "ctx: gids must be a list of integers")
+        raise FsError(errno.EINVAL, "ctx: gids must be a list of integers")
     return uid, gid, gids
 
 
 def _uint(args: dict, key: str, limit: int = _U64, default=None) -> int:
-    v = args.get(key, default)
+    """A required unsigned integer arg, or an optional one if `default` is given (nil = absent)."""
+    v = args.get(key)
+    if v is None:
+        v = default
     if type(v) is not int or not 0 <= v < limit:
-        raise _err(errno.EINVAL, f"{key}: expected an integer in [0, 2**{limit.bit_length() - 1}), got {v!r:.40}")
+        raise FsError(errno.EINVAL, f"{key}: expected an integer in [0, 2**{limit.bit_length() - 1}), got {v!r:.40}")
     return v
 
 
@@ -187,31 +186,33 @@ def _time(args: dict, key: str) -> int | str | None:
     v = args.get(key)
     if v is None or v == "now" or (type(v) is int and -(1 << 63) <= v < (1 << 63)):
         return v
-    raise _err(errno.EINVAL, f"{key}: expected nanoseconds or 'now'")
+    raise FsError(errno.EINVAL, f"{key}: expected nanoseconds or 'now'")
 
 
 def _bytes(args: dict, key: str) -> bytes:
     v = args.get(key)
     if type(v) is not bytes:
-        raise _err(errno.EINVAL, f"{key}: expected bytes, got {type(v).__name__}")
+        raise FsError(errno.EINVAL, f"{key}: expected bytes, got {type(v).__name__}")
     return v
 
 
 def _name(args: dict, key: str = "name") -> bytes:
     name = _bytes(args, key)
     if len(name) > NAME_MAX:
-        raise _err(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+        raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
     if not name:
-        raise _err(errno.ENOENT, "empty name")
+        raise FsError(errno.ENOENT, "empty name")
     if b"/" in name or b"\0" in name:
-        raise _err(errno.EINVAL, f"name {_show(name)!r} contains '/' or NUL")
+        raise FsError(errno.EINVAL, f"name {_show(name)!r} contains '/' or NUL")
     return name
 
 
 def _flag(args: dict, key: str) -> bool:
-    v = args.get(key, False)
+    v = args.get(key)
+    if v is None:
+        return False
     if type(v) is not bool:
-        raise _err(errno.EINVAL, f"{key}: expected a boolean")
+        raise FsError(errno.EINVAL, f"{key}: expected a boolean")
     return v
 
 
@@ -238,14 +239,18 @@ def _allowed(n: _Inode, ctx, mask: int) -> bool:
 
 def _need(n: _Inode, ctx, mask: int) -> None:
     if not _allowed(n, ctx, mask):
-        raise _err(errno.EACCES, f"permission denied on inode {n.ino}")
+        raise FsError(errno.EACCES, f"permission denied on inode {n.ino}")
 
 
 def _check_sticky(p: _Inode, n: _Inode, ctx) -> None:
     """In a sticky directory only root and the owners of the entry or directory may remove it."""
     uid = ctx[0]
     if p.mode & S_ISVTX and uid != 0 and uid != n.uid and uid != p.uid:
-        raise _err(errno.EPERM, f"sticky directory {p.ino}: not the owner of inode {n.ino}")
+        raise FsError(errno.EPERM, f"sticky directory {p.ino}: not the owner of inode {n.ino}")
+
+
+def _not_a_file(n: _Inode) -> FsError:
+    return FsError(errno.EISDIR if n.dir is not None else errno.EINVAL, f"inode {n.ino} is not a regular file")
 
 
 def _kill_suid(mode: int) -> int:
@@ -274,25 +279,25 @@ class Namespace:
     def apply(self, entry: dict):
         """Run one mutation; raise FsError (state untouched) if it is malformed or not allowed."""
         if type(entry) is not dict:
-            raise _err(errno.EINVAL, "entry: expected a map")
+            raise FsError(errno.EINVAL, "entry: expected a map")
         op = entry.get("op")
         fn = _MUTATIONS.get(op) if type(op) is str else None
         if fn is None:
-            raise _err(errno.EINVAL, f"unknown mutation {op!r}")
+            raise FsError(errno.EINVAL, f"unknown mutation {op!r}")
         args, ts = entry.get("args"), entry.get("ts")
         if type(args) is not dict:
-            raise _err(errno.EINVAL, "args: expected a map")
+            raise FsError(errno.EINVAL, "args: expected a map")
         if type(ts) is not int or not 0 <= ts < (1 << 63):
-            raise _err(errno.EINVAL, "ts: expected nanoseconds since the epoch")
+            raise FsError(errno.EINVAL, "ts: expected nanoseconds since the epoch")
         return fn(self, args, _ctx(entry.get("ctx")), ts)
 
     def query(self, op: str, args: dict, ctx: dict):
         """Answer a read-only op; never changes state."""
         fn = _QUERIES.get(op) if type(op) is str else None
         if fn is None:
-            raise _err(errno.EINVAL, f"unknown query {op!r}")
+            raise FsError(errno.EINVAL, f"unknown query {op!r}")
         if type(args) is not dict:
-            raise _err(errno.EINVAL, "args: expected a map")
+            raise FsError(errno.EINVAL, "args: expected a map")
         return fn(self, args, _ctx(ctx))
 
     # --- for the service: chunk accounting against what chunkservers report ---
@@ -322,34 +327,34 @@ class Namespace:
     def _get(self, args: dict, key: str = "ino") -> _Inode:
         ino = args.get(key)
         if type(ino) is not int:
-            raise _err(errno.EINVAL, f"{key}: expected an inode number")
+            raise FsError(errno.EINVAL, f"{key}: expected an inode number")
         n = self._inodes.get(ino)
         if n is None:
-            raise _err(errno.ENOENT, f"no inode {ino}")
+            raise FsError(errno.ENOENT, f"no inode {ino}")
         return n
 
     def _getdir(self, args: dict, key: str) -> _Inode:
         n = self._get(args, key)
         if n.dir is None:
-            raise _err(errno.ENOTDIR, f"inode {n.ino} is not a directory")
+            raise FsError(errno.ENOTDIR, f"inode {n.ino} is not a directory")
         return n
 
     def _getfile(self, args: dict) -> _Inode:
         n = self._get(args)
         if n.chunks is None:
-            raise _err(errno.EISDIR if n.dir is not None else errno.EINVAL, f"inode {n.ino} is not a regular file")
+            raise _not_a_file(n)
         return n
 
     def _child(self, p: _Inode, name: bytes) -> _Inode:
         ino = p.dir.entries.get(name)
         if ino is None:
-            raise _err(errno.ENOENT, f"no entry {_show(name)!r} in directory {p.ino}")
+            raise FsError(errno.ENOENT, f"no entry {_show(name)!r} in directory {p.ino}")
         return self._inodes[ino]
 
     def _check_create(self, p: _Inode, name: bytes, ctx) -> None:
         _need(p, ctx, X_OK)
         if name in p.dir.entries or name in _DOTS:
-            raise _err(errno.EEXIST, f"{_show(name)!r} exists in directory {p.ino}")
+            raise FsError(errno.EEXIST, f"{_show(name)!r} exists in directory {p.ino}")
         _need(p, ctx, W_OK)
 
     def _inside(self, d: _Inode, top: int) -> bool:
@@ -399,13 +404,13 @@ class Namespace:
         rdev = _uint(args, "rdev", default=0)
         kind = mode & S_IFMT or S_IFREG
         if kind == S_IFDIR:
-            raise _err(errno.EPERM, "mknod cannot make a directory; use mkdir")
+            raise FsError(errno.EPERM, "mknod cannot make a directory; use mkdir")
         if kind not in _NODE_KINDS:
-            raise _err(errno.EINVAL, f"mknod: unsupported file type {kind:o}")
+            raise FsError(errno.EINVAL, f"mknod: unsupported file type {kind:o}")
         self._check_create(p, name, ctx)
         if kind in (S_IFCHR, S_IFBLK):
             if ctx[0] != 0:
-                raise _err(errno.EPERM, "only root may make device nodes")
+                raise FsError(errno.EPERM, "only root may make device nodes")
         else:
             rdev = 0
         n = self._create(p, name, kind | mode & 0o7777, ctx, ts)
@@ -430,11 +435,11 @@ class Namespace:
         name = _name(args)
         target = _bytes(args, "target")
         if not target:
-            raise _err(errno.ENOENT, "empty symlink target")
+            raise FsError(errno.ENOENT, "empty symlink target")
         if len(target) > SYMLINK_MAX:
-            raise _err(errno.ENAMETOOLONG, f"symlink target longer than {SYMLINK_MAX} bytes")
+            raise FsError(errno.ENAMETOOLONG, f"symlink target longer than {SYMLINK_MAX} bytes")
         if b"\0" in target:
-            raise _err(errno.EINVAL, "symlink target contains NUL")
+            raise FsError(errno.EINVAL, "symlink target contains NUL")
         self._check_create(p, name, ctx)
         n = self._create(p, name, S_IFLNK | 0o777, ctx, ts)
         n.target = target
@@ -447,7 +452,7 @@ class Namespace:
         name = _name(args)
         self._check_create(p, name, ctx)
         if n.dir is not None:
-            raise _err(errno.EPERM, "hard links to directories are not allowed")
+            raise FsError(errno.EPERM, "hard links to directories are not allowed")
         n.nlink += 1
         n.ctime = ts
         p.dir.add(name, n.ino)
@@ -458,13 +463,13 @@ class Namespace:
         p = self._getdir(args, "parent")
         name = _name(args)
         if name in _DOTS:
-            raise _err(errno.EISDIR, f"cannot unlink {_show(name)!r}")
+            raise FsError(errno.EISDIR, f"cannot unlink {_show(name)!r}")
         _need(p, ctx, X_OK)
         n = self._child(p, name)
         _need(p, ctx, W_OK)
         _check_sticky(p, n, ctx)
         if n.dir is not None:
-            raise _err(errno.EISDIR, f"{_show(name)!r} is a directory")
+            raise FsError(errno.EISDIR, f"{_show(name)!r} is a directory")
         p.dir.remove(name)
         p.mtime = p.ctime = ts
         n.nlink -= 1
@@ -475,17 +480,17 @@ class Namespace:
         p = self._getdir(args, "parent")
         name = _name(args)
         if name == b".":
-            raise _err(errno.EINVAL, "cannot remove '.'")
+            raise FsError(errno.EINVAL, "cannot remove '.'")
         if name == b"..":
-            raise _err(errno.ENOTEMPTY, "cannot remove '..'")
+            raise FsError(errno.ENOTEMPTY, "cannot remove '..'")
         _need(p, ctx, X_OK)
         n = self._child(p, name)
         _need(p, ctx, W_OK)
         _check_sticky(p, n, ctx)
         if n.dir is None:
-            raise _err(errno.ENOTDIR, f"{_show(name)!r} is not a directory")
+            raise FsError(errno.ENOTDIR, f"{_show(name)!r} is not a directory")
         if n.dir.entries:
-            raise _err(errno.ENOTEMPTY, f"directory {_show(name)!r} is not empty")
+            raise FsError(errno.ENOTEMPTY, f"directory {_show(name)!r} is not empty")
         p.dir.remove(name)
         p.nlink -= 1
         p.mtime = p.ctime = ts
@@ -499,20 +504,21 @@ class Namespace:
         newname = _name(args, "newname")
         flags = _uint(args, "flags", default=0)
         if flags not in (0, RENAME_NOREPLACE, RENAME_EXCHANGE):
-            raise _err(errno.EINVAL, f"rename: bad flags {flags}")
+            raise FsError(errno.EINVAL, f"rename: bad flags {flags}")
         if name in _DOTS:
-            raise _err(errno.EBUSY, f"cannot rename {_show(name)!r}")
+            raise FsError(errno.EBUSY, f"cannot rename {_show(name)!r}")
         if newname in _DOTS:
-            raise _err(errno.EEXIST if flags == RENAME_NOREPLACE else errno.EBUSY, f"cannot replace {_show(newname)!r}")
+            code = errno.EEXIST if flags == RENAME_NOREPLACE else errno.EBUSY
+            raise FsError(code, f"cannot replace {_show(newname)!r}")
         _need(sp, ctx, X_OK)
         _need(dp, ctx, X_OK)
         src = self._child(sp, name)
         dino = dp.dir.entries.get(newname)
         dst = None if dino is None else self._inodes[dino]
         if flags == RENAME_EXCHANGE and dst is None:
-            raise _err(errno.ENOENT, f"no entry {_show(newname)!r} to exchange with")
+            raise FsError(errno.ENOENT, f"no entry {_show(newname)!r} to exchange with")
         if flags == RENAME_NOREPLACE and dst is not None:
-            raise _err(errno.EEXIST, f"{_show(newname)!r} exists")
+            raise FsError(errno.EEXIST, f"{_show(newname)!r} exists")
         _need(sp, ctx, W_OK)
         _need(dp, ctx, W_OK)
         _check_sticky(sp, src, ctx)
@@ -525,13 +531,13 @@ class Namespace:
             return self._exchange(sp, name, src, dp, newname, dst, ctx, ts)
         if src.dir is not None:
             if moving and self._inside(dp, src.ino):
-                raise _err(errno.EINVAL, "cannot move a directory into itself")
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
             if dst is not None and dst.dir is None:
-                raise _err(errno.ENOTDIR, f"{_show(newname)!r} is not a directory")
+                raise FsError(errno.ENOTDIR, f"{_show(newname)!r} is not a directory")
         elif dst is not None and dst.dir is not None:
-            raise _err(errno.EISDIR, f"{_show(newname)!r} is a directory")
+            raise FsError(errno.EISDIR, f"{_show(newname)!r} is a directory")
         if dst is not None and dst.dir is not None and dst.dir.entries:
-            raise _err(errno.ENOTEMPTY, f"directory {_show(newname)!r} is not empty")
+            raise FsError(errno.ENOTEMPTY, f"directory {_show(newname)!r} is not empty")
         if moving and src.dir is not None:
             _need(src, ctx, W_OK)  # its ".." changes
         freed = []
@@ -558,9 +564,9 @@ class Namespace:
         moving = sp is not dp
         if moving:
             if src.dir is not None and self._inside(dp, src.ino):
-                raise _err(errno.EINVAL, "cannot move a directory into itself")
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
             if dst.dir is not None and self._inside(sp, dst.ino):
-                raise _err(errno.EINVAL, "cannot move a directory into itself")
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
             if src.dir is not None:
                 _need(src, ctx, W_OK)
             if dst.dir is not None:
@@ -588,20 +594,20 @@ class Namespace:
         caller = ctx[0]
         owner = caller == 0 or caller == n.uid
         if uid is not None and caller != 0 and (caller != n.uid or uid != n.uid):
-            raise _err(errno.EPERM, "only root may change the owner")
+            raise FsError(errno.EPERM, "only root may change the owner")
         if gid is not None and caller != 0 and (caller != n.uid or (gid != n.gid and not _in_group(ctx, gid))):
-            raise _err(errno.EPERM, f"may not change the group to {gid}")
+            raise FsError(errno.EPERM, f"may not change the group to {gid}")
         if mode is not None and not owner:
-            raise _err(errno.EPERM, "only the owner may change the mode")
+            raise FsError(errno.EPERM, "only the owner may change the mode")
         if size is not None:
             if n.chunks is None:
-                raise _err(errno.EISDIR if n.dir is not None else errno.EINVAL, f"inode {n.ino} is not a regular file")
+                raise _not_a_file(n)
             if size > MAX_FILE_SIZE:
-                raise _err(errno.EFBIG, f"size above {MAX_FILE_SIZE}")
+                raise FsError(errno.EFBIG, f"size above {MAX_FILE_SIZE}")
             _need(n, ctx, W_OK)
         if type(atime) is int or type(mtime) is int:
             if not owner:
-                raise _err(errno.EPERM, "only the owner may set explicit times")
+                raise FsError(errno.EPERM, "only the owner may set explicit times")
         elif (atime is not None or mtime is not None) and not owner:
             _need(n, ctx, W_OK)
 
@@ -652,18 +658,18 @@ class Namespace:
         """Namespace rules of Linux xattr_permission(); system.* (ACLs) is not supported."""
         if name.startswith(b"user."):
             if n.dir is None and n.chunks is None:
-                raise _err(errno.EPERM if write else errno.ENODATA, "user xattrs only on files and directories")
+                raise FsError(errno.EPERM if write else errno.ENODATA, "user xattrs only on files and directories")
             if write and n.dir is not None and n.mode & S_ISVTX and ctx[0] not in (0, n.uid):
-                raise _err(errno.EPERM, "user xattrs of a sticky directory belong to its owner")
+                raise FsError(errno.EPERM, "user xattrs of a sticky directory belong to its owner")
             _need(n, ctx, W_OK if write else R_OK)
         elif name.startswith(b"trusted."):
             if ctx[0] != 0:
-                raise _err(errno.EPERM if write else errno.ENODATA, "trusted xattrs are for root")
+                raise FsError(errno.EPERM if write else errno.ENODATA, "trusted xattrs are for root")
         elif name.startswith(b"security."):
             if write and ctx[0] not in (0, n.uid):
-                raise _err(errno.EPERM, "security xattrs belong to the owner")
+                raise FsError(errno.EPERM, "security xattrs belong to the owner")
         else:
-            raise _err(errno.ENOTSUP, f"xattr namespace of {_show(name)!r} is not supported")
+            raise FsError(errno.ENOTSUP, f"xattr namespace of {_show(name)!r} is not supported")
 
     def _setxattr(self, args, ctx, ts):
         n = self._get(args)
@@ -671,18 +677,18 @@ class Namespace:
         value = _bytes(args, "value")
         flags = _uint(args, "flags", default=0)
         if flags not in (0, XATTR_CREATE, XATTR_REPLACE):
-            raise _err(errno.EINVAL, f"setxattr: bad flags {flags}")
+            raise FsError(errno.EINVAL, f"setxattr: bad flags {flags}")
         if len(value) > XATTR_SIZE_MAX:
-            raise _err(errno.E2BIG, f"xattr value longer than {XATTR_SIZE_MAX} bytes")
+            raise FsError(errno.E2BIG, f"xattr value longer than {XATTR_SIZE_MAX} bytes")
         self._xattr_check(n, name, ctx, True)
         xattrs = n.xattrs or {}
         exists = name in xattrs
         if flags == XATTR_CREATE and exists:
-            raise _err(errno.EEXIST, f"xattr {_show(name)!r} exists")
+            raise FsError(errno.EEXIST, f"xattr {_show(name)!r} exists")
         if flags == XATTR_REPLACE and not exists:
-            raise _err(errno.ENODATA, f"no xattr {_show(name)!r}")
+            raise FsError(errno.ENODATA, f"no xattr {_show(name)!r}")
         if not exists and sum(len(k) + 1 for k in xattrs) + len(name) + 1 > XATTR_LIST_MAX:
-            raise _err(errno.ENOSPC, "too many xattr names on this inode")
+            raise FsError(errno.ENOSPC, "too many xattr names on this inode")
         xattrs[name] = value
         n.xattrs = xattrs
         n.ctime = ts
@@ -693,7 +699,7 @@ class Namespace:
         name = _xattr_name(args)
         self._xattr_check(n, name, ctx, True)
         if not n.xattrs or name not in n.xattrs:
-            raise _err(errno.ENODATA, f"no xattr {_show(name)!r}")
+            raise FsError(errno.ENODATA, f"no xattr {_show(name)!r}")
         del n.xattrs[name]
         if not n.xattrs:
             n.xattrs = None
@@ -705,13 +711,13 @@ class Namespace:
         name = args.get("sclass")
         sclass = CLASSES.get(name) if type(name) is str else None
         if sclass is None:
-            raise _err(errno.EINVAL, f"unknown storage class {name!r}")
+            raise FsError(errno.EINVAL, f"unknown storage class {name!r}")
         if not sclass.available:
-            raise _err(errno.ENOTSUP, f"storage class {name!r} ({sclass.describe()}) is not available yet")
+            raise FsError(errno.ENOTSUP, f"storage class {name!r} ({sclass.describe()}) is not available yet")
         recursive = _flag(args, "recursive")
         caller = ctx[0]
         if caller != 0 and caller != n.uid:
-            raise _err(errno.EPERM, f"only the owner may change the class of inode {n.ino}")
+            raise FsError(errno.EPERM, f"only the owner may change the class of inode {n.ino}")
         inodes = self._inodes
         changed = skipped = 0
         seen = set()  # hard-linked files can be met more than once
@@ -736,7 +742,7 @@ class Namespace:
         index = _uint(args, "index")
         n = self._getfile(args)
         if index * CHUNK_SIZE >= MAX_FILE_SIZE:
-            raise _err(errno.EFBIG, f"chunk index {index} is past the maximum file size")
+            raise FsError(errno.EFBIG, f"chunk index {index} is past the maximum file size")
         chunk_id = n.chunks.get(index)
         if chunk_id is not None:
             rec = self._chunks[chunk_id]
@@ -752,7 +758,7 @@ class Namespace:
         size = _uint(args, "size")
         n = self._getfile(args)
         if size > MAX_FILE_SIZE:
-            raise _err(errno.EFBIG, f"size above {MAX_FILE_SIZE}")
+            raise FsError(errno.EFBIG, f"size above {MAX_FILE_SIZE}")
         if size > n.size:
             n.size = size
         n.mtime = n.ctime = ts
@@ -780,7 +786,7 @@ class Namespace:
         offset = _uint(args, "offset", default=0)
         limit = _uint(args, "limit", default=READDIR_MAX)
         if limit == 0:
-            raise _err(errno.EINVAL, "limit: must be positive")
+            raise FsError(errno.EINVAL, "limit: must be positive")
         _need(n, ctx, R_OK)
         entries, inodes = n.dir.entries, self._inodes
         page = n.dir.page(offset, min(limit, READDIR_MAX))
@@ -789,7 +795,7 @@ class Namespace:
     def _readlink(self, args, ctx):
         n = self._get(args)
         if n.target is None:
-            raise _err(errno.EINVAL, f"inode {n.ino} is not a symlink")
+            raise FsError(errno.EINVAL, f"inode {n.ino} is not a symlink")
         return n.target
 
     def _getxattr(self, args, ctx):
@@ -798,7 +804,7 @@ class Namespace:
         self._xattr_check(n, name, ctx, False)
         value = n.xattrs.get(name) if n.xattrs else None
         if value is None:
-            raise _err(errno.ENODATA, f"no xattr {_show(name)!r}")
+            raise FsError(errno.ENODATA, f"no xattr {_show(name)!r}")
         return value
 
     def _listxattr(self, args, ctx):
@@ -819,7 +825,7 @@ class Namespace:
         index = _uint(args, "index")
         count = _uint(args, "count", default=1)
         if count == 0:
-            raise _err(errno.EINVAL, "count: must be positive")
+            raise FsError(errno.EINVAL, "count: must be positive")
         chunks, table = n.chunks, self._chunks
         out = []
         for i in range(index, index + min(count, CHUNKS_MAX)):
@@ -930,7 +936,7 @@ class Namespace:
 def _xattr_name(args: dict) -> bytes:
     name = _bytes(args, "name")
     if not name or len(name) > XATTR_NAME_MAX:
-        raise _err(errno.ERANGE, f"xattr name must be 1 to {XATTR_NAME_MAX} bytes")
+        raise FsError(errno.ERANGE, f"xattr name must be 1 to {XATTR_NAME_MAX} bytes")
     return name
 
 

@@ -4,10 +4,14 @@ Nothing here is logged or replicated: after a master restart every chunkserver r
 with its full chunk list. Pure logic: the caller passes the time (monotonic seconds) and the
 namespace's view of chunk versions, and serializes calls (one lock around the registry).
 
-A copy is *valid* when its server is alive, its disk is healthy (or not yet known) and its version
-is the namespace's current version of the chunk. Copies the namespace no longer wants (unknown
-chunk, older version) go back to their server as delete commands in heartbeat replies; to keep
-that cheap, only chunks marked dirty (reported, written, freed) are checked, not the whole list.
+A copy is *valid* when its server is alive, its disk is healthy (or not yet known), its version is
+at least the namespace's current version of the chunk, and it is not fenced. A copy is ahead of
+the namespace only if the master stopped between asking the copies to take a new version and
+logging it: nothing was written at that version, so its data is the same. A fenced copy has the
+current version but lacks data written at it (see fence()). Copies the namespace no longer wants
+(unknown chunk, older version, fenced) go back to their server as delete commands in heartbeat
+replies; to keep that cheap, only chunks marked dirty (reported, written, freed) are checked, not
+the whole list.
 """
 
 import logging
@@ -96,8 +100,8 @@ class Registry:
         self._next_session = first_session
         self._servers: dict[int, Server] = {}
         self._copies: dict[int, dict[int, Copy]] = {}
-        # chunk_id -> {expect_version: deadline}: copies a write session is upgrading right now.
-        self._pending: dict[int, dict[int, float]] = {}
+        # chunk_id -> (version, server ids): those servers' copies up to that version lack its data.
+        self._fences: dict[int, tuple[int, set[int]]] = {}
         self.bytes_read = 0
         self.bytes_written = 0
 
@@ -183,8 +187,7 @@ class Registry:
         """Mark servers silent for longer than the timeout down; return those that just went down.
 
         A down server loses its session and its copies: when it comes back it re-registers with
-        its full chunk list, so nothing it did meanwhile can be missed. Write sessions past their
-        deadline (the client never committed) are forgotten here too.
+        its full chunk list, so nothing it did meanwhile can be missed. Its fences stay.
         """
         down = []
         for server in self._servers.values():
@@ -193,22 +196,15 @@ class Registry:
                 server.session = 0
                 self._drop_copies(server)
                 down.append(server)
-        for chunk_id, pending in list(self._pending.items()):
-            for expect in [v for v, until in pending.items() if until < now]:
-                del pending[expect]
-            if not pending:
-                del self._pending[chunk_id]
         return down
 
-    def deletions(self, server_id: int, version_of: Callable[[int], int | None], now: float) -> list[ChunkRef]:
+    def deletions(self, server_id: int, version_of: Callable[[int], int | None]) -> list[ChunkRef]:
         """Copies the server must delete among its dirty chunks; they leave the registry at once.
 
         `version_of(chunk_id)` is the namespace's current version, None for an unknown chunk
-        (always deleted). A copy older than that is stale, but is kept
-        - while a write session is upgrading it: it stays dirty, checked again next heartbeat;
-        - while the chunk has no valid copy at all: then the stale copies are all the data left
-          (say a client died between write_chunk and its write), so they wait for a valid copy
-          to appear, which marks the chunk dirty again.
+        (always deleted). A copy older than that, or fenced, is stale, but is kept while the chunk
+        has no valid copy at all: then the stale copies are all the data left, so they wait for a
+        valid copy to appear, which marks the chunk dirty again.
         """
         server = self._servers.get(server_id)
         if server is None:
@@ -220,36 +216,22 @@ class Registry:
             if copy is None:
                 continue
             current = version_of(chunk_id)
-            if current is not None and copy.version >= current:
-                continue
+            fence = self._fences.get(chunk_id)
+            if fence is not None and (current is None or fence[0] < current):
+                del self._fences[chunk_id]  # superseded: copies up to its version are stale anyway
             if current is not None:
-                if self._write_pending(chunk_id, copy.version, now):
-                    server.dirty.add(chunk_id)
+                if copy.version >= current and not self._fenced(chunk_id, server_id, copy.version):
                     continue
-                if not any(self.is_valid(s, c, current) for s, c in self.copies(chunk_id)):
+                if not any(self.is_valid(chunk_id, s, c, current) for s, c in self.copies(chunk_id)):
                     continue
             out.append(ChunkRef(chunk_id, copy.version, copy.disk))
             self._remove_copy(server, chunk_id)
         return out
 
-    # --- write sessions -----------------------------------------------------------------------
-
-    def begin_write(self, chunk_id: int, expect_version: int, until: float) -> None:
-        """Protect copies at `expect_version` from deletion while a client upgrades them."""
-        self._pending.setdefault(chunk_id, {})[expect_version] = until
-
-    def end_write(self, chunk_id: int, version: int) -> None:
-        """The session that produced `version` is over: older copies may now be deleted."""
-        pending = self._pending.get(chunk_id)
-        if pending is not None:
-            for expect in [v for v in pending if v < version]:
-                del pending[expect]
-            if not pending:
-                del self._pending[chunk_id]
-        self.recheck([chunk_id])
+    # --- writes -------------------------------------------------------------------------------
 
     def record_copies(self, chunk_id: int, version: int, addresses: Iterable[str]) -> list[str]:
-        """Record copies a client stored (so reads see them before the next heartbeat).
+        """Record copies that took `version` (so reads see them before the next heartbeat).
 
         Returns the addresses that name no live chunkserver (they are ignored).
         """
@@ -266,6 +248,33 @@ class Registry:
         self.recheck([chunk_id])
         return unknown
 
+    def fence(self, chunk_id: int, version: int, server_ids: Iterable[int]) -> None:
+        """Never trust these servers' copies of the chunk up to `version`, the current one.
+
+        For copies that lack data written at that version: a write (or truncation) that failed
+        there after the copy took the version, or a set_version whose outcome is unknown (it may
+        land later, without the data). Fenced copies are deleted once a valid copy exists. A
+        fence for a newer version replaces the chunk's older one, which the namespace's version
+        has made moot. Fences are soft state: a master restart forgets them.
+        """
+        fenced = set(server_ids)
+        old = self._fences.get(chunk_id)
+        if old is not None and old[0] == version:
+            fenced |= old[1]
+        if fenced:
+            self._fences[chunk_id] = (version, fenced)
+        elif old is not None and old[0] < version:
+            del self._fences[chunk_id]
+        self.recheck([chunk_id])
+
+    def fence_missing(self, chunk_id: int, written: int, current: int, addresses: Iterable[str]) -> None:
+        """A client stored version `written` of the chunk on `addresses` only: fence every other
+        copy that had taken `written` (or a later version, which it kept without that data)."""
+        stored = set(addresses)
+        missed = [s.server_id for s, c in self.copies(chunk_id) if c.version >= written and s.address not in stored]
+        if missed:
+            self.fence(chunk_id, current, missed)
+
     def recheck(self, chunk_ids: Iterable[int]) -> None:
         """Check these chunks' copies against the namespace at each holder's next heartbeat."""
         for chunk_id in chunk_ids:
@@ -273,9 +282,6 @@ class Registry:
                 self._servers[server_id].dirty.add(chunk_id)
 
     # --- queries ------------------------------------------------------------------------------
-
-    def server(self, server_id: int) -> Server | None:
-        return self._servers.get(server_id)
 
     def servers(self) -> list[Server]:
         return sorted(self._servers.values(), key=lambda s: s.server_id)
@@ -285,26 +291,26 @@ class Registry:
         held = self._copies.get(chunk_id, {})
         return [(self._servers[sid], held[sid]) for sid in sorted(held)]
 
-    def is_valid(self, server: Server, copy: Copy, version: int) -> bool:
-        if not server.alive or copy.version != version:
+    def is_valid(self, chunk_id: int, server: Server, copy: Copy, version: int) -> bool:
+        if not server.alive or copy.version < version or self._fenced(chunk_id, server.server_id, copy.version):
             return False
         disk = server.disk(copy.disk)
         return disk is None or disk.healthy
 
     def holders(self, chunk_id: int, version: int) -> list[Server]:
-        """Servers with a valid copy of this version, best first.
+        """Servers with a valid copy for namespace version `version`, best first.
 
         The order rotates with the chunk id so that reads of different chunks (and the heads of
         write chains) spread over the servers instead of all hitting the lowest id.
         """
-        valid = [s for s, c in self.copies(chunk_id) if self.is_valid(s, c, version)]
+        valid = [s for s, c in self.copies(chunk_id) if self.is_valid(chunk_id, s, c, version)]
         if not valid:
             return []
         shift = chunk_id % len(valid)
         return valid[shift:] + valid[:shift]
 
     def classify(self, chunk_id: int, version: int, goal: int) -> str:
-        valid = sum(1 for s, c in self.copies(chunk_id) if self.is_valid(s, c, version))
+        valid = sum(1 for s, c in self.copies(chunk_id) if self.is_valid(chunk_id, s, c, version))
         return STABLE if valid >= goal else UNDERGOAL if valid else MISSING
 
     def count_states(
@@ -324,16 +330,9 @@ class Registry:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _write_pending(self, chunk_id: int, version: int, now: float) -> bool:
-        pending = self._pending.get(chunk_id)
-        if pending is None or version not in pending:
-            return False
-        if now <= pending[version]:
-            return True
-        del pending[version]
-        if not pending:
-            del self._pending[chunk_id]
-        return False
+    def _fenced(self, chunk_id: int, server_id: int, version: int) -> bool:
+        fence = self._fences.get(chunk_id)
+        return fence is not None and version <= fence[0] and server_id in fence[1]
 
     def _count_bytes(self, server: Server, bytes_read: int, bytes_written: int) -> None:
         """Add the growth since the last beat; a counter that went down means the server restarted."""

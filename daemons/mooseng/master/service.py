@@ -1,13 +1,20 @@
-"""The Master gRPC servicer: validates Meta requests, logs mutations, answers queries.
+"""The master's rpc handlers: `meta` (namespace ops), `register` and `heartbeat` (chunkservers).
 
-Every Meta op is checked against OPS before anything runs, so a malformed request (unknown op,
-undecodable msgpack, missing, unknown or mistyped arg) gets INVALID_ARGUMENT and never reaches the
-changelog. Mutations become log entries {"op", "args", "ctx", "ts"} that the metastore applies and
-makes durable; queries read the namespace under the metastore's lock. A few ops also need the
+Every request is checked against a schema before anything runs, so a malformed one (unknown op,
+missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the changelog.
+Mutations become log entries {"op", "args", "ctx", "ts"} that the metastore applies and makes
+durable; queries read the namespace under the metastore's lock. A few ops also need the
 chunkserver registry (soft state): they are composed here from namespace results and registry
 lookups.
 
-Lock order: the metastore's lock first, then the registry lock; never the other way round.
+Chunk versions move the MooseFS way: before the namespace logs a new version of an existing chunk
+(write_chunk, or setattr cutting a chunk), the master asks every valid copy to take that version
+(`set_version` on the chunkserver), and only the copies that confirm are written. So whatever
+happens to the write afterwards, the namespace version always has copies; a copy that then fails
+the write is fenced when the client commits (see Registry.fence).
+
+Lock order: an inode lock, then the metastore's lock, then the registry lock; never the other way
+round. Only an inode lock is ever held across a call to a chunkserver.
 """
 
 import errno
@@ -17,31 +24,29 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import grpc
-
-from mooseng import wire
+from mooseng import rpc, wire
 from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
 from mooseng.master import placement
 from mooseng.master.classes import CLASSES
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
-from mooseng.master.registry import ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, STATES
-from mooseng.proto import mooseng_pb2 as pb
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
+from mooseng.master.registry import ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server, STATES
 
 log = logging.getLogger(__name__)
 
-# How long copies at the old version are kept while a client writes or truncates a chunk; a
-# session that takes longer (client died) loses them to deletion once it is over.
-WRITE_SESSION_S = 120.0
 ROOT_CTX = {"uid": 0, "gid": 0, "gids": []}
 GOALS = {name: c.goal for name, c in CLASSES.items()}
+# A holder that has not confirmed a new version by then is left out of the write (and fenced).
+SET_VERSION_TIMEOUT_S = 2.0
+SET_VERSION_WORKERS = 32
 
 
-# --- argument schema ------------------------------------------------------------------------------
+# --- request schemas ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -54,28 +59,51 @@ def _uint(v) -> bool:
     return type(v) is int and 0 <= v < 1 << 64
 
 
+def _u32(v) -> bool:
+    return type(v) is int and 0 <= v < 1 << 32
+
+
 def _time(v) -> bool:
     return v == "now" or (type(v) is int and -(1 << 63) <= v < 1 << 63)
 
 
-def _copy_reports(v) -> bool:
-    return type(v) is list and all(
-        type(c) is dict
-        and c.keys() == {"chunk_id", "version", "ok"}
-        and _uint(c["chunk_id"])
-        and _uint(c["version"])
-        and type(c["ok"]) is list
-        and all(type(a) is str for a in c["ok"])
-        for c in v
-    )
+def _records(required: dict[str, Kind], optional: dict[str, Kind] | None = None) -> Callable[[object], bool]:
+    """A check for a list of maps with these fields (as registration and commit reports carry)."""
+    optional = optional or {}
+    allowed = required.keys() | optional.keys()
+
+    def check(v) -> bool:
+        return type(v) is list and all(
+            type(r) is dict
+            and required.keys() <= r.keys() <= allowed
+            and all((required.get(k) or optional[k]).check(x) for k, x in r.items())
+            for r in v
+        )
+
+    return check
 
 
 UINT = Kind("an unsigned integer", _uint)
+U32 = Kind("an unsigned 32-bit integer", _u32)
 BYTES = Kind("bytes", lambda v: type(v) is bytes)
 STR = Kind("a string", lambda v: type(v) is str)
 BOOL = Kind("a boolean", lambda v: type(v) is bool)
 TIME = Kind("nanoseconds or 'now'", _time)
-COPIES = Kind("a list of {chunk_id, version, ok: [address...]}", _copy_reports)
+ANY = Kind("anything", lambda v: True)
+U32_LIST = Kind("a list of unsigned 32-bit integers", lambda v: type(v) is list and all(_u32(x) for x in v))
+STR_LIST = Kind("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v))
+COPIES = Kind(
+    "a list of {chunk_id, version, ok: [address...]}", _records({"chunk_id": UINT, "version": UINT, "ok": STR_LIST})
+)
+DISKS = Kind(
+    "a list of {index, path, total_bytes, used_bytes, free_bytes, state, chunks}",
+    _records({"index": U32, "path": STR, "total_bytes": UINT, "used_bytes": UINT, "free_bytes": UINT,
+              "state": STR, "chunks": UINT}),
+)  # fmt: skip
+CHUNK_REFS = Kind(
+    "a list of {chunk_id, version, disk, length?}",
+    _records({"chunk_id": UINT, "version": UINT, "disk": U32}, {"length": UINT}),
+)
 
 QUERY, MUTATION = "query", "mutation"
 
@@ -84,7 +112,7 @@ QUERY, MUTATION = "query", "mutation"
 class Op:
     kind: str
     required: dict = field(default_factory=dict)
-    optional: dict = field(default_factory=dict)  # absent or nil: the namespace default
+    optional: dict = field(default_factory=dict)  # absent or nil: the default
 
 
 OPS = {
@@ -120,31 +148,77 @@ OPS = {
     "commit_write": Op(MUTATION, {"ino": UINT, "size": UINT}, {"chunks": COPIES}),
 }
 
+# The envelope of a `meta` call; `args` is checked against the op's own schema.
+META = Op(QUERY, {"op": STR, "args": ANY}, {"client_id": UINT, "seq": UINT, "uid": U32, "gid": U32, "gids": U32_LIST})
+REGISTER = Op(
+    QUERY, {"cluster_id": STR, "server_id": U32, "address": STR, "disks": DISKS, "chunks": CHUNK_REFS}
+)
+HEARTBEAT = Op(
+    QUERY,
+    {"server_id": U32, "session": UINT, "disks": DISKS, "added": CHUNK_REFS, "removed": CHUNK_REFS,
+     "bytes_read": UINT, "bytes_written": UINT},
+)  # fmt: skip
+
+
+def _check(what: str, spec: Op, args) -> None:
+    """Raise ValueError naming the problem if `args` does not fit `spec`."""
+    if type(args) is not dict:
+        raise ValueError(f"{what}: args must be a map, got {type(args).__name__}")
+    for key in args:
+        if key not in spec.required and key not in spec.optional:
+            raise ValueError(f"{what}: unknown arg {key!r:.60}")
+    for key, kind in spec.required.items():
+        if key not in args:
+            raise ValueError(f"{what}: missing arg {key!r}")
+        if not kind.check(args[key]):
+            raise ValueError(f"{what}: arg {key!r} must be {kind.what}, got {type(args[key]).__name__}")
+    for key, kind in spec.optional.items():
+        if args.get(key) is not None and not kind.check(args[key]):
+            raise ValueError(f"{what}: arg {key!r} must be {kind.what}, got {type(args[key]).__name__}")
+
 
 def check_args(op: str, args) -> None:
     """Raise ValueError naming the problem if `args` does not fit the schema of `op`."""
     spec = OPS.get(op)
     if spec is None:
         raise ValueError(f"unknown op {op!r:.60}")
-    if type(args) is not dict:
-        raise ValueError(f"{op}: args must be a map, got {type(args).__name__}")
-    for key in args:
-        if key not in spec.required and key not in spec.optional:
-            raise ValueError(f"{op}: unknown arg {key!r:.60}")
-    for key, kind in spec.required.items():
-        if key not in args:
-            raise ValueError(f"{op}: missing arg {key!r}")
-        if not kind.check(args[key]):
-            raise ValueError(f"{op}: arg {key!r} must be {kind.what}, got {type(args[key]).__name__}")
-    for key, kind in spec.optional.items():
-        if args.get(key) is not None and not kind.check(args[key]):
-            raise ValueError(f"{op}: arg {key!r} must be {kind.what}, got {type(args[key]).__name__}")
+    _check(op, spec, args)
 
 
-# --- the servicer ---------------------------------------------------------------------------------
+def _invalid(exc: ValueError) -> rpc.RpcError:
+    return rpc.RpcError(rpc.INVALID_ARGUMENT, str(exc))
 
 
-class MasterService(pb_grpc.MasterServicer):
+class _InodeLocks:
+    """One lock per inode in use. Held from reading a chunk's version through set_version on its
+    copies to logging the bump, so that two bumps cannot interleave; and by every op that changes
+    a file's size, so that the chunk a truncation cuts is the one the namespace then cuts."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._locks: dict[int, list] = {}  # ino -> [lock, holders and waiters]
+
+    @contextmanager
+    def hold(self, ino: int):
+        with self._mutex:
+            entry = self._locks.get(ino)
+            if entry is None:
+                entry = self._locks[ino] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._mutex:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[ino]
+
+
+# --- the service ----------------------------------------------------------------------------------
+
+
+class MasterService:
     def __init__(
         self,
         store,
@@ -159,9 +233,14 @@ class MasterService(pb_grpc.MasterServicer):
         self._node_id = node_id
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
+        self._inodes = _InodeLocks()
+        self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
+        self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
+        self._calls = threading.Condition()  # guards _active
+        self._active = 0  # handler calls running, so that stop() can let them finish
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
-        self._handlers = {
+        self._ops = {
             "write_chunk": self._write_chunk,
             "commit_write": self._commit_write,
             "setattr": self._setattr,
@@ -171,6 +250,14 @@ class MasterService(pb_grpc.MasterServicer):
             "statfs": self._statfs,
         }
 
+    def handlers(self) -> dict[str, rpc.Handler]:
+        """The rpc methods served on the master's `listen` address."""
+        return {
+            "meta": self._tracked(self._meta),
+            "register": self._tracked(self._register),
+            "heartbeat": self._tracked(self._heartbeat),
+        }
+
     # --- lifecycle ---
 
     def start(self) -> None:
@@ -178,10 +265,36 @@ class MasterService(pb_grpc.MasterServicer):
         self._expiry = threading.Thread(target=self._expire_loop, name="cs-expiry", daemon=True)
         self._expiry.start()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float) -> None:
+        """After the rpc server stopped: let running calls finish (up to grace_s), then stop."""
+        deadline = time.monotonic() + grace_s
+        with self._calls:
+            while self._active and self._calls.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            if self._active:
+                log.warning("stopping with %d calls still running", self._active)
         self._stop.set()
         if self._expiry is not None:
             self._expiry.join()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            clients, self._chunkservers = list(self._chunkservers.values()), {}
+        for client in clients:
+            client.close()
+
+    def _tracked(self, handler: rpc.Handler) -> rpc.Handler:
+        def run(params, data, peer):
+            with self._calls:
+                self._active += 1
+            try:
+                return handler(params, data, peer)
+            finally:
+                with self._calls:
+                    self._active -= 1
+                    if not self._active:
+                        self._calls.notify_all()
+
+        return run
 
     def _expire_loop(self) -> None:
         tick = min(1.0, self._registry.timeout_s / 4)
@@ -195,39 +308,40 @@ class MasterService(pb_grpc.MasterServicer):
                     server.server_id, server.address, silent, self._registry.timeout_s,
                 )  # fmt: skip
 
-    # --- Meta ---
+    # --- meta ---
 
-    def Meta(self, request, context):
+    def _meta(self, params: dict, data, peer: str) -> dict:
+        """meta{op, args, client_id?, seq?, uid?, gid?, gids?} -> {errno, message, result, leader}."""
         start = time.perf_counter()
+        op = params.get("op")
         try:
-            return self._meta(request, context)
+            return self._run(params)
         finally:
-            self._metrics.observe(request.op if request.op in OPS else "invalid", time.perf_counter() - start)
+            self._metrics.observe(op if type(op) is str and op in OPS else "invalid", time.perf_counter() - start)
 
-    def _meta(self, request, context):
+    def _run(self, params: dict) -> dict:
         try:
-            args = wire.unpack(request.args) if request.args else {}
+            _check("meta", META, params)
+            check_args(params["op"], params["args"])
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{request.op:.60}: args: {exc}")
+            raise _invalid(exc) from None
+        op = params["op"]
+        args = {k: v for k, v in params["args"].items() if v is not None}  # nil optional args: the default
+        ctx = {"uid": params.get("uid") or 0, "gid": params.get("gid") or 0, "gids": params.get("gids") or []}
         try:
-            check_args(request.op, args)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        ctx = {"uid": request.uid, "gid": request.gid, "gids": list(request.gids)}
-        try:
-            handler = self._handlers.get(request.op)
+            handler = self._ops.get(op)
             if handler is not None:
                 result = handler(args, ctx)
-            elif OPS[request.op].kind == MUTATION:
-                result = self._submit(request.op, args, ctx)
+            elif OPS[op].kind == MUTATION:
+                result = self._submit(op, args, ctx)
             else:
-                result = self._query(request.op, args, ctx)
-            return pb.MetaReply(result=wire.pack(result))
+                result = self._store.query(op, args, ctx)
         except FsError as exc:
-            return pb.MetaReply(errno=exc.errno, message=exc.message)
+            return {"errno": exc.errno, "message": exc.message, "result": None, "leader": ""}
         except Exception:
-            log.exception("op %s failed unexpectedly", request.op)
-            context.abort(grpc.StatusCode.INTERNAL, f"{request.op}: internal error in the master (see its log)")
+            log.exception("op %s failed unexpectedly", op)
+            raise rpc.RpcError(rpc.INTERNAL, f"{op}: internal error in the master (see its log)") from None
+        return {"errno": 0, "message": "", "result": result, "leader": ""}
 
     def _submit(self, op: str, args: dict, ctx: dict):
         """Log and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
@@ -237,77 +351,161 @@ class MasterService(pb_grpc.MasterServicer):
                 self._registry.recheck(result["freed"])
         return result
 
-    def _query(self, op: str, args: dict, ctx: dict):
-        return self._store.query(op, args, ctx)
-
     # --- service-level ops ---
 
     def _write_chunk(self, args: dict, ctx: dict) -> dict:
         """write_chunk{ino,index} -> namespace result + "servers" to write to, chain order.
 
-        Refuses before logging anything when the write could not succeed (no chunkserver with
-        room for a new chunk: ENOSPC; no valid copy of an existing one: EIO), so that a failed
-        write leaves neither an empty chunk nor a needlessly bumped version behind.
+        A new chunk goes to servers placement chooses (ENOSPC before logging if there are none).
+        An existing chunk's valid copies first take the new version; the write goes to those that
+        did, with expect_version == version (EIO, nothing logged, if none did).
         """
-        with self._store.view() as ns:
-            goal = GOALS[ns.query("getattr", {"ino": args["ino"]}, ROOT_CTX)["sclass"]]
-            [current] = ns.query("chunks", {"ino": args["ino"], "index": args["index"]}, ROOT_CTX)
-        with self._lock:
-            if current["chunk_id"] == 0:
-                placement.choose(self._registry.servers(), goal, self._rng)
-            elif not self._registry.holders(current["chunk_id"], current["version"]):
-                raise FsError(errno.EIO, f"no valid copy of chunk {current['chunk_id']}")
-        result = self._submit("write_chunk", args, ctx)
-        chunk_id = result["chunk_id"]
-        with self._lock:
-            if result["new"]:
-                targets = placement.choose(self._registry.servers(), goal, self._rng)
+        ino, index = args["ino"], args["index"]
+        with self._inodes.hold(ino):
+            with self._store.view() as ns:
+                goal = GOALS[ns.query("getattr", {"ino": ino}, ROOT_CTX)["sclass"]]
+                [current] = ns.query("chunks", {"ino": ino, "index": index}, ROOT_CTX)
+            chunk_id = current["chunk_id"]
+            if chunk_id == 0:
+                with self._lock:
+                    placement.choose(self._registry.servers(), goal, self._rng)
+                result = self._submit("write_chunk", args, ctx)
+                _expect(result, "write_chunk", result["new"])
+                with self._lock:
+                    targets = placement.choose(self._registry.servers(), goal, self._rng)
             else:
-                targets = self._registry.holders(chunk_id, result["expect_version"])
-                if not targets:
-                    raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}")
-                self._registry.begin_write(chunk_id, result["expect_version"], time.monotonic() + WRITE_SESSION_S)
+                version = current["version"]
+                result, targets = self._bump(chunk_id, version, "write_chunk", args, ctx)
+                _expect(result, "write_chunk", (result["chunk_id"], result["version"]) == (chunk_id, version + 1))
+                result["expect_version"] = result["version"]
         result["servers"] = [s.address for s in targets]
         return result
 
     def _commit_write(self, args: dict, ctx: dict):
-        """commit_write{ino,size,chunks?} -> attr; records the copies the client reports first.
+        """commit_write{ino,size,chunks?} -> attr; takes the client's report of stored copies first.
 
-        A report counts only for the chunk's current version (an older one was overtaken by
-        another write); it ends the write session, so copies that missed it are deleted.
+        A report names the copies that stored a write session's data (or a truncation). Every
+        other copy at that version or later missed it: it is fenced (never valid again until it
+        is gone). An empty `ok` fences nothing: the client got EIO, the data of the failed range is
+        undefined on every copy alike. Only a report of the current version records copies.
         """
-        reports = args.get("chunks") or []
-        if reports:
-            with self._store.view() as ns:
-                current = {r["chunk_id"]: ns.chunk_version(r["chunk_id"]) for r in reports}
-            with self._lock:
-                for r in reports:
-                    if current[r["chunk_id"]] == r["version"]:
-                        unknown = self._registry.record_copies(r["chunk_id"], r["version"], r["ok"])
-                        if unknown:
-                            log.warning("commit of chunk %d names unknown chunkservers %s", r["chunk_id"], unknown)
-                    self._registry.end_write(r["chunk_id"], r["version"])
-        return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
+        with self._inodes.hold(args["ino"]):
+            reports = [r for r in args.get("chunks") or [] if r["ok"]]
+            if reports:
+                with self._store.view() as ns:
+                    current = {r["chunk_id"]: ns.chunk_version(r["chunk_id"]) for r in reports}
+                with self._lock:
+                    for r in reports:
+                        now = current[r["chunk_id"]]
+                        if now is None or r["version"] > now:
+                            continue
+                        if r["version"] == now:
+                            unknown = self._registry.record_copies(r["chunk_id"], now, r["ok"])
+                            if unknown:
+                                log.warning("commit of chunk %d names unknown chunkservers %s", r["chunk_id"], unknown)
+                        self._registry.fence_missing(r["chunk_id"], r["version"], now, r["ok"])
+            return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
 
     def _setattr(self, args: dict, ctx: dict) -> dict:
         """setattr -> namespace result; a shrink inside a chunk adds the "servers" holding the tail.
 
-        The client truncates those copies to tail.length at tail.version, then reports the ones
-        that did via commit_write{ino, size: 0, chunks} (size 0 leaves the size alone).
+        The copies of the cut chunk take the new version before the namespace logs it (EIO if
+        none can). The client then truncates them to tail.length at that version and reports the
+        ones that did via commit_write{ino, size: 0, chunks} (size 0 leaves the size alone).
         """
-        result = self._submit("setattr", args, ctx)
-        tail = result.get("tail")
-        if tail:
-            with self._lock:
-                holders = self._registry.holders(tail["chunk_id"], tail["expect_version"])
-                if holders:
-                    self._registry.begin_write(tail["chunk_id"], tail["expect_version"], time.monotonic() + WRITE_SESSION_S)
-            tail["servers"] = [s.address for s in holders]
+        size = args.get("size")
+        if size is None:
+            return self._submit("setattr", args, ctx)
+        with self._inodes.hold(args["ino"]):
+            cut = self._cut_chunk(args["ino"], size)
+            if cut is None:
+                result = self._submit("setattr", args, ctx)
+                _expect(result, "setattr", result["tail"] is None)
+                return result
+            result, targets = self._bump(*cut, "setattr", args, ctx)
+            tail = result["tail"]
+            _expect(result, "setattr", tail is not None and (tail["chunk_id"], tail["version"]) == (cut[0], cut[1] + 1))
+            tail["expect_version"] = tail["version"]
+            tail["servers"] = [s.address for s in targets]
         return result
+
+    def _cut_chunk(self, ino: int, size: int) -> tuple[int, int] | None:
+        """(chunk_id, version) of the chunk a shrink of `ino` to `size` cuts, or None."""
+        if size % CHUNK_SIZE == 0:
+            return None
+        with self._store.view() as ns:
+            try:
+                if ns.query("getattr", {"ino": ino}, ROOT_CTX)["size"] <= size:
+                    return None
+                [ref] = ns.query("chunks", {"ino": ino, "index": size // CHUNK_SIZE}, ROOT_CTX)
+            except FsError:
+                return None  # not a regular file, or gone: the setattr itself reports it
+        return (ref["chunk_id"], ref["version"]) if ref["chunk_id"] else None
+
+    def _bump(self, chunk_id: int, version: int, op: str, args: dict, ctx: dict) -> tuple[dict, list[Server]]:
+        """Move the chunk's valid copies to version + 1, then log `op` (which makes that version).
+
+        Returns the op's result and the copies at the new version.
+        """
+        with self._lock:
+            holders = self._registry.holders(chunk_id, version)
+        if not holders:
+            raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}")
+        moved, failures = self._set_version(chunk_id, version, version + 1, holders)
+        if not moved:
+            raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}: {'; '.join(failures)}")
+        if failures:
+            log.warning("chunk %d: copies left out of version %d: %s", chunk_id, version + 1, "; ".join(failures))
+        try:
+            result = self._submit(op, args, ctx)
+        except FsError:
+            # Refused by the namespace: move the copies back. Not after a store failure, when the
+            # entry may be durable after all: copies ahead of the namespace are valid, behind not.
+            if self._store.failure is None:
+                _, failures = self._set_version(chunk_id, version + 1, version, moved)
+                if failures:
+                    log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(failures))
+            raise
+        with self._lock:
+            self._registry.record_copies(chunk_id, version + 1, [s.address for s in moved])
+            # A holder that did not confirm may still take the version late, without the data.
+            confirmed = {s.server_id for s in moved}
+            self._registry.fence(chunk_id, version + 1, [s.server_id for s in holders if s.server_id not in confirmed])
+        return result, moved
+
+    def _set_version(self, chunk_id: int, expect: int, version: int, servers: list[Server]):
+        """Ask the servers in parallel to move their copy from `expect` to `version`.
+
+        Returns (the servers that confirmed, in the given order; "address: why" for the others).
+        """
+        params = {"chunk_id": chunk_id, "expect_version": expect, "version": version}
+        calls = [(s, self._pool.submit(self._chunkserver(s.address).call, "set_version", params)) for s in servers]
+        wait([f for _, f in calls], timeout=SET_VERSION_TIMEOUT_S)
+        done, failures = [], []
+        for server, future in calls:
+            if not future.done():
+                failures.append(f"{server.address}: no answer within {SET_VERSION_TIMEOUT_S:g} s")
+                continue
+            try:
+                future.result()
+            except rpc.RpcError as exc:
+                failures.append(f"{server.address}: {exc}")
+            else:
+                done.append(server)
+        return done, failures
+
+    def _chunkserver(self, address: str) -> rpc.Client:
+        with self._lock:
+            client = self._chunkservers.get(address)
+            if client is None:
+                client = self._chunkservers[address] = rpc.Client(
+                    address, timeout_s=SET_VERSION_TIMEOUT_S, connect_timeout_s=SET_VERSION_TIMEOUT_S
+                )
+        return client
 
     def _chunks(self, args: dict, ctx: dict) -> list:
         """chunks{ino,index,count?} -> [{index, chunk_id, version, servers}] (valid copies, best first)."""
-        refs = self._query("chunks", args, ctx)
+        refs = self._store.query("chunks", args, ctx)
         with self._lock:
             for ref in refs:
                 holders = self._registry.holders(ref["chunk_id"], ref["version"]) if ref["chunk_id"] else []
@@ -333,7 +531,7 @@ class MasterService(pb_grpc.MasterServicer):
                         "address": server.address,
                         "disk": copy.disk,
                         "version": copy.version,
-                        "valid": self._registry.is_valid(server, copy, ref["version"]),
+                        "valid": self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"]),
                     }
                     for server, copy in self._registry.copies(ref["chunk_id"])
                 ]
@@ -342,7 +540,7 @@ class MasterService(pb_grpc.MasterServicer):
 
     def _statfs(self, args: dict, ctx: dict) -> dict:
         """statfs{} -> namespace counts + byte totals over the live chunkservers' healthy disks."""
-        result = self._query("statfs", args, ctx)
+        result = self._store.query("statfs", args, ctx)
         with self._lock:
             cap = self._registry.capacity()
         result.update(total_bytes=cap.total, used_bytes=cap.used, free_bytes=cap.free)
@@ -396,7 +594,7 @@ class MasterService(pb_grpc.MasterServicer):
                 for kind, value in (("total", d.total), ("used", d.used), ("free", d.free))
             ]
             bytes_read, bytes_written = self._registry.bytes_read, self._registry.bytes_written
-        alive = sum(1 for s in servers if s.alive)
+            alive = sum(1 for s in servers if s.alive)
         return Gauges(
             leader=True,
             log_index=index,
@@ -410,66 +608,96 @@ class MasterService(pb_grpc.MasterServicer):
 
     # --- chunkserver protocol ---
 
-    def Register(self, request, context):
-        disks = [_disk(d) for d in request.disks]
-        chunks = [ChunkRef(c.chunk_id, c.version, c.disk) for c in request.chunks]
+    def _register(self, params: dict, data, peer: str) -> dict:
+        """register{cluster_id, server_id, address, disks, chunks} -> {session}."""
         try:
-            wire.parse_addr(request.address)
+            _check("register", REGISTER, params)
+            if params["server_id"] == 0:
+                raise ValueError("register: server_id must be 1 or more")
+            try:
+                wire.parse_addr(params["address"])
+            except ValueError as exc:
+                raise ValueError(f"register: address: {exc}") from None
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"register: address: {exc}")
+            raise _invalid(exc) from None
+        server_id, address = params["server_id"], params["address"]
+        disks = [_disk(d) for d in params["disks"]]
+        chunks = [_ref(c) for c in params["chunks"]]
         try:
             with self._lock:
                 session = self._registry.register(
-                    request.cluster_id, request.server_id, request.address, disks, chunks, time.monotonic()
+                    params["cluster_id"], server_id, address, disks, chunks, time.monotonic()
                 )
         except ForeignCluster as exc:
             log.error("refused registration: %s", exc)
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, str(exc)) from None
         except DuplicateServer as exc:
             log.error("refused registration: %s", exc)
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            raise rpc.RpcError(rpc.ALREADY_EXISTS, str(exc)) from None
         log.info(
             "chunkserver %d registered from %s: %d disks, %d chunks, session %d",
-            request.server_id, request.address, len(disks), len(chunks), session,
+            server_id, address, len(disks), len(chunks), session,
         )  # fmt: skip
-        return pb.RegisterReply(session=session)
+        return {"session": session}
 
-    def Heartbeat(self, request, context):
+    def _heartbeat(self, params: dict, data, peer: str) -> dict:
+        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written}
+        -> {reregister, delete: [{chunk_id, version, disk (None: not known)}]}."""
+        try:
+            _check("heartbeat", HEARTBEAT, params)
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        server_id = params["server_id"]
         now = time.monotonic()
         with self._lock:
             ok = self._registry.heartbeat(
-                request.server_id,
-                request.session,
-                [_disk(d) for d in request.disks],
-                [ChunkRef(c.chunk_id, c.version, c.disk) for c in request.added],
-                [ChunkRef(c.chunk_id, c.version, c.disk) for c in request.removed],
-                request.bytes_read,
-                request.bytes_written,
+                server_id,
+                params["session"],
+                [_disk(d) for d in params["disks"]],
+                [_ref(c) for c in params["added"]],
+                [_ref(c) for c in params["removed"]],
+                params["bytes_read"],
+                params["bytes_written"],
                 now,
             )
         if not ok:
-            log.info("chunkserver %d has no valid session: asking it to register again", request.server_id)
-            return pb.HeartbeatReply(reregister=True)
+            log.info("chunkserver %d has no valid session: asking it to register again", server_id)
+            return {"reregister": True, "delete": []}
         with self._store.view() as ns, self._lock:
-            deletes = self._registry.deletions(request.server_id, ns.chunk_version, now)
+            deletes = self._registry.deletions(server_id, ns.chunk_version)
         if deletes:
-            log.info("chunkserver %d: %d copies to delete (unknown or stale)", request.server_id, len(deletes))
-        return pb.HeartbeatReply(
-            delete=[pb.ChunkRef(chunk_id=c.chunk_id, version=c.version, disk=c.disk or 0) for c in deletes]
-        )
+            log.info("chunkserver %d: %d copies to delete (unknown or stale)", server_id, len(deletes))
+        return {
+            "reregister": False,
+            "delete": [{"chunk_id": c.chunk_id, "version": c.version, "disk": c.disk} for c in deletes],
+        }
 
 
-def _disk(d) -> Disk:
-    return Disk(d.index, d.path, d.total_bytes, d.used_bytes, d.free_bytes, d.state, d.chunks)
+def _expect(result, op: str, holds: bool) -> None:
+    """The inode lock makes a logged op do what was prepared for it; anything else is a bug."""
+    if not holds:
+        raise RuntimeError(f"{op} did not do what was prepared for it: {result!r:.300}")
+
+
+def _disk(d: dict) -> Disk:
+    return Disk(d["index"], d["path"], d["total_bytes"], d["used_bytes"], d["free_bytes"], d["state"], d["chunks"])
+
+
+def _ref(c: dict) -> ChunkRef:
+    return ChunkRef(c["chunk_id"], c["version"], c["disk"])
 
 
 def _server_status(s, now: float) -> dict:
+    healthy = [d for d in s.disks if d.healthy]
     return {
         "server_id": s.server_id,
         "address": s.address,
         "state": "alive" if s.alive else "down",
         "last_heartbeat_s": round(now - s.last_seen, 3),
         "chunks": len(s.chunks),
+        "total_bytes": sum(d.total for d in healthy),
+        "used_bytes": sum(d.used for d in healthy),
+        "free_bytes": sum(d.free for d in healthy),
         "disks": [
             {"index": d.index, "path": d.path, "state": d.state, "chunks": d.chunks,
              "total_bytes": d.total, "used_bytes": d.used, "free_bytes": d.free}

@@ -24,43 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmooseng/proto/mooseng.proto\x12\nmooseng.v1\"o\n\x0bMetaRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x01(\x0c\x12\x11\n\tclient_id\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x0b\n\x03uid\x18\x05 \x01(\r\x12\x0b\n\x03gid\x18\x06 \x01(\r\x12\x0c\n\x04gids\x18\x07 \x03(\r\"K\n\tMetaReply\x12\r\n\x05\x65rrno\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x0e\n\x06leader\x18\x04 \x01(\t\"\x83\x01\n\x08\x44iskInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x12\n\nused_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x07 \x01(\x04\"K\n\x08\x43hunkRef\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04\x64isk\x18\x03 \x01(\r\x12\x0e\n\x06length\x18\x04 \x01(\x04\"\x94\x01\n\x0fRegisterRequest\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12#\n\x05\x64isks\x18\x04 \x03(\x0b\x32\x14.mooseng.v1.DiskInfo\x12$\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x14.mooseng.v1.ChunkRef\" \n\rRegisterReply\x12\x0f\n\x07session\x18\x01 \x01(\x04\"\xd2\x01\n\x10HeartbeatRequest\x12\x11\n\tserver_id\x18\x01 \x01(\r\x12\x0f\n\x07session\x18\x02 \x01(\x04\x12#\n\x05\x64isks\x18\x03 \x03(\x0b\x32\x14.mooseng.v1.DiskInfo\x12#\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\x0b\x32\x14.mooseng.v1.ChunkRef\x12%\n\x07removed\x18\x05 \x03(\x0b\x32\x14.mooseng.v1.ChunkRef\x12\x12\n\nbytes_read\x18\x06 \x01(\x04\x12\x15\n\rbytes_written\x18\x07 \x01(\x04\"J\n\x0eHeartbeatReply\x12\x12\n\nreregister\x18\x01 \x01(\x08\x12$\n\x06\x64\x65lete\x18\x02 \x03(\x0b\x32\x14.mooseng.v1.ChunkRef\"P\n\x0bReadRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"\x19\n\tReadReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"v\n\x0cWriteRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x65xpect_version\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x03(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"9\n\nWriteReply\x12\x0f\n\x07written\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x03(\t\"\\\n\x0fTruncateRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x65xpect_version\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"\x0f\n\rTruncateReply2\xcb\x01\n\x06Master\x12\x36\n\x04Meta\x12\x17.mooseng.v1.MetaRequest\x1a\x15.mooseng.v1.MetaReply\x12\x42\n\x08Register\x12\x1b.mooseng.v1.RegisterRequest\x1a\x19.mooseng.v1.RegisterReply\x12\x45\n\tHeartbeat\x12\x1c.mooseng.v1.HeartbeatRequest\x1a\x1a.mooseng.v1.HeartbeatReply2\xc8\x01\n\x0b\x43hunkServer\x12\x38\n\x04Read\x12\x17.mooseng.v1.ReadRequest\x1a\x15.mooseng.v1.ReadReply0\x01\x12;\n\x05Write\x12\x18.mooseng.v1.WriteRequest\x1a\x16.mooseng.v1.WriteReply(\x01\x12\x42\n\x08Truncate\x12\x1b.mooseng.v1.TruncateRequest\x1a\x19.mooseng.v1.TruncateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmooseng/proto/mooseng.proto\x12\nmooseng.v1\"P\n\x0bReadRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"\x19\n\tReadReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"v\n\x0cWriteRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x65xpect_version\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x03(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"9\n\nWriteReply\x12\x0f\n\x07written\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x03 \x03(\t\"\\\n\x0fTruncateRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x16\n\x0e\x65xpect_version\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\x04\"\x0f\n\rTruncateReply2\xc8\x01\n\x0b\x43hunkServer\x12\x38\n\x04Read\x12\x17.mooseng.v1.ReadRequest\x1a\x15.mooseng.v1.ReadReply0\x01\x12;\n\x05Write\x12\x18.mooseng.v1.WriteRequest\x1a\x16.mooseng.v1.WriteReply(\x01\x12\x42\n\x08Truncate\x12\x1b.mooseng.v1.TruncateRequest\x1a\x19.mooseng.v1.TruncateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mooseng.proto.mooseng_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_METAREQUEST']._serialized_start=43
-  _globals['_METAREQUEST']._serialized_end=154
-  _globals['_METAREPLY']._serialized_start=156
-  _globals['_METAREPLY']._serialized_end=231
-  _globals['_DISKINFO']._serialized_start=234
-  _globals['_DISKINFO']._serialized_end=365
-  _globals['_CHUNKREF']._serialized_start=367
-  _globals['_CHUNKREF']._serialized_end=442
-  _globals['_REGISTERREQUEST']._serialized_start=445
-  _globals['_REGISTERREQUEST']._serialized_end=593
-  _globals['_REGISTERREPLY']._serialized_start=595
-  _globals['_REGISTERREPLY']._serialized_end=627
-  _globals['_HEARTBEATREQUEST']._serialized_start=630
-  _globals['_HEARTBEATREQUEST']._serialized_end=840
-  _globals['_HEARTBEATREPLY']._serialized_start=842
-  _globals['_HEARTBEATREPLY']._serialized_end=916
-  _globals['_READREQUEST']._serialized_start=918
-  _globals['_READREQUEST']._serialized_end=998
-  _globals['_READREPLY']._serialized_start=1000
-  _globals['_READREPLY']._serialized_end=1025
-  _globals['_WRITEREQUEST']._serialized_start=1027
-  _globals['_WRITEREQUEST']._serialized_end=1145
-  _globals['_WRITEREPLY']._serialized_start=1147
-  _globals['_WRITEREPLY']._serialized_end=1204
-  _globals['_TRUNCATEREQUEST']._serialized_start=1206
-  _globals['_TRUNCATEREQUEST']._serialized_end=1298
-  _globals['_TRUNCATEREPLY']._serialized_start=1300
-  _globals['_TRUNCATEREPLY']._serialized_end=1315
-  _globals['_MASTER']._serialized_start=1318
-  _globals['_MASTER']._serialized_end=1521
-  _globals['_CHUNKSERVER']._serialized_start=1524
-  _globals['_CHUNKSERVER']._serialized_end=1724
+  _globals['_READREQUEST']._serialized_start=43
+  _globals['_READREQUEST']._serialized_end=123
+  _globals['_READREPLY']._serialized_start=125
+  _globals['_READREPLY']._serialized_end=150
+  _globals['_WRITEREQUEST']._serialized_start=152
+  _globals['_WRITEREQUEST']._serialized_end=270
+  _globals['_WRITEREPLY']._serialized_start=272
+  _globals['_WRITEREPLY']._serialized_end=329
+  _globals['_TRUNCATEREQUEST']._serialized_start=331
+  _globals['_TRUNCATEREQUEST']._serialized_end=423
+  _globals['_TRUNCATEREPLY']._serialized_start=425
+  _globals['_TRUNCATEREPLY']._serialized_end=440
+  _globals['_CHUNKSERVER']._serialized_start=443
+  _globals['_CHUNKSERVER']._serialized_end=643
 # @@protoc_insertion_point(module_scope)

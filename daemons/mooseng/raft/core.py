@@ -11,6 +11,7 @@ Ongaro's thesis (2014).
 
 import random
 from dataclasses import dataclass
+from typing import Sequence
 
 from . import quorum
 from .log import RaftLog
@@ -27,9 +28,10 @@ from .messages import (
     MessageType,
     ReadState,
     Role,
+    Snapshot,
     SoftState,
 )
-from .progress import ProgressState, ProgressTracker
+from .progress import Progress, ProgressState, ProgressTracker
 from .readonly import ReadOnly
 from .storage import CompactedError, SnapshotTemporarilyUnavailableError, Storage
 
@@ -58,12 +60,12 @@ class Config:
     rng: random.Random  # the only source of randomness: election timeouts
     election_tick: int = 10  # followers campaign after [election_tick, 2*election_tick) silent ticks
     heartbeat_tick: int = 1  # a leader heartbeats every heartbeat_tick ticks
-    applied: int = 0  # last index the application applied before a restart (0: the snapshot's)
+    applied: int = 0  # index the application's state reflects at start (0: the log's start)
     max_entries_per_msg: int = 256
     max_bytes_per_msg: int | None = 1 << 20  # entry data per append (at least one entry is sent)
     max_inflight_msgs: int = 256  # appends in flight per follower while replicating
     max_committed_bytes_per_ready: int | None = 16 << 20  # entry data to apply per Ready
-    check_quorum: bool = True  # leaders step down without a quorum; followers are sticky
+    check_quorum: bool = True  # leaders step down without a quorum (thesis §6.2); followers are sticky
     pre_vote: bool = True  # candidates first ask whether they could win (thesis §9.6)
 
     def validate(self) -> None:
@@ -125,7 +127,8 @@ class Raft:
 
     def _load_state(self, hs: HardState) -> None:
         log = self.raft_log
-        # The snapshot is committed even if the HardState written with it lost its commit.
+        # Everything before the first stored entry is committed, whatever the (lazily written)
+        # commit index on disk says.
         commit = max(hs.commit, log.committed)
         if commit > log.last_index():
             raise RuntimeError(f"hard state commit {hs.commit} is past the last index {log.last_index()}")
@@ -179,9 +182,8 @@ class Raft:
         me = self.tracker.progress[self.id]
         me.become_replicate()
         me.recent_active = True  # check-quorum never counts the leader as silent
-        # Entries after the applied index may hold a conf change we cannot see as pending; wait
-        # until everything we have is applied. (A change takes effect only once applied, so
-        # after our no-op below has committed: the fix for single-server changes, thesis §4.1.)
+        # Entries after the applied index may hold a conf change that we cannot see as pending:
+        # take no conf change until all of them are applied.
         self.pending_conf_index = self.raft_log.last_index()
         # §5.4.2: a leader commits entries of earlier terms only by committing one of its own.
         self._append_entry([Entry()])
@@ -232,8 +234,8 @@ class Raft:
             pass  # local message (or a forwarded READ_INDEX, which has no term)
         elif m.term > self.term:
             if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
-                in_lease = self.check_quorum and self.lead != NONE and self.election_elapsed < self.election_timeout
-                if in_lease and m.context != CAMPAIGN_TRANSFER:
+                heard_recently = self.lead != NONE and self.election_elapsed < self.election_timeout
+                if self.check_quorum and heard_recently and m.context != CAMPAIGN_TRANSFER:
                     # Leader stickiness (§6, thesis §4.2.3): we heard from a leader within the
                     # minimum election timeout, so ignore this without raising our term.
                     return
@@ -312,13 +314,10 @@ class Raft:
         if self.tracker.tally_votes() is quorum.VoteResult.WON:
             self._won_election(vote_type)  # we are the only voter
             return
-        last_index = self.raft_log.last_index()
-        last_term = self.raft_log.last_term()
+        index, log_term = self.raft_log.last_index(), self.raft_log.last_term()
         for node in self.tracker.progress:
             if node != self.id:
-                self._send(
-                    Message(vote_type, to=node, term=term, index=last_index, log_term=last_term, context=context)
-                )
+                self._send(Message(vote_type, to=node, term=term, index=index, log_term=log_term, context=context))
 
     def _won_election(self, vote_type: MessageType) -> None:
         if vote_type == MT.PRE_VOTE:
@@ -347,7 +346,7 @@ class Raft:
             raise ProposalDropped("not the leader", self.lead)
         elif t == MT.READ_INDEX:
             if m.frm != NONE:
-                return  # forwarded to us while we were leader; the requester will retry
+                return  # forwarded by a node that thinks we lead; it will time out and retry
             if self.lead == NONE:
                 raise ProposalDropped("no leader to serve the read", NONE)
             self._send(Message(MT.READ_INDEX, to=self.lead, context=m.context))
@@ -379,6 +378,8 @@ class Raft:
             raise ProposalDropped("not the leader", NONE)
         elif t == MT.READ_INDEX and m.frm == NONE:
             raise ProposalDropped("no leader to serve the read", NONE)
+        elif t == MT.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context))  # asked while a follower
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
@@ -453,7 +454,7 @@ class Raft:
         self._append_entry(m.entries)
         self._bcast_append()
 
-    def _append_entry(self, entries) -> None:
+    def _append_entry(self, entries: Sequence[Entry]) -> None:
         index = self.raft_log.last_index()
         for e in entries:
             index += 1
@@ -500,12 +501,13 @@ class Raft:
             return self._maybe_send_snapshot(to, pr)
         if not entries and not send_if_empty:
             return False
-        self._send(Message(MT.APP, to=to, index=prev, log_term=prev_term, entries=entries, commit=log.committed))
+        m = Message(MT.APP, to=to, index=prev, log_term=prev_term, entries=entries, commit=log.committed)
+        self._send(m)
         if entries:
             pr.sent_entries(entries[-1].index)
         return True
 
-    def _maybe_send_snapshot(self, to: int, pr) -> bool:
+    def _maybe_send_snapshot(self, to: int, pr: Progress) -> bool:
         if not pr.recent_active:
             return False  # it may be down; do not ship a snapshot into the void
         try:
@@ -516,7 +518,7 @@ class Raft:
         self._send(Message(MT.SNAP, to=to, snapshot=snapshot))
         return True
 
-    def _handle_append_ack(self, m: Message, pr) -> None:
+    def _handle_append_ack(self, m: Message, pr: Progress) -> None:
         was_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
             return
@@ -539,9 +541,9 @@ class Raft:
         if m.frm == self.lead_transferee and pr.match == self.raft_log.last_index():
             self._send(Message(MT.TIMEOUT_NOW, to=m.frm))
 
-    def _handle_append_reject(self, m: Message, pr) -> None:
-        # Fast backtracking (§5.3, thesis §5.1): the follower's hint names its last entry that
-        # can match; skip our entries whose term is too new for it to have.
+    def _handle_append_reject(self, m: Message, pr: Progress) -> None:
+        # Fast backtracking (the optimization at the end of §5.3): the follower's hint names its
+        # last entry that can match; skip our entries whose term is too new for it to have.
         next_probe = m.reject_hint
         if m.log_term > 0:
             next_probe, _ = self.raft_log.find_conflict_by_term(m.reject_hint, m.log_term)
@@ -586,7 +588,7 @@ class Raft:
         else:
             self._send(Message(MT.READ_INDEX_RESP, to=req.frm, index=index, context=req.context))
 
-    def _handle_transfer_leader(self, transferee: int, pr) -> None:
+    def _handle_transfer_leader(self, transferee: int, pr: Progress) -> None:
         if self.lead_transferee == transferee or transferee == self.id:
             return
         self.lead_transferee = transferee
@@ -608,10 +610,9 @@ class Raft:
             self._send(Message(MT.APP_RESP, to=m.frm, index=last_new))
             return
         # §5.3: reject; hint at the last entry that could match so the leader skips ahead.
-        hint_index, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
-        self._send(
-            Message(MT.APP_RESP, to=m.frm, index=m.index, reject=True, reject_hint=hint_index, log_term=hint_term)
-        )
+        hint, hint_term = log.find_conflict_by_term(min(m.index, log.last_index()), m.log_term)
+        resp = Message(MT.APP_RESP, to=m.frm, index=m.index, reject=True, reject_hint=hint, log_term=hint_term)
+        self._send(resp)
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.raft_log.commit_to(m.commit)
@@ -623,7 +624,7 @@ class Raft:
         else:
             self._send(Message(MT.APP_RESP, to=m.frm, index=self.raft_log.committed))
 
-    def _restore(self, snapshot) -> bool:
+    def _restore(self, snapshot: Snapshot) -> bool:
         """Install a snapshot unless it is old news; True if the log was replaced."""
         log = self.raft_log
         if snapshot.index <= log.committed:
@@ -657,7 +658,8 @@ class Raft:
                 else:
                     for peer in progress:
                         if peer != self.id:
-                            self._maybe_send_append(peer, False)  # e.g. start the new voter
+                            # Probe a new voter at once; others only if they have news.
+                            self._maybe_send_append(peer, peer == node)
                 if self.lead_transferee not in progress:
                     self.lead_transferee = NONE
         return self.tracker.voters()

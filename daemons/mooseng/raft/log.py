@@ -126,7 +126,9 @@ class RaftLog:
 
     # Appending.
 
-    def maybe_append(self, index: int, log_term: int, committed: int, entries: Sequence[Entry]) -> int | None:
+    def maybe_append(
+        self, index: int, log_term: int, committed: int, entries: Sequence[Entry]
+    ) -> int | None:
         """Follower side of AppendEntries: None if our log lacks (index, log_term), else append
         what is new and return the index of the last entry the leader sent."""
         if not self.match_term(index, log_term):
@@ -135,7 +137,7 @@ class RaftLog:
         conflict = self.find_conflict(entries)
         if conflict:
             if conflict <= self.committed:
-                raise RuntimeError(f"entry {conflict} conflicts with committed entry (commit {self.committed})")
+                raise RuntimeError(f"entry {conflict} conflicts with committed {self.committed}")
             self.append(entries[conflict - index - 1 :])
         self.commit_to(min(committed, last_new))
         return last_new
@@ -209,7 +211,8 @@ class RaftLog:
         return list(self.unstable.entries)
 
     def has_next_committed_entries(self) -> bool:
-        return self.committed >= max(self.applied + 1, self.first_index())
+        committed = self.committed
+        return committed > self.applied and committed >= self.first_index()
 
     def next_committed_entries(self) -> list[Entry]:
         """Committed entries not yet handed out for applying, at most max_applying_bytes."""

@@ -26,9 +26,6 @@ class Inflights:
         self._last_indexes: deque[int] = deque()  # strictly increasing
         self.capacity = capacity
 
-    def __len__(self) -> int:
-        return len(self._last_indexes)
-
     def add(self, last_index: int) -> None:
         self._last_indexes.append(last_index)
 

@@ -88,7 +88,8 @@ class RawNode:
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose adding or removing one voter. Raises ProposalDropped if not the leader or a
         conf change is still pending (proposed but not yet applied by this leader)."""
-        self.raft.step(Message(MessageType.PROP, entries=[Entry(type=EntryType.CONF_CHANGE, data=cc.encode())]))
+        entry = Entry(type=EntryType.CONF_CHANGE, data=cc.encode())
+        self.raft.step(Message(MessageType.PROP, entries=[entry]))
 
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Call when applying a committed CONF_CHANGE entry; store the returned membership with
@@ -106,7 +107,8 @@ class RawNode:
 
     def transfer_leader(self, transferee: int) -> None:
         """Leader only: stop taking proposals, bring transferee up to date, then make it campaign
-        at once. Given up after an election timeout. Raises ProposalDropped on a non-leader."""
+        at once. Given up after an election timeout; ignored if transferee is not a voter.
+        Raises ProposalDropped on a non-leader."""
         self.raft.step(Message(MessageType.TRANSFER_LEADER, frm=transferee))
 
     def report_unreachable(self, node: int) -> None:
@@ -123,16 +125,22 @@ class RawNode:
     # Output.
 
     def has_ready(self) -> bool:
+        # Called after every input by busy callers: compare fields, build nothing.
         r = self.raft
         log = r.raft_log
+        hard = self._prev_hard
+        soft = self._prev_soft
         return bool(
             r.msgs
             or r.read_states
             or log.unstable.entries
             or log.unstable.snapshot is not None
             or log.has_next_committed_entries()
-            or r.soft_state() != self._prev_soft
-            or r.hard_state() != self._prev_hard
+            or r.term != hard.term
+            or r.vote != hard.vote
+            or log.committed != hard.commit
+            or r.lead != soft.lead
+            or r.role is not soft.role
         )
 
     def ready(self) -> Ready:
@@ -154,7 +162,10 @@ class RawNode:
             read_states=r.read_states,
             # Term and vote are promises to others, entries may be counted in a quorum; a lost
             # commit index is only found again.
-            must_sync=bool(entries) or snapshot is not None or hard.term != prev_hard.term or hard.vote != prev_hard.vote,
+            must_sync=bool(entries)
+            or snapshot is not None
+            or hard.term != prev_hard.term
+            or hard.vote != prev_hard.vote,
         )
         r.msgs = []
         r.read_states = []

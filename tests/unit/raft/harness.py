@@ -9,7 +9,9 @@ import random
 from mooseng.raft import (
     ConfChange,
     Config,
+    Entry,
     EntryType,
+    HardState,
     MemoryStorage,
     Message,
     MessageType,
@@ -30,8 +32,8 @@ class Node:
         self.up = True
         self.raw = self._new_rawnode()
 
-    def _new_rawnode(self) -> RawNode:
-        return RawNode(Config(self.id, self.storage, random.Random(self.id), **self.config))
+    def _new_rawnode(self, applied: int = 0) -> RawNode:
+        return RawNode(Config(self.id, self.storage, random.Random(self.id), applied=applied, **self.config))
 
     @property
     def raft(self):
@@ -47,10 +49,17 @@ class Node:
 
     def restart(self) -> None:
         """Crash and come back from storage (everything persisted survives, nothing else)."""
-        self.applied = []
+        snapshot = self.storage.snapshot()
+        self.applied = snapshot.data.split(b"\n") if snapshot.data else []
         self.read_states = []
         self.conf_state = self.storage.initial_state()[1]
-        self.raw = self._new_rawnode()
+        self.raw = self._new_rawnode(applied=snapshot.index)
+
+    def snapshot(self, keep: int = 0) -> None:
+        """Snapshot the state machine (the applied data) and compact all but `keep` entries."""
+        index = self.raw.raft.raft_log.applied
+        self.storage.create_snapshot(index, self.conf_state, b"\n".join(self.applied))
+        self.storage.compact(index - keep)
 
     def handle_ready(self, outbox: list) -> None:
         rd = self.raw.ready()
@@ -62,6 +71,7 @@ class Node:
         outbox.extend(rd.messages)
         if rd.snapshot is not None:
             self.conf_state = rd.snapshot.conf_state
+            self.applied = rd.snapshot.data.split(b"\n") if rd.snapshot.data else []
         for e in rd.committed_entries:
             if e.type == EntryType.CONF_CHANGE:
                 self.conf_state = self.raw.apply_conf_change(ConfChange.decode(e.data))
@@ -141,6 +151,12 @@ class Cluster:
                 if node.up and (node_id is None or i == node_id):
                     node.raw.tick()
 
+    def run(self, ticks: int) -> None:
+        """Let time pass: each tick, every node ticks and the cluster stabilizes."""
+        for _ in range(ticks):
+            self.tick()
+            self.stabilize()
+
     def elect(self, node_id: int) -> None:
         self.nodes[node_id].raw.campaign()
         self.stabilize()
@@ -152,3 +168,22 @@ class Cluster:
     def propose(self, node_id: int, data: bytes) -> None:
         self.nodes[node_id].raw.propose(data)
         self.stabilize()
+
+
+def new_node(node_id: int = 1, voters=(1, 2, 3), log_terms=(), term: int = 0, **config) -> Node:
+    """A node of a cluster of `voters` whose log holds, after the bootstrap snapshot at index 1,
+    one entry per element of log_terms (with that term), and whose current term is `term`."""
+    storage = MemoryStorage(bootstrap_snapshot(voters))
+    storage.append([Entry(term=t, index=i + 2, data=b"e%d" % (i + 2)) for i, t in enumerate(log_terms)])
+    storage.set_hard_state(HardState(term=max(term, 1, *log_terms), commit=1))
+    config.setdefault("pre_vote", False)
+    config.setdefault("check_quorum", False)
+    return Node(node_id, storage, **config)
+
+
+def drain(node: Node) -> list[Message]:
+    """Handle the node's Ready (persisting it) and return the messages it would send."""
+    out: list[Message] = []
+    while node.raw.has_ready():
+        node.handle_ready(out)
+    return out

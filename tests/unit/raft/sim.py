@@ -24,8 +24,10 @@ At the end the network heals and every node restarts; within a bounded number of
 must exist and commit one more proposal (liveness).
 """
 
+import heapq
 import random
-from collections import deque
+import zlib
+from collections import Counter, deque
 
 from mooseng.raft import (
     NONE,
@@ -33,7 +35,6 @@ from mooseng.raft import (
     ConfChangeType,
     Config,
     EntryType,
-    HardState,
     MemoryStorage,
     MessageType,
     ProposalDropped,
@@ -64,7 +65,7 @@ class SimNode:
         self.synced_hs = storage.initial_state()[0]  # what survives a power loss
         self.raw: RawNode | None = None
         self.incarnation = 0
-        # State machine: index of the last applied entry, running hash of all applied entries.
+        # State machine: index of the last applied entry, running CRC of all applied entries.
         self.sm_index = 0
         self.sm_hash = 0
         self.conf_state = None
@@ -96,23 +97,24 @@ class Simulation:
         self.p_drop = rng.choice((0.0, 0.02, 0.1))
         self.p_dup = rng.choice((0.0, 0.02, 0.05))
         self.max_delay = rng.choice((0, 1, 2))
+        self.p_reorder = rng.choice((0.05, 0.2, 0.5))
         self.p_tick = rng.choice((0.05, 0.1, 0.2))
         self.p_fault = rng.choice((0.05, 0.1))
         self.conf_changes = rng.random() < 0.5
         # Node size+1 starts outside the cluster, to be added by a conf change.
         self.universe = list(range(1, self.size + 2 if self.conf_changes else self.size + 1))
-        founders = list(range(1, self.size + 1))
 
-        self.nodes: dict[int, SimNode] = {}
-        for i in self.universe:
-            storage = MemoryStorage(bootstrap_snapshot(founders) if i in founders else None)
-            self.nodes[i] = SimNode(i, storage)
-            self._start(self.nodes[i])
         self.now = 0
-        self.inflight: list[tuple[int, object, int, int]] = []  # (deliver_at, msg, src, src_inc)
+        # Messages as (msg, sender id, sender incarnation): deliverable now (oldest first, or any
+        # with probability p_reorder), or waiting in a heap of (deliver_at, seq, envelope).
+        self.due: list[tuple] = []
+        self.later: list[tuple] = []
+        self.seq = 0
+        self.dirty: set[int] = set()  # nodes that may have a Ready
         self.group: dict[int, int] = {}  # partition group per node; absent = 0
         self.next_value = 0
         self.trace: deque = deque(maxlen=60)
+        self.stats: Counter = Counter()  # what this seed exercised (see test_sim_exercises_every_feature)
         # Checker state.
         self.step_no = 0
         self.leader_of_term: dict[int, int] = {}
@@ -122,6 +124,13 @@ class Simulation:
         self.applied_hash: dict[int, int] = {1: 0}  # index -> state machine hash after it
         self.votes: dict[tuple[int, int], int] = {}  # (node, term) -> persisted vote
         self.read_floor: dict[bytes, int] = {}  # ReadIndex context -> commit known at request
+
+        founders = list(range(1, self.size + 1))
+        self.nodes: dict[int, SimNode] = {}
+        for i in self.universe:
+            storage = MemoryStorage(bootstrap_snapshot(founders) if i in founders else None)
+            self.nodes[i] = SimNode(i, storage)
+            self._start(self.nodes[i])
 
     # Faults and lifecycle.
 
@@ -145,7 +154,9 @@ class Simulation:
 
     def _crash(self, node: SimNode, power_loss: bool) -> None:
         self.trace.append((self.step_no, "crash", node.id, power_loss))
+        self.stats["power loss" if power_loss else "crash"] += 1
         node.raw = None
+        self.dirty.discard(node.id)
         if power_loss:
             node.storage.set_hard_state(node.synced_hs)
 
@@ -185,7 +196,7 @@ class Simulation:
             delay = self.rng.randint(0, self.max_delay)
             if self.rng.random() < 0.01:
                 delay += 3 * self.election_tick  # a very late message
-            self.inflight.append((self.now + delay, m, node.id, node.incarnation))
+            self._send((m, node.id, node.incarnation), delay)
         if crash_after == "send":
             self._crash(node, power_loss=self.rng.random() < 0.5)
             return
@@ -193,18 +204,21 @@ class Simulation:
         if rd.snapshot is not None:
             self._install(node, rd.snapshot.index, _sm_hash(rd.snapshot.data))
             node.conf_state = rd.snapshot.conf_state
+            self.stats["snapshot installed"] += 1
         for e in rd.committed_entries:
             if e.index != node.sm_index + 1:
                 self._fail(f"node {node.id} applies {e.index} after {node.sm_index}")
-            h = hash((node.sm_hash, e.term, e.type, e.data))
+            h = zlib.crc32(e.data, zlib.crc32(b"%d %d %d" % (node.sm_hash, e.term, e.type)))
             self._install(node, e.index, h)
             if e.type == EntryType.CONF_CHANGE:
                 node.conf_state = raw.apply_conf_change(ConfChange.decode(e.data))
+                self.stats["conf change applied"] += 1
         # e. Reads.
         for rs in rd.read_states:
             floor = self.read_floor.get(rs.context)
             if floor is not None and rs.index < floor:
-                self._fail(f"node {node.id}: read {rs.context!r} at {rs.index}, but {floor} was committed before it")
+                self._fail(f"node {node.id}: read {rs.context!r} at {rs.index}, but {floor} committed before")
+            self.stats["read served"] += 1
         # f.
         raw.advance(rd)
 
@@ -217,10 +231,21 @@ class Simulation:
 
     # Network.
 
-    def _deliver(self, k: int) -> SimNode | None:
-        at, m, src, inc = self.inflight[k]
-        self.inflight[k] = self.inflight[-1]
-        self.inflight.pop()
+    def _send(self, envelope: tuple, delay: int) -> None:
+        if delay == 0:
+            self.due.append(envelope)
+        else:
+            self.seq += 1
+            heapq.heappush(self.later, (self.now + delay, self.seq, envelope))
+
+    def _deliver_next(self) -> SimNode | None:
+        """Deliver the oldest due message, or with probability p_reorder any due message."""
+        due = self.due
+        k = self.rng.randrange(len(due)) if self.rng.random() < self.p_reorder else 0
+        return self._deliver(due.pop(k))
+
+    def _deliver(self, envelope: tuple) -> SimNode | None:
+        m, src, inc = envelope
         dst = self.nodes[m.to]
         lost = (
             dst.raw is None
@@ -228,13 +253,15 @@ class Simulation:
             or self.rng.random() < self.p_drop
         )
         if not lost and self.rng.random() < self.p_dup:
-            self.inflight.append((self.now + self.rng.randint(0, self.max_delay + 2), m, src, inc))
+            self._send(envelope, self.rng.randint(0, self.max_delay + 2))
         sender = self.nodes[src]
         if m.type == MessageType.SNAP and sender.raw is not None and sender.incarnation == inc:
             sender.raw.report_snapshot(m.to, not lost)
             self._check(sender)
         if lost:
+            self.stats["message lost"] += 1
             return None
+        self.stats[m.type.name] += 1
         self.trace.append((self.step_no, "deliver", m))
         dst.raw.step(m)
         return dst
@@ -259,16 +286,14 @@ class Simulation:
         if rng.random() < self.p_tick:
             self._tick_all()
             return
-        ready = [n for n in self.nodes.values() if n.raw is not None and n.raw.has_ready()]
-        due = [k for k, env in enumerate(self.inflight) if env[0] <= self.now]
-        if ready and (not due or rng.random() < 0.5):
-            node = rng.choice(ready)
+        if self.dirty and (not self.due or rng.random() < 0.5):
+            node = self.nodes[rng.choice(sorted(self.dirty))]
             r = rng.random()
             crash_after = "persist" if r < 0.003 else "send" if r < 0.006 else None
             self._handle_ready(node, crash_after)
             self._check(node)
-        elif due:
-            node = self._deliver(rng.choice(due))
+        elif self.due:
+            node = self._deliver_next()
             if node is not None:
                 self._check(node)
         else:
@@ -276,6 +301,9 @@ class Simulation:
 
     def _tick_all(self) -> None:
         self.now += 1
+        later = self.later
+        while later and later[0][0] <= self.now:
+            self.due.append(heapq.heappop(later)[2])
         for node in self.up_nodes():
             if self.rng.random() < 0.95:  # clocks drift: sometimes a tick is missed
                 node.raw.tick()
@@ -288,7 +316,11 @@ class Simulation:
         r = rng.random()
         if r < 0.45:
             if up:
-                self._propose(rng.choice(up))
+                # Clients mostly find the leader (they follow redirects), sometimes not.
+                leaders = [n for n in up if n.raw.raft.role is Role.LEADER]
+                node = rng.choice(leaders if leaders and rng.random() < 0.8 else up)
+                for _ in range(rng.choice((1, 1, 3, 8))):
+                    self._propose(node)
         elif r < 0.55:
             if up:
                 self._read(rng.choice(up))
@@ -302,17 +334,20 @@ class Simulation:
             if down:
                 node = rng.choice(down)
                 self.trace.append((self.step_no, "restart", node.id))
+                self.stats["restart"] += 1
                 self._start(node)
                 self._check(node)
         elif r < 0.84:
             self.group = {n: rng.randrange(2) for n in self.nodes}
             self.trace.append((self.step_no, "partition", dict(self.group)))
+            self.stats["partition"] += 1
         elif r < 0.89:
             self.group = {}
             self.trace.append((self.step_no, "heal"))
         elif r < 0.93:
             if up:
-                node = rng.choice(up)
+                leaders = [n for n in up if n.raw.raft.role is Role.LEADER]
+                node = rng.choice(leaders if leaders and rng.random() < 0.8 else up)
                 target = rng.choice(self.universe)
                 self.trace.append((self.step_no, "transfer", node.id, target))
                 try:
@@ -332,6 +367,7 @@ class Simulation:
         except ProposalDropped:
             return
         self.trace.append((self.step_no, "propose", node.id, self.next_value))
+        self.stats["proposal accepted"] += 1
         self._check(node)
 
     def _read(self, node: SimNode) -> None:
@@ -357,7 +393,7 @@ class Simulation:
         self.trace.append((self.step_no, "snapshot", node.id, node.sm_index))
 
     def _conf_change(self, leader: SimNode) -> None:
-        voters = set(leader.raw.raft.tracker.progress)
+        voters = set(leader.raw.status().conf_state.voters)
         outside = [n for n in self.universe if n not in voters]
         if outside and (len(voters) <= self.size - 1 or self.rng.random() < 0.5):
             cc = ConfChange(ConfChangeType.ADD_VOTER, self.rng.choice(outside))
@@ -383,7 +419,7 @@ class Simulation:
         for _ in range(40 * self.election_tick):
             self.step_no += 1
             self._settle()
-            leader = self._sole_leader()
+            leader = self._newest_leader()
             if leader is not None:
                 raft = leader.raw.raft
                 if final is None or final[:2] != (leader, raft.term):
@@ -401,27 +437,36 @@ class Simulation:
         self._fail("liveness: no leader committed a proposal after the network healed")
 
     def _settle(self) -> None:
-        """Persist and deliver everything currently due (one round)."""
-        for node in self.up_nodes():
-            if node.raw.has_ready():
+        """Persist and deliver in the order sent until quiet (a healed network: round trips
+        are much shorter than a tick). Bounded, in case something keeps talking."""
+        for _ in range(100):
+            if not self.dirty and not self.due:
+                return
+            for node_id in sorted(self.dirty):
+                node = self.nodes[node_id]
                 self._handle_ready(node)
                 self._check(node)
-        due = [k for k, env in enumerate(self.inflight) if env[0] <= self.now]
-        for k in sorted(due, reverse=True):
-            node = self._deliver(k)
-            if node is not None:
-                self._check(node)
+            batch, self.due = self.due, []
+            for envelope in batch:
+                node = self._deliver(envelope)
+                if node is not None:
+                    self._check(node)
 
-    def _sole_leader(self) -> SimNode | None:
-        top = max(n.raw.raft.term for n in self.up_nodes())
-        leaders = [n for n in self.up_nodes() if n.raw.raft.role is Role.LEADER and n.raw.raft.term == top]
-        return leaders[0] if leaders else None
+    def _newest_leader(self) -> SimNode | None:
+        """The leader of the highest term (removed nodes may sit in higher terms, leaderless)."""
+        leaders = [n for n in self.up_nodes() if n.raw.raft.role is Role.LEADER]
+        return max(leaders, key=lambda n: n.raw.raft.term, default=None)
 
     # Invariants.
 
     def _check(self, node: SimNode) -> None:
         if node.raw is None:
+            self.dirty.discard(node.id)
             return
+        if node.raw.has_ready():
+            self.dirty.add(node.id)
+        else:
+            self.dirty.discard(node.id)
         raft = node.raw.raft
         log = raft.raft_log
         # Election safety.
@@ -431,6 +476,7 @@ class Simulation:
                 self._fail(f"two leaders in term {raft.term}: {first} and {node.id}")
             if node.leader_term != raft.term:
                 node.leader_term = raft.term
+                self.stats["leader elected"] += 1
                 self._check_completeness(node, range(log.first_index(), self.max_commit + 1))
         # Log matching, for every entry as it enters a log (all do, through the unstable part).
         unstable = log.unstable
@@ -450,7 +496,8 @@ class Simulation:
             for i in range(lo, committed + 1):
                 t = log.term(i)
                 if self.committed_terms.setdefault(i, t) != t:
-                    self._fail(f"node {node.id}: committed term {t} at {i}, others term {self.committed_terms[i]}")
+                    first = self.committed_terms[i]
+                    self._fail(f"node {node.id}: committed term {t} at {i}, another node term {first}")
                 fresh.append(i)
             if committed > self.max_commit:
                 self.max_commit = committed

@@ -1,0 +1,124 @@
+"""The framed msgpack transport: round trips, raw data, errors, and survival of garbage."""
+
+import socket
+import struct
+import threading
+
+import msgpack
+import pytest
+
+from mooseng import rpc
+
+
+def closed_by_server(sock) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.fixture
+def server():
+    def echo(params, data, peer):
+        return rpc.Reply({"params": params, "n": len(data)}, bytes(data[::-1]))
+
+    def fail(params, data, peer):
+        raise rpc.RpcError(rpc.FAILED_PRECONDITION, "stale copy")
+
+    def crash(params, data, peer):
+        raise ZeroDivisionError
+
+    srv = rpc.Server("127.0.0.1:0", {"echo": echo, "fail": fail, "crash": crash, "plain": lambda p, d, peer: p["x"] + 1}).start()
+    yield srv
+    srv.stop()
+
+
+def test_round_trip_with_raw_data(server):
+    client = rpc.Client(f"127.0.0.1:{server.port}")
+    payload = bytes(range(256)) * 4096
+    result, data = client.call("echo", {"a": b"\x00\xff", "b": [1, "x"]}, payload)
+    assert result == {"params": {"a": b"\x00\xff", "b": [1, "x"]}, "n": len(payload)}
+    assert bytes(data) == payload[::-1]
+    assert client.call("plain", {"x": 41}) == (42, bytearray())
+    client.close()
+
+
+def test_errors_carry_status(server):
+    client = rpc.Client(f"127.0.0.1:{server.port}")
+    with pytest.raises(rpc.RpcError) as err:
+        client.call("fail", {})
+    assert err.value.status == rpc.FAILED_PRECONDITION
+    with pytest.raises(rpc.RpcError) as err:
+        client.call("crash", {})
+    assert err.value.status == rpc.INTERNAL
+    with pytest.raises(rpc.RpcError) as err:
+        client.call("nope", {})
+    assert err.value.status == rpc.INVALID_ARGUMENT
+    assert client.call("plain", {"x": 1})[0] == 2  # connection still usable
+
+
+def test_garbage_is_refused_and_server_survives(server):
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(rpc.MAGIC)
+    junk = b"\xc1\xc1\xc1"
+    raw.sendall(struct.pack("<II", len(junk), 0) + junk)
+    header_len, data_len = struct.unpack("<II", raw.recv(8))
+    status, message, _ = msgpack.unpackb(raw.recv(header_len))
+    assert status == rpc.INVALID_ARGUMENT and "malformed" in message
+    raw.sendall(struct.pack("<II", 1 << 30, 0))  # absurd frame: connection dropped
+    assert closed_by_server(raw)
+    raw.close()
+    bad = socket.create_connection(("127.0.0.1", server.port))
+    bad.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    assert closed_by_server(bad)
+    bad.close()
+    assert rpc.Client(f"127.0.0.1:{server.port}").call("plain", {"x": 2})[0] == 3
+
+
+def test_unreachable_is_unavailable():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(rpc.RpcError) as err:
+        rpc.Client(f"127.0.0.1:{port}", connect_timeout_s=0.5).call("plain", {"x": 1})
+    assert err.value.status == rpc.UNAVAILABLE
+
+
+def test_concurrent_callers_use_separate_connections(server):
+    client = rpc.Client(f"127.0.0.1:{server.port}")
+    errors = []
+
+    def worker(i):
+        try:
+            for j in range(200):
+                assert client.call("plain", {"x": i * 1000 + j})[0] == i * 1000 + j + 1
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_restarted_server_is_reconnected():
+    srv = rpc.Server("127.0.0.1:0", {"plain": lambda p, d, peer: 1}).start()
+    port = srv.port
+    client = rpc.Client(f"127.0.0.1:{port}")
+    assert client.call("plain", {})[0] == 1
+    srv.stop()
+    srv2 = rpc.Server(f"127.0.0.1:{port}", {"plain": lambda p, d, peer: 2}).start()
+    try:
+        for _ in range(3):
+            try:
+                assert client.call("plain", {})[0] == 2
+                break
+            except rpc.RpcError as exc:
+                assert exc.status == rpc.UNAVAILABLE
+        else:
+            pytest.fail("client never reconnected")
+    finally:
+        srv2.stop()
