@@ -11,7 +11,6 @@ holds: bytes at and past it read as zeros whatever the file contains.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport EINTR, EIO, errno
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -301,34 +300,6 @@ def pread_verify(int fd, out, uint64_t data_start, uint64_t offset, uint64_t dat
     finally:
         PyBuffer_Release(&dst)
     _raise_result(result, err)
-
-
-def pread_verify_bytes(int fd, uint64_t size, uint64_t data_start, uint64_t offset, uint64_t data_length,
-                       table, const unsigned char[::1] prefix=None):
-    """Like pread_verify, into a new bytes object filled in place (what protobuf and gRPC take).
-
-    `prefix` (e.g. a protobuf field header) goes before the data in the same object, so a reply
-    can go on the wire without another copy of the data.
-    """
-    cdef Py_buffer tbl
-    cdef int64_t result = -1
-    cdef int err = 0
-    cdef Py_ssize_t skip = 0 if prefix is None else prefix.shape[0]
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, skip + <Py_ssize_t>size)
-    cdef unsigned char *dst = <unsigned char *>PyBytes_AS_STRING(out)
-    if skip:
-        memcpy(dst, &prefix[0], skip)
-    PyObject_GetBuffer(table, &tbl, PyBUF_SIMPLE)
-    try:
-        _check_span(offset, size, tbl.len)
-        if size:
-            with nogil:
-                result = _read_verify(fd, dst + skip, size, data_start, offset, data_length,
-                                      <const unsigned char *>tbl.buf, &err)
-    finally:
-        PyBuffer_Release(&tbl)
-    _raise_result(result, err)
-    return out
 
 
 def pwrite_update(int fd, data, uint64_t data_start, uint64_t offset, uint64_t data_length, table):

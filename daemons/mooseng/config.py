@@ -129,7 +129,7 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("attr_timeout_s", "float", 1.0, "MOOSENG_ATTR_TIMEOUT_S", min=0),
         Key("entry_timeout_s", "float", 1.0, "MOOSENG_ENTRY_TIMEOUT_S", min=0),
         Key("readahead_mb", "int", 16, "MOOSENG_READAHEAD_MB", min=0),
-        Key("write_mode", "choice", "chain", "MOOSENG_WRITE_MODE", choices=("chain", "fanout")),
+        Key("write_mode", "choice", "fanout", "MOOSENG_WRITE_MODE", choices=("chain", "fanout")),
         Key("master_timeout_s", "float", 30.0, "MOOSENG_MASTER_TIMEOUT_S", min=0.1, help="give up on an unreachable master after this"),
     ],
 }

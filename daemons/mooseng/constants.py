@@ -5,5 +5,3 @@ BLOCK_SIZE = 64 * 1024
 BLOCKS_PER_CHUNK = CHUNK_SIZE // BLOCK_SIZE
 NAME_MAX = 255
 ROOT_INODE = 1
-# gRPC messages carry up to one chunk plus framing.
-GRPC_MAX_MESSAGE = CHUNK_SIZE + 1024 * 1024

@@ -213,10 +213,26 @@ class Client:
         sock.sendall(MAGIC)
         return sock
 
+    def _pooled(self) -> socket.socket | None:
+        """An idle connection the peer has not closed. A restarted server's FIN makes an idle
+        socket readable; sending on it would still succeed, and only the reply would fail."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                sock = self._idle.pop()
+            sock.settimeout(0)
+            try:
+                sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return sock  # nothing to read: still open
+            except OSError:
+                pass
+            sock.close()
+
     def call(self, method: str, params: dict, data=b"", timeout_s: float | None = None):
         """Return (result, data). Raises RpcError; UNAVAILABLE means the request may not have run."""
-        with self._lock:
-            sock = self._idle.pop() if self._idle else None
+        sock = self._pooled()
         fresh = sock is None
         if fresh:
             sock = self._connect()

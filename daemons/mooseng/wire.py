@@ -1,15 +1,6 @@
-"""Encoding of op arguments and the gRPC options every channel and server shares."""
+"""Encoding of op arguments (msgpack) and host:port parsing."""
 
 import msgpack
-
-from mooseng.constants import GRPC_MAX_MESSAGE
-
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
-    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
-    # Many small metadata RPCs: do not wait to coalesce writes on loopback.
-    ("grpc.so_reuseport", 0),
-]
 
 
 def pack(obj) -> bytes:

@@ -1,24 +1,30 @@
-"""Two real chunkserver processes on 127.0.0.1, no master (their masterlinks keep retrying)."""
+"""Real chunkserver processes on 127.0.0.1 spoken to over rpc.py, without a master (their
+masterlinks keep retrying) or with a fake one; plus the session lifecycle on an in-process service."""
 
+import errno
 import os
 import random
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
+import msgpack
 import pytest
 
-from mooseng import rpc, wire
-from mooseng.chunkserver.store import HEADER_SIZE, chunk_path
+from mooseng import rpc
+from mooseng.chunkserver import service as service_module
+from mooseng.chunkserver.service import ChunkServerService
+from mooseng.chunkserver.store import HEADER_SIZE, ChunkStore, chunk_path
+from mooseng.client.chunkclient import ChunkClient
 from mooseng.constants import CHUNK_SIZE
-from mooseng.proto import mooseng_pb2 as pb
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
+from mooseng.errors import FsError
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -52,13 +58,21 @@ class Chunkserver:
 
     def start(self) -> None:
         self.proc = run_chunkserver(self.config, self.log)
-        channel = grpc.insecure_channel(self.addr, options=wire.GRPC_OPTIONS)
+        probe = rpc.Client(self.addr, timeout_s=5, connect_timeout_s=0.5)
+        deadline = time.monotonic() + 20
         try:
-            grpc.channel_ready_future(channel).result(timeout=20)
-        except grpc.FutureTimeoutError:
-            raise AssertionError(f"chunkserver did not start:\n{self.log.read_text()}") from None
+            while True:
+                assert self.proc.poll() is None, f"chunkserver exited:\n{self.log.read_text()}"
+                try:
+                    probe.call("read", {"chunk_id": 1, "version": 1, "offset": 0, "length": 0})
+                    return
+                except rpc.RpcError as exc:
+                    if exc.status != rpc.UNAVAILABLE:
+                        return  # it answers
+                assert time.monotonic() < deadline, f"chunkserver did not start:\n{self.log.read_text()}"
+                time.sleep(0.05)
         finally:
-            channel.close()
+            probe.close()
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -97,34 +111,39 @@ def servers(tmp_path):
 
 
 class Client:
+    """The chunkserver protocol by hand: pieces (several in flight), then commit."""
+
     def __init__(self):
-        self._channels = {}
+        self._clients: dict[str, rpc.Client] = {}
+        self._pool = ThreadPoolExecutor(4)
 
-    def stub(self, addr) -> pb_grpc.ChunkServerStub:
-        if addr not in self._channels:
-            self._channels[addr] = grpc.insecure_channel(addr, options=wire.GRPC_OPTIONS)
-        return pb_grpc.ChunkServerStub(self._channels[addr])
+    def call(self, addr, method, params, data=b""):
+        if addr not in self._clients:
+            self._clients[addr] = rpc.Client(addr, timeout_s=60)
+        return self._clients[addr].call(method, params, data)
 
-    def channel(self, addr) -> grpc.Channel:
-        self.stub(addr)
-        return self._channels[addr]
+    def piece(self, addr, chunk_id, version, expect, chain, offset, data) -> dict:
+        params = {"chunk_id": chunk_id, "version": version, "expect_version": expect, "offset": offset, "chain": chain}
+        return self.call(addr, "write", params, data)[0]
 
-    def write(self, addr, chunk_id, version, expect, chain, extents, piece=MiB, timeout=60):
-        def messages():
-            yield pb.WriteRequest(chunk_id=chunk_id, version=version, expect_version=expect, chain=chain)
-            for offset, data in extents:
-                for pos in range(0, len(data), piece):
-                    yield pb.WriteRequest(offset=offset + pos, data=data[pos:pos + piece])
+    def commit(self, addr, chunk_id, version, chain) -> dict:
+        return self.call(addr, "commit", {"chunk_id": chunk_id, "version": version, "chain": chain})[0]
 
-        return self.stub(addr).Write(messages(), timeout=timeout)
+    def write(self, addr, chunk_id, version, expect, chain, extents, piece=MiB) -> dict:
+        pieces = [(offset + pos, data[pos:pos + piece]) for offset, data in extents for pos in range(0, len(data), piece)]
+        for reply in self._pool.map(lambda p: self.piece(addr, chunk_id, version, expect, chain, *p), pieces):
+            assert reply["ok"][0] == addr
+        return self.commit(addr, chunk_id, version, chain)
 
     def read(self, addr, chunk_id, version, offset, length) -> bytes:
-        request = pb.ReadRequest(chunk_id=chunk_id, version=version, offset=offset, length=length)
-        return b"".join(r.data for r in self.stub(addr).Read(request, timeout=60))
+        result, data = self.call(addr, "read", {"chunk_id": chunk_id, "version": version, "offset": offset, "length": length})
+        assert result == {"length": len(data)}
+        return bytes(data)
 
     def close(self):
-        for channel in self._channels.values():
-            channel.close()
+        self._pool.shutdown()
+        for client in self._clients.values():
+            client.close()
 
 
 @pytest.fixture
@@ -134,31 +153,71 @@ def client():
     c.close()
 
 
-def status_of(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
+def status_of(call) -> int:
+    with pytest.raises(rpc.RpcError) as info:
         call()
-    return info.value.code()
-
-
+    return info.value.status
 
 
 def test_chained_write_lands_byte_exact_on_both(servers, client):
     cs1, cs2 = servers
     data = random.Random(1).randbytes(CHUNK_SIZE)
-    reply = client.write(cs1.addr, 77, 1, 0, [cs2.addr], [(0, data)], timeout=None)
-    assert (list(reply.ok), list(reply.failed), reply.written) == ([cs1.addr, cs2.addr], [], CHUNK_SIZE)
+    assert client.write(cs1.addr, 77, 1, 0, [cs2.addr], [(0, data)]) == {"ok": [cs1.addr, cs2.addr], "failed": []}
     for cs in servers:
         assert client.read(cs.addr, 77, 1, 0, CHUNK_SIZE) == data
         assert client.read(cs.addr, 77, 1, 12345, 3 * MiB + 7) == data[12345:12345 + 3 * MiB + 7]
 
     patch = random.Random(2).randbytes(300_001)
     reply = client.write(cs1.addr, 77, 2, 1, [cs2.addr], [(5, patch), (40 * MiB + 1, patch)], piece=100_000)
-    assert list(reply.ok) == [cs1.addr, cs2.addr]
+    assert reply["ok"] == [cs1.addr, cs2.addr]
     expected = bytearray(data)
     expected[5:5 + len(patch)] = patch
     expected[40 * MiB + 1:40 * MiB + 1 + len(patch)] = patch
     for cs in servers:
         assert client.read(cs.addr, 77, 2, 0, CHUNK_SIZE) == expected
+
+
+def test_chunk_client_chain_and_fanout(servers):
+    cs1, cs2 = servers
+    data = random.Random(5).randbytes(9 * MiB + 3)
+    for mode, chunk_id in (("chain", 51), ("fanout", 52)):
+        chunks = ChunkClient(mode)
+        try:
+            extents = [(0, data[:MiB // 2]), (MiB // 2, data[MiB // 2:]), (20 * MiB, b"end")]
+            assert chunks.write(chunk_id, 1, 0, [cs1.addr, cs2.addr], extents) == ([cs1.addr, cs2.addr], [])
+            for cs in servers:
+                got = b"".join(chunks.read(chunk_id, 1, 0, 20 * MiB + 3, [cs.addr]))
+                assert got == data + bytes(20 * MiB - len(data)) + b"end"
+            assert chunks.write(chunk_id, 2, 1, [cs1.addr, cs2.addr], []) == ([cs1.addr, cs2.addr], [])
+            assert b"".join(chunks.read(chunk_id, 2, 0, 4, [cs2.addr])) == data[:4]
+        finally:
+            chunks.close()
+
+
+def test_chunk_client_fails_over(servers):
+    cs1, cs2 = servers
+    chunks = ChunkClient()
+    try:
+        chunks.write(61, 1, 0, [cs1.addr, cs2.addr], [(0, b"a" * 200_000)])
+        path = next(p for p in (chunk_path(d, 61) for d in cs1.data_dirs) if os.path.exists(p))
+        with open(path, "r+b") as f:
+            f.seek(HEADER_SIZE + 10)
+            f.write(b"!")
+        assert b"".join(chunks.read(61, 1, 0, 100, [cs1.addr, cs2.addr])) == b"a" * 100  # DATA_LOSS on cs1
+    finally:
+        chunks.close()
+    # A dead server is left out (in a chain: a dead head makes the next copy the head).
+    dead = f"127.0.0.1:{free_port()}"
+    for mode, chunk_id in (("chain", 62), ("fanout", 66)):
+        chunks = ChunkClient(mode)
+        try:
+            assert chunks.write(chunk_id, 1, 0, [dead, cs2.addr], [(0, b"b")]) == ([cs2.addr], [dead])
+            assert chunks.write(chunk_id + 1, 1, 0, [cs1.addr, dead], [(0, b"c")]) == ([cs1.addr], [dead])
+            with pytest.raises(FsError) as info:
+                chunks.write(chunk_id + 2, 1, 0, [dead], [(0, b"d")])
+            assert info.value.errno == errno.EIO and "no copy stored the data" in info.value.message
+        finally:
+            chunks.close()
 
 
 def test_holes_and_reads_past_the_data_are_zeros(servers, client):
@@ -171,82 +230,122 @@ def test_holes_and_reads_past_the_data_are_zeros(servers, client):
 def test_truncate(servers, client):
     cs1, _ = servers
     client.write(cs1.addr, 6, 1, 0, [], [(0, b"x" * 100_000)])
-    client.stub(cs1.addr).Truncate(pb.TruncateRequest(chunk_id=6, version=2, expect_version=1, length=10), timeout=10)
+    assert client.call(cs1.addr, "truncate", {"chunk_id": 6, "version": 2, "expect_version": 1, "length": 10})[0] == {}
     assert client.read(cs1.addr, 6, 2, 0, 100) == b"x" * 10 + bytes(90)
-    code = status_of(lambda: client.stub(cs1.addr).Truncate(
-        pb.TruncateRequest(chunk_id=6, version=9, expect_version=8, length=0), timeout=10))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    code = status_of(lambda: client.call(cs1.addr, "truncate", {"chunk_id": 6, "version": 9, "expect_version": 8, "length": 0}))
+    assert code == rpc.FAILED_PRECONDITION
+
+
+def test_set_version(servers, client):
+    cs1, _ = servers
+    client.write(cs1.addr, 7, 1, 0, [], [(0, b"before")])
+
+    def set_version(chunk_id, expect, version):
+        return client.call(cs1.addr, "set_version", {"chunk_id": chunk_id, "expect_version": expect, "version": version})[0]
+
+    assert set_version(7, 1, 2) == {}
+    assert client.read(cs1.addr, 7, 2, 0, 6) == b"before"
+    assert status_of(lambda: client.read(cs1.addr, 7, 1, 0, 6)) == rpc.FAILED_PRECONDITION
+    assert set_version(7, 1, 2) == {}  # already there
+    assert status_of(lambda: set_version(7, 5, 6)) == rpc.FAILED_PRECONDITION
+    assert status_of(lambda: set_version(70, 1, 2)) == rpc.NOT_FOUND
+    # As the master does it: the version moves first, then the write expects it.
+    assert client.write(cs1.addr, 7, 2, 2, [], [(0, b"after")]) == {"ok": [cs1.addr], "failed": []}
+    assert client.read(cs1.addr, 7, 2, 0, 6) == b"aftere"
 
 
 def test_errors_map_to_status_codes(servers, client):
     cs1, _ = servers
     client.write(cs1.addr, 8, 3, 0, [], [(0, bytes(range(256)) * 1024)])
-    assert status_of(lambda: client.read(cs1.addr, 999, 1, 0, 10)) == grpc.StatusCode.NOT_FOUND
-    assert status_of(lambda: client.read(cs1.addr, 8, 2, 0, 10)) == grpc.StatusCode.FAILED_PRECONDITION
-    assert status_of(lambda: client.write(cs1.addr, 8, 5, 4, [], [(0, b"x")])) == grpc.StatusCode.FAILED_PRECONDITION
-    assert status_of(lambda: client.write(cs1.addr, 9, 2, 1, [], [(0, b"x")])) == grpc.StatusCode.NOT_FOUND
+    assert status_of(lambda: client.read(cs1.addr, 999, 1, 0, 10)) == rpc.NOT_FOUND
+    assert status_of(lambda: client.read(cs1.addr, 8, 2, 0, 10)) == rpc.FAILED_PRECONDITION
+    assert status_of(lambda: client.write(cs1.addr, 8, 5, 4, [], [(0, b"x")])) == rpc.FAILED_PRECONDITION
+    assert status_of(lambda: client.write(cs1.addr, 9, 2, 1, [], [(0, b"x")])) == rpc.NOT_FOUND
+    assert status_of(lambda: client.commit(cs1.addr, 8, 9, [])) == rpc.FAILED_PRECONDITION  # no such session
     path = next(p for p in (chunk_path(d, 8) for d in cs1.data_dirs) if os.path.exists(p))
     with open(path, "r+b") as f:
         f.seek(HEADER_SIZE + 70_000)
         f.write(b"\xff\xfe")
-    assert status_of(lambda: client.read(cs1.addr, 8, 3, 65536, 10)) == grpc.StatusCode.DATA_LOSS
+    assert status_of(lambda: client.read(cs1.addr, 8, 3, 65536, 10)) == rpc.DATA_LOSS
     assert client.read(cs1.addr, 8, 3, 0, 65536) == (bytes(range(256)) * 256)
     metrics = urllib.request.urlopen(f"http://{cs1.metrics}/metrics", timeout=10).read().decode()
     assert "mooseng_crc_errors_total 1.0" in metrics
     assert "mooseng_chunks_total 1.0" in metrics
     assert 'mooseng_disk_bytes{disk="%s",kind="free"}' % cs1.data_dirs[0] in metrics
-    assert 'mooseng_operation_duration_seconds_count{op="read"}' in metrics
+    for op in ("read", "write", "commit"):
+        assert 'mooseng_operation_duration_seconds_count{op="%s"}' % op in metrics
+
+
+def raw_call(addr, header: bytes, data: bytes = b"") -> tuple[int, str]:
+    """Send one frame with any header bytes; the reply's (status, message)."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(rpc.MAGIC + struct.pack("<II", len(header), len(data)) + header + data)
+        size, data_size = struct.unpack("<II", sock.recv(8, socket.MSG_WAITALL))
+        status, message, _ = msgpack.unpackb(sock.recv(size, socket.MSG_WAITALL))
+        return status, message
 
 
 def test_malformed_requests_get_invalid_argument(servers, client):
     cs1, cs2 = servers
-    channel = client.channel(cs1.addr)
-    raw_read = channel.unary_stream("/mooseng.v1.ChunkServer/Read")
-    raw_write = channel.stream_unary("/mooseng.v1.ChunkServer/Write")
-    raw_truncate = channel.unary_unary("/mooseng.v1.ChunkServer/Truncate")
-    garbage = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01garbage"
-    invalid = grpc.StatusCode.INVALID_ARGUMENT
-    assert status_of(lambda: list(raw_read(garbage, timeout=10))) == invalid
-    assert status_of(lambda: raw_truncate(garbage, timeout=10)) == invalid
-    assert status_of(lambda: raw_write(iter([garbage]), timeout=10)) == invalid
-    assert status_of(lambda: raw_write(iter([b"\x32\x10short"]), timeout=10)) == invalid
-    assert status_of(lambda: raw_write(iter([]), timeout=10)) == invalid
-    assert status_of(lambda: client.read(cs1.addr, 0, 1, 0, 10)) == invalid
-    assert status_of(lambda: client.read(cs1.addr, 1, 1, CHUNK_SIZE - 1, 2)) == invalid
-    assert status_of(lambda: client.write(cs1.addr, 0, 1, 0, [], [(0, b"x")])) == invalid
-    assert status_of(lambda: client.write(cs1.addr, 3, 1, 0, ["no-port"], [(0, b"x")])) == invalid
-    assert status_of(lambda: client.write(cs1.addr, 3, 1, 0, [], [(CHUNK_SIZE - 1, b"xy")])) == invalid
-    first = pb.WriteRequest(chunk_id=4, version=1, expect_version=0, chain=[cs2.addr]).SerializeToString()
-    assert status_of(lambda: raw_write(iter([first, garbage]), timeout=10)) == invalid
-    assert status_of(lambda: client.stub(cs1.addr).Truncate(pb.TruncateRequest(chunk_id=1), timeout=10)) == invalid
-    assert status_of(lambda: client.read(cs1.addr, 4, 1, 0, 1)) == grpc.StatusCode.NOT_FOUND
-    # Both daemons still serve.
-    client.write(cs1.addr, 3, 1, 0, [cs2.addr], [(0, b"still up")])
+    read = {"chunk_id": 1, "version": 1, "offset": 0, "length": 10}
+    piece = {"chunk_id": 3, "version": 1, "expect_version": 0, "offset": 0, "chain": []}
+    bad_calls = [
+        ("read", {**read, "chunk_id": 0}, b""),
+        ("read", {**read, "chunk_id": "1"}, b""),
+        ("read", {**read, "version": True}, b""),
+        ("read", {**read, "offset": -1}, b""),
+        ("read", {**read, "offset": CHUNK_SIZE - 1, "length": 2}, b""),
+        ("read", {**read, "length": CHUNK_SIZE + 1}, b""),
+        ("read", {"chunk_id": 1, "version": 1, "offset": 0}, b""),
+        ("read", {**read, "extra": 1}, b""),
+        ("read", {**read, 7: 1}, b""),
+        ("read", read, b"data on a read"),
+        ("write", {**piece, "chunk_id": 0}, b"x"),
+        ("write", {**piece, "chain": ["no-port"]}, b"x"),
+        ("write", {**piece, "chain": "127.0.0.1:1"}, b"x"),
+        ("write", {**piece, "chain": [cs2.addr, cs2.addr]}, b"x"),
+        ("write", {**piece, "chain": [cs1.addr]}, b"x"),
+        ("write", {**piece, "chain": [f"127.0.0.1:{i + 1}" for i in range(17)]}, b"x"),
+        ("write", {**piece, "offset": CHUNK_SIZE - 1}, b"xy"),
+        ("write", {**piece, "expect_version": None}, b"x"),
+        ("commit", {"chunk_id": 3, "version": 1}, b""),
+        ("commit", {"chunk_id": 3, "version": 1, "chain": [b"bytes"]}, b""),
+        ("truncate", {"chunk_id": 1}, b""),
+        ("truncate", {"chunk_id": 1, "version": 2, "expect_version": 1, "length": CHUNK_SIZE + 1}, b""),
+        ("set_version", {"chunk_id": 1, "expect_version": 1, "version": 0}, b""),
+        ("set_version", {"chunk_id": 1.5, "expect_version": 1, "version": 2}, b""),
+        ("nonsense", {}, b""),
+    ]
+    for method, params, data in bad_calls:
+        assert status_of(lambda: client.call(cs1.addr, method, params, data)) == rpc.INVALID_ARGUMENT, (method, params)
+    for header in (b"\xc1\xc1garbage", msgpack.packb(["read"]), msgpack.packb(["read", [1, 2]]), msgpack.packb(7)):
+        assert raw_call(cs1.addr, header)[0] == rpc.INVALID_ARGUMENT
+    # Nothing of the refused pieces was stored, and both daemons still serve.
+    assert status_of(lambda: client.read(cs1.addr, 3, 1, 0, 1)) == rpc.NOT_FOUND
+    assert client.write(cs1.addr, 3, 1, 0, [cs2.addr], [(0, b"still up")]) == {"ok": [cs1.addr, cs2.addr], "failed": []}
     assert client.read(cs2.addr, 3, 1, 0, 8) == b"still up"
     assert all(cs.proc.poll() is None for cs in servers)
+    assert all("Traceback" not in cs.log.read_text() for cs in servers)
 
 
 def test_downstream_killed_mid_write_fails_only_downstream(servers, client):
     cs1, cs2 = servers
     data = random.Random(3).randbytes(32 * MiB)
-    killed = threading.Event()
-
-    def messages():
-        yield pb.WriteRequest(chunk_id=11, version=1, expect_version=0, chain=[cs2.addr])
-        for pos in range(0, len(data), MiB):
-            if pos == 8 * MiB:
-                os.kill(cs2.proc.pid, signal.SIGKILL)
-                cs2.proc.wait()
-                killed.set()
-            yield pb.WriteRequest(offset=pos, data=data[pos:pos + MiB])
-
-    reply = client.stub(cs1.addr).Write(messages(), timeout=60)
-    assert killed.is_set()
-    assert (list(reply.ok), list(reply.failed), reply.written) == ([cs1.addr], [cs2.addr], len(data))
+    replies = []
+    for pos in range(0, len(data), MiB):
+        if pos == 8 * MiB:
+            os.kill(cs2.proc.pid, signal.SIGKILL)
+            cs2.proc.wait()
+        replies.append(client.piece(cs1.addr, 11, 1, 0, [cs2.addr], pos, data[pos:pos + MiB]))
+    assert replies[7] == {"ok": [cs1.addr, cs2.addr], "failed": []}
+    assert replies[8:] == [{"ok": [cs1.addr], "failed": [cs2.addr]}] * 24
+    assert client.commit(cs1.addr, 11, 1, [cs2.addr]) == {"ok": [cs1.addr], "failed": [cs2.addr]}
     assert client.read(cs1.addr, 11, 1, 0, len(data)) == data
     # The chain toward a dead server keeps failing fast, and cs1 keeps storing.
-    reply = client.write(cs1.addr, 12, 1, 0, [cs2.addr], [(0, b"after")])
-    assert (list(reply.ok), list(reply.failed)) == ([cs1.addr], [cs2.addr])
+    started = time.monotonic()
+    assert client.write(cs1.addr, 12, 1, 0, [cs2.addr], [(0, b"after")]) == {"ok": [cs1.addr], "failed": [cs2.addr]}
+    assert time.monotonic() - started < 5
 
 
 def test_restart_serves_the_same_chunks(servers, client):
@@ -344,21 +443,24 @@ def test_registers_heartbeats_and_runs_deletes(tmp_path, fake_master, client):
 
         client.write(cs.addr, 31, 2, 0, [], [(0, b"x" * 1000)])
         client.write(cs.addr, 32, 5, 0, [], [(0, b"y")])
+        client.piece(cs.addr, 33, 1, 0, [], 0, b"never committed")
         fake_master.wait_for(lambda m: {c["chunk_id"] for b in m.beats for c in b["added"]} >= {31, 32}, "added deltas")
         added = {c["chunk_id"]: c for b in fake_master.beats for c in b["added"]}
         assert (added[31]["version"], added[31]["length"]) == (2, 1000)
-        fake_master.wait_for(lambda m: m.beats[-1]["bytes_written"] == 1001, "byte counters")
+        fake_master.wait_for(lambda m: m.beats[-1]["bytes_written"] == 1001 + 15, "byte counters")
 
         with fake_master.lock:
             fake_master.deletes = [{"chunk_id": 31, "version": 1, "disk": 0}, {"chunk_id": 32, "version": 0, "disk": None}]
         fake_master.wait_for(lambda m: any(c["chunk_id"] == 32 for b in m.beats for c in b["removed"]), "removed delta")
-        assert status_of(lambda: client.read(cs.addr, 32, 5, 0, 1)) == grpc.StatusCode.NOT_FOUND
+        assert status_of(lambda: client.read(cs.addr, 32, 5, 0, 1)) == rpc.NOT_FOUND
         assert client.read(cs.addr, 31, 2, 0, 3) == b"xxx"  # version 1 asked: not this copy
 
         with fake_master.lock:
             fake_master.reregister = True
         fake_master.wait_for(lambda m: len(m.registers) >= 2, "re-registration")
+        fake_master.wait_for(lambda m: m.beats[-1]["session"] == m.session, "a heartbeat of the new session")
         assert [(c["chunk_id"], c["version"], c["length"]) for c in fake_master.registers[-1]["chunks"]] == [(31, 2, 1000)]
+        assert all(c["chunk_id"] != 33 for b in fake_master.beats for c in b["added"] + b["removed"])
     finally:
         assert cs.stop() == 0
     text = cs.log.read_text()
@@ -369,26 +471,62 @@ def test_registers_heartbeats_and_runs_deletes(tmp_path, fake_master, client):
 def test_a_write_cut_off_by_the_client_can_be_retried(servers, client):
     cs1, cs2 = servers
     data = random.Random(4).randbytes(6 * MiB)
-
-    def messages():
-        yield pb.WriteRequest(chunk_id=41, version=1, expect_version=0, chain=[cs2.addr])
-        for pos in range(0, 4 * MiB, MiB):
-            yield pb.WriteRequest(offset=pos, data=data[pos:pos + MiB])
-        time.sleep(0.5)
-        raise RuntimeError("client gave up")
-
-    future = client.stub(cs1.addr).Write.future(messages(), timeout=60)
-    with pytest.raises(grpc.RpcError):
-        future.result()
-    deadline = time.monotonic() + 10
-    while True:  # the servers may still be closing the cut-off session (UNAVAILABLE: busy)
-        try:
-            reply = client.write(cs1.addr, 41, 1, 0, [cs2.addr], [(0, data)])
-            break
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline, exc
-            time.sleep(0.05)
-    assert (list(reply.ok), list(reply.failed)) == ([cs1.addr, cs2.addr], [])
+    for pos in range(0, 4 * MiB, MiB):  # the client gives up after 4 of 6 pieces: no commit
+        client.piece(cs1.addr, 41, 1, 0, [cs2.addr], pos, data[pos:pos + MiB])
+    reply = client.write(cs1.addr, 41, 1, 0, [cs2.addr], [(0, data)])
+    assert reply == {"ok": [cs1.addr, cs2.addr], "failed": []}
     for cs in servers:
         assert client.read(cs.addr, 41, 1, 0, len(data)) == data
         assert "Traceback" not in cs.log.read_text()
+
+
+class _NoMetrics:
+    def observe(self, op, seconds):
+        pass
+
+
+@pytest.fixture
+def local(tmp_path):
+    """A service in this process (its timeouts shortened) on an rpc.Server, and a client to it."""
+    (tmp_path / "d0").mkdir()
+    store = ChunkStore([str(tmp_path / "d0")])
+    service = ChunkServerService(store, "127.0.0.1:1", _NoMetrics(), session_timeout_s=0.5)
+    server = rpc.Server("127.0.0.1:0", service.handlers()).start()
+    conn = rpc.Client(f"127.0.0.1:{server.port}")
+    yield store, conn
+    conn.close()
+    server.stop()
+    service.close(1.0)
+    store.close()
+
+
+def test_an_uncommitted_session_is_aborted_and_its_late_pieces_refused(local):
+    store, conn = local
+    piece = {"chunk_id": 90, "version": 1, "expect_version": 0, "offset": 0, "chain": []}
+    conn.call("write", piece, b"half")
+    assert store.chunks() == [] and store.take_changes() == ([], [])  # not a copy the master may count
+    deadline = time.monotonic() + 10
+    while store.chunk_count():
+        assert time.monotonic() < deadline, "the idle session was never aborted"
+        time.sleep(0.05)
+    assert not list(Path(store.disk_stats()[0].path).rglob("chunk_*"))
+    for method, params in (("write", {**piece, "offset": 4}), ("commit", {"chunk_id": 90, "version": 1, "chain": []})):
+        with pytest.raises(rpc.RpcError) as info:
+            conn.call(method, params, b"rest" if method == "write" else b"")
+        assert info.value.status == rpc.FAILED_PRECONDITION and "idle" in info.value.message
+    assert store.take_changes() == ([], [])
+
+
+def test_set_version_supersedes_an_abandoned_session(local, monkeypatch):
+    store, conn = local
+    monkeypatch.setattr(service_module, "SUPERSEDE_IDLE_S", 0.0)
+    conn.call("write", {"chunk_id": 91, "version": 1, "expect_version": 0, "offset": 0, "chain": []}, b"v1")
+    conn.call("commit", {"chunk_id": 91, "version": 1, "chain": []})
+    conn.call("set_version", {"chunk_id": 91, "expect_version": 1, "version": 2})
+    conn.call("write", {"chunk_id": 91, "version": 2, "expect_version": 2, "offset": 0, "chain": []}, b"v2")
+    # The writer of version 2 went away; the master moves the chunk on for the next one.
+    conn.call("set_version", {"chunk_id": 91, "expect_version": 2, "version": 3})
+    assert store.get(91).version == 3
+    with pytest.raises(rpc.RpcError) as info:
+        conn.call("commit", {"chunk_id": 91, "version": 2, "chain": []})
+    assert info.value.status == rpc.FAILED_PRECONDITION and "superseded" in info.value.message

@@ -122,3 +122,20 @@ def test_restarted_server_is_reconnected():
             pytest.fail("client never reconnected")
     finally:
         srv2.stop()
+
+
+def test_connections_closed_by_a_restarted_server_are_not_reused():
+    srv = rpc.Server("127.0.0.1:0", {"plain": lambda p, d, peer: 1}).start()
+    port = srv.port
+    client = rpc.Client(f"127.0.0.1:{port}")
+    threads = [threading.Thread(target=client.call, args=("plain", {})) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    srv.stop()
+    srv2 = rpc.Server(f"127.0.0.1:{port}", {"plain": lambda p, d, peer: 2}).start()
+    try:
+        assert [client.call("plain", {})[0] for _ in range(4)] == [2] * 4
+    finally:
+        srv2.stop()

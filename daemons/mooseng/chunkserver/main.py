@@ -4,23 +4,18 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-
-from mooseng import config, logsetup, metrics, wire
+from mooseng import config, logsetup, metrics, rpc
 from mooseng.chunkserver.masterlink import MasterLink
 from mooseng.chunkserver.metrics import ChunkserverMetrics
-from mooseng.chunkserver.service import ChunkServerService, add_to_server
+from mooseng.chunkserver.service import ChunkServerService
 from mooseng.chunkserver.store import ChunkStore
 from mooseng.errors import ConfigError, QuietError
 
 log = logging.getLogger("mooseng.chunkserver")
 
-WORKERS = 32  # concurrent RPCs: each stream holds a worker for its whole life
 STOP_GRACE_S = 5.0
 
 
@@ -30,8 +25,11 @@ def run(cfg) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    server = grpc.server(ThreadPoolExecutor(WORKERS, thread_name_prefix="rpc"), options=wire.GRPC_OPTIONS)
-    _bind(server, cfg.listen)
+    handlers: dict[str, rpc.Handler] = {}  # filled once the store exists; nothing is served before start()
+    try:
+        server = rpc.Server(cfg.listen, handlers, name="chunkserver")
+    except OSError as exc:
+        raise QuietError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
     try:
         http = metrics.serve(cfg.metrics_listen)
     except OSError as exc:
@@ -44,7 +42,7 @@ def run(cfg) -> None:
     store = ChunkStore(cfg.data_dirs, cfg.leave_free_mb << 20)
     advertise = cfg.advertise or cfg.listen
     service = ChunkServerService(store, advertise, ChunkserverMetrics(store))
-    add_to_server(service, server)
+    handlers.update(service.handlers())
     server.start()
     link = MasterLink(
         store,
@@ -59,34 +57,11 @@ def run(cfg) -> None:
     stop.wait()
     log.info("stopping")
     link.stop()
-    server.stop(STOP_GRACE_S).wait()
-    service.close()
+    server.stop()
+    service.close(STOP_GRACE_S)
     store.close()
     http.shutdown()
     log.info("stopped")
-
-
-def _bind(server: grpc.Server, addr: str) -> None:
-    """Bind the gRPC port, failing with one line that names the address.
-
-    A plain socket tries first because gRPC, on failure, also prints its own multi-part error.
-    """
-    host, port = wire.parse_addr(addr)
-    try:
-        family, kind, proto, _, sockaddr = socket.getaddrinfo(
-            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(sockaddr)
-    except OSError as exc:
-        raise QuietError(f"cannot listen on {addr}: {exc.strerror or exc}") from None
-    try:
-        bound = server.add_insecure_port(addr)
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise QuietError(f"cannot listen on {addr}")
 
 
 def main(argv: list[str] | None = None) -> int:

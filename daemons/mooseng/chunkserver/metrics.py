@@ -16,7 +16,7 @@ class ChunkserverMetrics:
 
     def __init__(self, store: ChunkStore):
         self.duration = latency_histogram(
-            "mooseng_operation_duration_seconds", "Time to serve a chunk operation (whole stream for read and write)"
+            "mooseng_operation_duration_seconds", "Time to serve a chunkserver request (a write: one piece; commit: the durable end of a session)"
         )
         REGISTRY.register(_StoreCollector(store))
 

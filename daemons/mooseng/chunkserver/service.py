@@ -1,391 +1,410 @@
-"""gRPC ChunkServer servicer: streaming read, chained write (pipelined forwarding), truncate.
+"""The chunkserver's rpc.py methods: read, pipelined chained write with commit, truncate, set_version.
 
-Chunk data crosses this process without protobuf copies: upb takes only `bytes` for a bytes field,
-copies it into the message and again when serialising, so Read replies are built in place by the
-store (field header + data in one bytes object) and Write messages are decoded by hand into a
-memoryview of the received message, which is written locally as is and forwarded downstream as
-the very same bytes. The wire format is plain mooseng.proto; any protobuf client can talk to it.
+    read{chunk_id, version, offset, length} -> {length} + the bytes (zeros past the stored data)
+    write{chunk_id, version, expect_version, offset, chain} + bytes -> {ok, failed}
+    commit{chunk_id, version, chain} -> {ok, failed}
+    truncate{chunk_id, version, expect_version, length} -> {}
+    set_version{chunk_id, expect_version, version} -> {}
 
-Errors map to gRPC status codes: CRC mismatch DATA_LOSS, unknown chunk NOT_FOUND, wrong version
-FAILED_PRECONDITION, malformed request INVALID_ARGUMENT, no space RESOURCE_EXHAUSTED, chunk busy
-UNAVAILABLE, I/O error (damaged disk) INTERNAL. Every one means "try another copy" to a client.
-Measured against plain protobuf codecs: writes +15-50%, reads a third less server CPU.
+A write session is (chunk_id, version): the master hands out a new version for every session, so
+the pieces of one can arrive on several connections at once (a client keeps several in flight)
+and are matched by that key alone. The first piece opens the store's WriteSession (the version
+rules are checked there: at expect_version, 0 creating the chunk, or already at version); every
+piece is written here while it is forwarded to chain[0] with chain[1:]; `commit` makes the copy
+durable here and down the chain. A downstream that fails a piece gets nothing more of the
+session, so it never commits it, and is reported in `failed` with the chain behind it.
+
+A session that fails here, is left idle for SESSION_TIMEOUT_S or is superseded by a newer version
+from the master is aborted (a chunk it was creating is removed; it was never reported to the
+master), and its key is refused for a while after, so that late pieces of it cannot open a new,
+incomplete session.
+
+Errors: CRC mismatch DATA_LOSS, no such chunk NOT_FOUND, wrong version or no such session
+FAILED_PRECONDITION, malformed request INVALID_ARGUMENT, chunk busy or disk full UNAVAILABLE,
+I/O error INTERNAL. To a client each one means "try another copy".
 """
 
 import errno
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-from google.protobuf.message import DecodeError
-
-from mooseng import wire
+from mooseng import rpc
 from mooseng.chunkserver.metrics import ChunkserverMetrics
-from mooseng.chunkserver.store import ChunkStore, CrcError, StaleChunk
+from mooseng.chunkserver.store import ChunkStore, CrcError, StaleChunk, WriteSession
 from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
-from mooseng.proto import mooseng_pb2 as pb
-from mooseng.proto import mooseng_pb2_grpc as pb_grpc
+from mooseng.wire import parse_addr
 
 log = logging.getLogger(__name__)
 
-SERVICE = "mooseng.v1.ChunkServer"
-# Bytes per Read reply, as DESIGN.md says. Measured on loopback: 256 KiB to 1 MiB alike, 2 MiB and
-# more 10-20% slower, 128 KiB and less much slower (per-message cost).
-PIECE = 1 << 20
-FORWARD_QUEUE = 8  # Write messages buffered toward the next chunkserver
-FORWARD_STALL_S = 30.0  # a downstream that accepts nothing for this long is given up
-NO_DEADLINE_S = 1e6  # time_remaining() beyond this means the caller set no deadline
 MAX_CHAIN = 16
-CHANNEL_OPTIONS = wire.GRPC_OPTIONS + [
-    # A restarted peer must be reachable again within a second, not after gRPC's 2-minute backoff.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+# A server forwarding to a chain of n waits up to n times this for the reply, so a stuck server
+# is reported by the one before it before that one's own caller gives up (clients: 30 s).
+FORWARD_TIMEOUT_S = 10.0
+# An uncommitted session idle this long is aborted. Longer than a client's call timeout: a sender
+# only pauses between pieces while a call is outstanding, and gives a server up when it times out.
+SESSION_TIMEOUT_S = 60.0
+REFUSE_S = SESSION_TIMEOUT_S  # how long an aborted session's key is refused (late pieces)
+# set_version aborts an older session idle this long: its writer died, or it will lose the race
+# anyway, and waiting for the timeout would keep the chunk from every new write meanwhile.
+SUPERSEDE_IDLE_S = 2.0
+REAP_INTERVAL_S = 1.0
+# Reads up to this size are served from a buffer kept per connection (clients read at most 4 MiB
+# at a time), which saves the page faults of a fresh one; larger ones get their own.
+READ_BUFFER = 4 << 20
+DISK_WORKERS = 16  # local writes and commits that run beside a forward to the next server
+_U64 = (1 << 64) - 1
 
 _ERRNO_STATUS = {
-    errno.ENOENT: grpc.StatusCode.NOT_FOUND,
-    errno.EINVAL: grpc.StatusCode.INVALID_ARGUMENT,
-    errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errno.EBUSY: grpc.StatusCode.UNAVAILABLE,
+    errno.ENOENT: rpc.NOT_FOUND,
+    errno.EINVAL: rpc.INVALID_ARGUMENT,
+    errno.EBUSY: rpc.UNAVAILABLE,
+    errno.ENOSPC: rpc.UNAVAILABLE,
 }
 
 
-def status_of(exc: FsError) -> grpc.StatusCode:
+def _status(exc: FsError) -> rpc.RpcError:
     if isinstance(exc, CrcError):
-        return grpc.StatusCode.DATA_LOSS
-    if isinstance(exc, StaleChunk):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return _ERRNO_STATUS.get(exc.errno, grpc.StatusCode.INTERNAL)
+        status = rpc.DATA_LOSS
+    elif isinstance(exc, StaleChunk):
+        status = rpc.FAILED_PRECONDITION
+    else:
+        status = _ERRNO_STATUS.get(exc.errno, rpc.INTERNAL)
+    return rpc.RpcError(status, str(exc))
 
 
-class Malformed:
-    """What the deserializers return for bytes that do not parse, so the handler can answer
-    INVALID_ARGUMENT (gRPC itself would answer INTERNAL)."""
-
-    def __init__(self, why: str):
-        self.why = why
+def _bad(message: str) -> rpc.RpcError:
+    return rpc.RpcError(rpc.INVALID_ARGUMENT, message)
 
 
-def _lenient(parse):
-    def deserialize(raw: bytes):
-        try:
-            return parse(raw)
-        except DecodeError as exc:
-            return Malformed(str(exc))
-
-    return deserialize
-
-
-# --- Write messages, decoded and encoded by hand --------------------------------------------------
-
-_TAG_OFFSET = b"\x28"  # WriteRequest field 5, varint
-_TAG_DATA = b"\x32"  # WriteRequest field 6, length-delimited
-_TAG_READ_DATA = b"\x0a"  # ReadReply field 1, length-delimited
-_VARINT_FIELDS = {1: "chunk_id", 2: "version", 3: "expect_version", 5: "offset"}
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while shift < 64:
-        if pos >= len(raw):
-            raise ValueError("truncated varint")
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("varint longer than 64 bits")
-
-
-class WriteMessage:
-    """A decoded WriteRequest; `data` is a view into `raw`, which is forwarded unchanged."""
-
-    __slots__ = ("raw", "chunk_id", "version", "expect_version", "chain", "offset", "data")
-
-    def __init__(self, raw: bytes):
-        self.raw = raw
-        self.chunk_id = self.version = self.expect_version = self.offset = 0
-        self.chain: list[str] = []
-        self.data = memoryview(b"")
-        view = memoryview(raw)
-        pos = 0
-        while pos < len(raw):
-            key, pos = _read_varint(raw, pos)
-            field, kind = key >> 3, key & 7
-            if kind == 0:
-                value, pos = _read_varint(raw, pos)
-                if field in _VARINT_FIELDS:
-                    setattr(self, _VARINT_FIELDS[field], value)
-                elif field in (4, 6):
-                    raise ValueError(f"field {field} is not a varint")
-            elif kind == 2:
-                size, pos = _read_varint(raw, pos)
-                if pos + size > len(raw):
-                    raise ValueError("truncated field")
-                if field == 4:
-                    self.chain.append(bytes(view[pos:pos + size]).decode())
-                elif field == 6:
-                    self.data = view[pos:pos + size]
-                elif field in _VARINT_FIELDS:
-                    raise ValueError(f"field {field} is not length-delimited")
-                pos += size
-            elif kind in (1, 5):
-                pos += 8 if kind == 1 else 4
-                if field in _VARINT_FIELDS or field in (4, 6) or pos > len(raw):
-                    raise ValueError(f"bad field {field}")
-            else:
-                raise ValueError(f"unsupported wire type {kind}")
-
-    def for_next_hop(self, chain: list[str]) -> bytes:
-        """This message with the chain the next chunkserver must forward to."""
-        header = pb.WriteRequest(
-            chunk_id=self.chunk_id, version=self.version, expect_version=self.expect_version, chain=chain
-        ).SerializeToString()
-        if not self.data:
-            return header
-        return b"".join((header, _TAG_OFFSET, _varint(self.offset), _TAG_DATA, _varint(len(self.data)), self.data))
-
-
-def decode_write(raw: bytes) -> WriteMessage | Malformed:
+def _is_addr(value) -> bool:
     try:
-        return WriteMessage(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Malformed(str(exc))
+        parse_addr(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
-# --- forwarding -------------------------------------------------------------------------------
-
-_END = object()
-
-
-class _Forwarder:
-    """Streams one write to the next chunkserver while this one writes its own copy.
-
-    A bounded queue decouples the two: the local write waits on the network only when the
-    downstream falls FORWARD_QUEUE messages behind (the client is then slowed to its pace). Once
-    the downstream call has ended, messages are dropped; a downstream that stalls is cancelled.
-    """
-
-    def __init__(self, write, chain: list[str], first: bytes, timeout: float | None):
-        self.chain = chain
-        self._queue: queue.Queue = queue.Queue(FORWARD_QUEUE)
-        self._queue.put(first)
-        self._future = write.future(self._messages(), timeout=timeout)
-        self._future.add_done_callback(self._release)
-
-    def _messages(self) -> Iterator[bytes]:
-        while (item := self._queue.get()) is not _END:
-            yield item
-
-    def send(self, item) -> None:
-        if self._future.done():
-            return
-        try:
-            self._queue.put(item, timeout=FORWARD_STALL_S)
-        except queue.Full:
-            log.warning("%s took no data for %.0f s: giving it up", self.chain[0], FORWARD_STALL_S)
-            self._future.cancel()
-
-    def finish(self) -> None:
-        self.send(_END)
-
-    def cancel(self) -> None:
-        self._future.cancel()
-
-    def result(self) -> tuple[list[str], list[str]]:
-        """(ok, failed) downstream addresses; a failed call fails the whole rest of the chain."""
-        try:
-            reply = self._future.result(timeout=FORWARD_STALL_S)
-        except grpc.FutureTimeoutError:
-            self._future.cancel()
-            log.warning("write forwarded to %s: no reply within %.0f s", self.chain[0], FORWARD_STALL_S)
-            return [], list(self.chain)
-        except grpc.FutureCancelledError:
-            return [], list(self.chain)
-        except grpc.RpcError as exc:
-            log.warning("write forwarded to %s failed: %s: %s", self.chain[0], exc.code().name, exc.details())
-            return [], list(self.chain)
-        return list(reply.ok), list(reply.failed)
-
-    def _release(self, _future) -> None:
-        """The call is over: empty the queue so that neither send() nor gRPC's reader of
-        _messages() stays blocked on it."""
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._queue.put(_END)
+def _chain(value) -> bool:
+    return (type(value) is list and len(value) <= MAX_CHAIN and all(type(a) is str and _is_addr(a) for a in value)
+            and len(set(value)) == len(value))  # fmt: skip
 
 
-class _BadRequest(Exception):
-    pass
+_FIELDS = {
+    "chunk_id": (lambda v: type(v) is int and 0 < v <= _U64, "a chunk id (u64 > 0)"),
+    "version": (lambda v: type(v) is int and 0 < v <= _U64, "a version (u64 > 0)"),
+    "expect_version": (lambda v: type(v) is int and 0 <= v <= _U64, "a version (u64, 0: create)"),
+    "offset": (lambda v: type(v) is int and 0 <= v <= CHUNK_SIZE, f"an offset in a chunk (0..{CHUNK_SIZE})"),
+    "length": (lambda v: type(v) is int and 0 <= v <= CHUNK_SIZE, f"a length (0..{CHUNK_SIZE})"),
+    "chain": (_chain, f"a list of at most {MAX_CHAIN} distinct host:port"),
+}
 
 
-class _Cancelled(Exception):
-    """The client went away; gRPC may present that as a normal end of the request stream."""
+def _params(method: str, params: dict, data, names: tuple[str, ...], takes_data: bool = False) -> list:
+    """The values of `names` in order; INVALID_ARGUMENT for a missing, unknown or mistyped one."""
+    if params.keys() != set(names):
+        missing, unknown = set(names) - params.keys(), params.keys() - set(names)
+        raise _bad(f"{method}: missing {sorted(missing)}, unknown {sorted(map(str, unknown))}; takes {list(names)}")
+    for name in names:
+        check, what = _FIELDS[name]
+        if not check(params[name]):
+            raise _bad(f"{method}: {name} = {params[name]!r} is not {what}")
+    if data and not takes_data:
+        raise _bad(f"{method} carries no data")
+    return [params[name] for name in names]
 
 
-class ChunkServerService(pb_grpc.ChunkServerServicer):
-    """Register with add_to_server (not add_ChunkServerServicer_to_server): it installs the
-    codecs above, which Read's pre-encoded replies and Write's WriteMessage rely on."""
+class _Session:
+    """An open write session on this server. Its counters and flags are guarded by the service's
+    lock; `opening` serialises the store's open_write among the first pieces to arrive."""
 
-    def __init__(self, store: ChunkStore, advertise: str, metrics: ChunkserverMetrics):
+    __slots__ = ("key", "opening", "writer", "error", "active", "touched", "failed", "committing", "ended")
+
+    def __init__(self, key: tuple[int, int]):
+        self.key = key
+        self.opening = threading.Lock()
+        self.writer: WriteSession | None = None
+        self.error: rpc.RpcError | None = None  # the session failed here: why
+        self.active = 0  # requests working on it
+        self.touched = time.monotonic()
+        self.failed: set[str] = set()  # downstream servers left out of it
+        self.committing = False
+        self.ended = False
+
+
+class ChunkServerService:
+    """The handlers for rpc.Server (handlers()); close() after the server has stopped."""
+
+    def __init__(self, store: ChunkStore, advertise: str, metrics: ChunkserverMetrics,
+                 session_timeout_s: float = SESSION_TIMEOUT_S):
         self._store = store
         self._advertise = advertise
         self._metrics = metrics
+        self._session_timeout = session_timeout_s
         self._lock = threading.Lock()
-        self._channels: dict[str, grpc.Channel] = {}
-        self._writers: dict[str, grpc.StreamUnaryMultiCallable] = {}
+        self._changed = threading.Condition(self._lock)  # a session's or the server's requests ended
+        self._sessions: dict[tuple[int, int], _Session] = {}
+        self._refused: dict[tuple[int, int], tuple[rpc.RpcError, float]] = {}  # aborted: error, when
+        self._requests = 0
+        self._downstream: dict[str, rpc.Client] = {}
+        self._disk = ThreadPoolExecutor(DISK_WORKERS, thread_name_prefix="disk")
+        self._local = threading.local()  # per connection thread: the read buffer
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
+        self._reaper.start()
 
-    def Read(self, request, context):
-        started = time.perf_counter()
-        try:
-            if isinstance(request, Malformed):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ReadRequest: {request.why}")
-            if not request.chunk_id or not request.version:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk_id and version are required")
-            pos, end = request.offset, request.offset + request.length
-            if end > CHUNK_SIZE:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"range {pos}+{request.length} is beyond the chunk")
-            while pos < end:
-                stop = min(end, (pos // PIECE + 1) * PIECE)  # pieces aligned to PIECE: whole blocks
-                prefix = _TAG_READ_DATA + _varint(stop - pos)
-                yield self._store.read(request.chunk_id, request.version, pos, stop - pos, prefix)
-                pos = stop
-        except FsError as exc:
-            context.abort(status_of(exc), str(exc))
-        finally:
-            self._metrics.observe("read", time.perf_counter() - started)
+    def handlers(self) -> dict[str, rpc.Handler]:
+        return {
+            "read": self._handler("read", self._read),
+            "write": self._handler("write", self._write),
+            "commit": self._handler("commit", self._commit),
+            "truncate": self._handler("truncate", self._truncate),
+            "set_version": self._handler("set_version", self._set_version),
+        }
 
-    def Write(self, request_iterator, context):
-        started = time.perf_counter()
-        try:
-            return self._write(request_iterator, context)
-        except _Cancelled:
-            context.abort(grpc.StatusCode.CANCELLED, "the write stream was cancelled")
-        except _BadRequest as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except FsError as exc:
-            context.abort(status_of(exc), str(exc))
-        finally:
-            self._metrics.observe("write", time.perf_counter() - started)
+    def _handler(self, op: str, method):
+        """Time the call, count it (close() waits for running ones), map store errors to statuses."""
 
-    def _write(self, requests, context) -> pb.WriteReply:
-        first = next(requests, None)
-        if first is None:
-            raise _BadRequest("empty write stream")
-        if isinstance(first, Malformed):
-            raise _BadRequest(f"malformed WriteRequest: {first.why}")
-        if not first.chunk_id or not first.version:
-            raise _BadRequest("the first message must carry chunk_id and version")
-        if len(first.chain) > MAX_CHAIN:
-            raise _BadRequest(f"chain of {len(first.chain)} servers is longer than {MAX_CHAIN}")
-        for addr in first.chain:
+        def handle(params: dict, data: bytearray, peer: str):
+            started = time.perf_counter()
+            with self._lock:
+                self._requests += 1
             try:
-                wire.parse_addr(addr)
-            except ValueError as exc:
-                raise _BadRequest(f"bad chain address: {exc}") from None
-        session = self._store.open_write(first.chunk_id, first.version, first.expect_version)
-        forward = None
-        written = 0
-        try:
-            if first.chain:
-                remaining = context.time_remaining()
-                forward = _Forwarder(
-                    self._writer(first.chain[0]), first.chain, first.for_next_hop(first.chain[1:]),
-                    remaining if remaining < NO_DEADLINE_S else None,
-                )
-            message = first
-            while message is not None:
-                if isinstance(message, Malformed):
-                    raise _BadRequest(f"malformed WriteRequest: {message.why}")
-                if message.chunk_id not in (0, first.chunk_id):
-                    raise _BadRequest(f"chunk_id changed from {first.chunk_id} to {message.chunk_id} mid-stream")
-                if message.offset + len(message.data) > CHUNK_SIZE:
-                    raise _BadRequest(f"range {message.offset}+{len(message.data)} is beyond the chunk")
-                if forward is not None and message is not first:
-                    forward.send(message.raw)
-                session.write(message.offset, message.data)
-                written += len(message.data)
-                message = next(requests, None)
-            # gRPC may show a cancelled stream as ended before it shows the cancellation. This
-            # narrows that window without closing it: like a local file after a crash mid-write,
-            # a copy may then keep part of a stream whose client died (its write never succeeded).
-            if not context.is_active():
-                raise _Cancelled()
-            if forward is not None:
-                forward.finish()
-            session.commit()
-        except BaseException:
-            if forward is not None:
-                forward.cancel()
-            session.abort()
-            raise
-        ok, failed = forward.result() if forward is not None else ([], [])
-        return pb.WriteReply(written=written, ok=[self._advertise, *ok], failed=failed)
+                return method(params, data)
+            except FsError as exc:
+                raise _status(exc) from None
+            finally:
+                with self._lock:
+                    self._requests -= 1
+                    self._changed.notify_all()
+                self._metrics.observe(op, time.perf_counter() - started)
 
-    def Truncate(self, request, context):
-        started = time.perf_counter()
+        return handle
+
+    # --- read, truncate, set_version --------------------------------------------------------------
+
+    def _read(self, params: dict, data) -> rpc.Reply:
+        chunk_id, version, offset, length = _params("read", params, data, ("chunk_id", "version", "offset", "length"))
+        if offset + length > CHUNK_SIZE:
+            raise _bad(f"read: range {offset}+{length} is beyond the chunk")
+        out = None
+        if length <= READ_BUFFER:
+            # Safe to reuse: rpc.Server sends the reply before it reads the connection's next request.
+            out = getattr(self._local, "buffer", None)
+            if out is None:
+                out = self._local.buffer = bytearray(READ_BUFFER)
+        view = self._store.read(chunk_id, version, offset, length, out)
+        return rpc.Reply({"length": length}, view)
+
+    def _truncate(self, params: dict, data) -> dict:
+        chunk_id, version, expect, length = _params(
+            "truncate", params, data, ("chunk_id", "version", "expect_version", "length"))
+        self._store.truncate(chunk_id, version, expect, length)
+        return {}
+
+    def _set_version(self, params: dict, data) -> dict:
+        chunk_id, expect, version = _params("set_version", params, data, ("chunk_id", "expect_version", "version"))
+        now = time.monotonic()
+        with self._lock:
+            idle = [s for s in self._sessions.values()
+                    if s.key[0] == chunk_id and s.key[1] < version and not s.active
+                    and now - s.touched >= SUPERSEDE_IDLE_S]  # fmt: skip
+        for session in idle:
+            log.info("chunk %016X: aborting the idle write session of version %d for version %d",
+                     chunk_id, session.key[1], version)
+            self._end(session, rpc.RpcError(rpc.FAILED_PRECONDITION, f"superseded by version {version}"))
+        self._store.set_version(chunk_id, expect, version)
+        return {}
+
+    # --- write sessions ---------------------------------------------------------------------------
+
+    def _write(self, params: dict, data: bytearray) -> dict:
+        chunk_id, version, expect, offset, chain = _params(
+            "write", params, data, ("chunk_id", "version", "expect_version", "offset", "chain"), takes_data=True)
+        if offset + len(data) > CHUNK_SIZE:
+            raise _bad(f"write: range {offset}+{len(data)} is beyond the chunk")
+        if self._advertise in chain:
+            raise _bad(f"write: chain {chain} contains this server")
+        session = self._enter((chunk_id, version), expect)
         try:
-            if isinstance(request, Malformed):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed TruncateRequest: {request.why}")
-            if not request.chunk_id or not request.version:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "chunk_id and version are required")
-            self._store.truncate(request.chunk_id, request.version, request.expect_version, request.length)
-            return pb.TruncateReply()
-        except FsError as exc:
-            context.abort(status_of(exc), str(exc))
+            with self._lock:
+                forward = bool(chain) and chain[0] not in session.failed
+            try:
+                if forward:
+                    local = self._disk.submit(session.writer.write, offset, data)
+                    self._forward(session, "write", {**params, "chain": chain[1:]}, data, chain)
+                    local.result()
+                else:
+                    session.writer.write(offset, data)
+            except FsError as exc:
+                raise self._fail(session, _status(exc)) from None
+            return self._outcome(session, chain)
         finally:
-            self._metrics.observe("truncate", time.perf_counter() - started)
+            self._leave(session)
 
-    def _writer(self, addr: str) -> grpc.StreamUnaryMultiCallable:
-        """Write on a cached channel to the next chunkserver; messages go out as raw bytes."""
+    def _commit(self, params: dict, data) -> dict:
+        chunk_id, version, chain = _params("commit", params, data, ("chunk_id", "version", "chain"))
+        if self._advertise in chain:
+            raise _bad(f"commit: chain {chain} contains this server")
+        session = self._enter((chunk_id, version), None)
+        try:
+            with self._lock:
+                # Pieces still running here were sent before a reply the client had to wait for:
+                # a well-behaved client has none. Wait for them rather than commit under them.
+                deadline = time.monotonic() + FORWARD_TIMEOUT_S * (len(chain) + 1)
+                while session.active > 1 and session.error is None:
+                    if not self._changed.wait(deadline - time.monotonic()):
+                        raise rpc.RpcError(rpc.UNAVAILABLE, "commit: pieces of the session are still being written")
+                if session.error is not None:
+                    raise session.error
+                session.committing = True
+                forward = bool(chain) and chain[0] not in session.failed
+            try:
+                if forward:
+                    local = self._disk.submit(session.writer.commit)
+                    self._forward(session, "commit", {**params, "chain": chain[1:]}, b"", chain)
+                    local.result()
+                else:
+                    session.writer.commit()
+            except FsError as exc:
+                raise self._fail(session, _status(exc)) from None
+            with self._lock:
+                session.ended = True
+                if self._sessions.get(session.key) is session:
+                    del self._sessions[session.key]
+            return self._outcome(session, chain)
+        finally:
+            self._leave(session)
+
+    def _enter(self, key: tuple[int, int], expect_version: int | None) -> _Session:
+        """The open session `key` (opened by this call if expect_version is not None), with one
+        more request working on it; every _enter is paired with a _leave."""
         with self._lock:
-            writer = self._writers.get(addr)
-            if writer is None:
-                channel = self._channels[addr] = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-                writer = self._writers[addr] = channel.stream_unary(
-                    f"/{SERVICE}/Write", request_serializer=None, response_deserializer=pb.WriteReply.FromString
-                )
-            return writer
+            refused = self._refused.get(key)
+            if refused is not None:
+                raise refused[0]
+            session = self._sessions.get(key)
+            if session is None:
+                if expect_version is None:
+                    raise rpc.RpcError(rpc.FAILED_PRECONDITION,
+                                       f"no open write session for chunk {key[0]:016X} version {key[1]}")
+                session = self._sessions[key] = _Session(key)
+            elif session.committing:
+                raise rpc.RpcError(rpc.FAILED_PRECONDITION,
+                                   f"write session of chunk {key[0]:016X} version {key[1]} is being committed")
+            session.active += 1
+            session.touched = time.monotonic()
+        try:
+            with session.opening:
+                if session.writer is None and session.error is None:
+                    if expect_version is None:
+                        raise rpc.RpcError(rpc.FAILED_PRECONDITION, "commit before any piece was written")
+                    try:
+                        session.writer = self._store.open_write(key[0], key[1], expect_version)
+                    except FsError as exc:
+                        raise self._fail(session, _status(exc)) from None
+            with self._lock:
+                if session.error is not None:
+                    raise session.error
+        except rpc.RpcError:
+            self._leave(session)
+            raise
+        return session
 
-    def close(self) -> None:
+    def _leave(self, session: _Session) -> None:
         with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
-            self._writers.clear()
+            session.active -= 1
+            session.touched = time.monotonic()
+            self._changed.notify_all()
+            over = not session.active and session.error is not None
+        if over:
+            self._end(session)
 
+    def _fail(self, session: _Session, error: rpc.RpcError) -> rpc.RpcError:
+        """Mark the session failed (the first error stays); it is aborted when its last request leaves."""
+        with self._lock:
+            if session.error is None:
+                session.error = error
+            return session.error
 
-def add_to_server(service: ChunkServerService, server: grpc.Server) -> None:
-    handlers = {
-        "Read": grpc.unary_stream_rpc_method_handler(
-            service.Read, request_deserializer=_lenient(pb.ReadRequest.FromString), response_serializer=None
-        ),
-        "Write": grpc.stream_unary_rpc_method_handler(
-            service.Write, request_deserializer=decode_write, response_serializer=pb.WriteReply.SerializeToString
-        ),
-        "Truncate": grpc.unary_unary_rpc_method_handler(
-            service.Truncate,
-            request_deserializer=_lenient(pb.TruncateRequest.FromString),
-            response_serializer=pb.TruncateReply.SerializeToString,
-        ),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
+    def _end(self, session: _Session, error: rpc.RpcError | None = None, force: bool = False) -> None:
+        """Abort the session unless a request is still working on it (or `force`), and refuse its key."""
+        with self._lock:
+            if session.ended or (session.active and not force):
+                return
+            session.ended = True
+            if session.error is None:
+                session.error = error
+            if self._sessions.get(session.key) is session:
+                del self._sessions[session.key]
+            self._refused[session.key] = (session.error, time.monotonic())
+            writer, session.writer = session.writer, None
+        log.info("chunk %016X version %d: write session aborted: %s", *session.key, session.error.message)
+        if writer is not None:
+            try:
+                writer.abort()
+            except FsError as exc:
+                log.warning("chunk %016X: could not abort its write session: %s", session.key[0], exc)
+
+    def _forward(self, session: _Session, method: str, params: dict, data, chain: list[str]) -> None:
+        """Send the request on to chain[0]; whatever fails there joins session.failed."""
+        try:
+            reply, _ = self._client(chain[0]).call(method, params, data, timeout_s=FORWARD_TIMEOUT_S * len(chain))
+            failed = [addr for addr in chain[1:] if addr in reply["failed"]]
+            why = "failed downstream"
+        except rpc.RpcError as exc:
+            failed, why = chain, str(exc)
+        except (KeyError, TypeError):
+            failed, why = chain, f"malformed reply from {chain[0]}"
+        with self._lock:
+            new = [addr for addr in failed if addr not in session.failed]
+            session.failed.update(failed)
+        if new:
+            log.warning("chunk %016X version %d: %s left out of the write (%s)", *session.key, ", ".join(new), why)
+
+    def _outcome(self, session: _Session, chain: list[str]) -> dict:
+        with self._lock:
+            failed = [addr for addr in chain if addr in session.failed]
+        return {"ok": [self._advertise] + [addr for addr in chain if addr not in failed], "failed": failed}
+
+    def _client(self, addr: str) -> rpc.Client:
+        with self._lock:
+            client = self._downstream.get(addr)
+            if client is None:
+                client = self._downstream[addr] = rpc.Client(addr, timeout_s=FORWARD_TIMEOUT_S)
+            return client
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(REAP_INTERVAL_S):
+            now = time.monotonic()
+            with self._lock:
+                idle = [s for s in self._sessions.values()
+                        if not s.active and now - s.touched > self._session_timeout]  # fmt: skip
+                for key in [k for k, (_, when) in self._refused.items() if now - when > REFUSE_S]:
+                    del self._refused[key]
+            for session in idle:
+                self._end(session, rpc.RpcError(
+                    rpc.FAILED_PRECONDITION, f"write session idle for more than {self._session_timeout:g} s"))
+
+    def close(self, grace_s: float) -> None:
+        """After the rpc server stopped: let running requests finish (up to grace_s), then abort
+        the open sessions (their commit can no longer come) and close the downstream connections."""
+        deadline = time.monotonic() + grace_s
+        with self._lock:
+            while self._requests and self._changed.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            if self._requests:
+                log.warning("stopping with %d requests still running", self._requests)
+            sessions = list(self._sessions.values())
+            clients, self._downstream = list(self._downstream.values()), {}
+        self._stop.set()
+        self._reaper.join()
+        for session in sessions:
+            self._end(session, rpc.RpcError(rpc.UNAVAILABLE, "the chunkserver is stopping"), force=True)
+        self._disk.shutdown(wait=True)
+        for client in clients:
+            client.close()

@@ -340,26 +340,28 @@ class ChunkStore:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def read(self, chunk_id: int, version: int, offset: int, length: int, prefix: bytes | None = None) -> bytes:
+    def read(self, chunk_id: int, version: int, offset: int, length: int, out=None) -> memoryview:
         """Chunk bytes [offset, offset+length), zeros past the stored data; every block is checked.
 
-        `version` must be the stored one, or the one an open write session is producing (a reader
-        told the new version by the master may come while the writer is still at work). `prefix`
-        is put before the data in the same bytes object (a protobuf field header: no extra copy).
+        They go into `out` (a writable buffer of at least `length` bytes, so that a server can
+        reuse one; a new one if None), and a view of them is returned. `version` must be the
+        stored one, or the one an open write session is producing (a reader told the new version
+        by the master may come while the writer is still at work).
         """
         _check_span(offset, length)
+        view = memoryview(bytearray(length) if out is None else out)[:length]
+        if len(view) < length:
+            raise ValueError(f"buffer of {len(view)} bytes cannot hold {length}")
         chunk = self._find(chunk_id)
         with chunk.lock:
             self._check_alive(chunk)
             if version != chunk.version and version != chunk.writer:
                 raise StaleChunk(chunk_id, chunk.version, f"version {version}")
             with self._io(chunk) as handle:
-                data = chunkio.pread_verify_bytes(
-                    handle.fd, length, HEADER_SIZE, offset, chunk.length, handle.table, prefix
-                )
+                chunkio.pread_verify(handle.fd, view, HEADER_SIZE, offset, chunk.length, handle.table)
         with self._stats_lock:
             self.bytes_read += length
-        return data
+        return view
 
     # --- writing ------------------------------------------------------------------------------
 

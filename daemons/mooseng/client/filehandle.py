@@ -6,8 +6,9 @@ written in the background (write_chunk -> chunkservers -> commit_write) once it 
 flush/fsync/release or when the client's memory budget runs out.
 Reads overlay the buffered data on what the chunkservers return, so a handle sees its own (and
 its neighbours') unflushed writes, and getattr sizes include them. A failed background write is
-remembered per inode and raised, as EIO, by the next write/flush/fsync/release of every handle
-that was open when it happened (Linux's errseq rule), so data is never dropped silently.
+remembered per inode and raised by the next write/flush/fsync/release of every handle that was
+open when it happened (Linux's errseq rule), so data is never dropped silently. As in Linux's
+writeback, a full file system stays ENOSPC (or EDQUOT); every other failure is EIO.
 
 Reads go through a read cache of block-aligned entries. A handle that reads sequentially
 prefetches the next `readahead_bytes` in RA_UNIT pieces on a thread pool; a random read fetches
@@ -343,7 +344,8 @@ class InodeData:
     def check_error(self, handle: "FileHandle") -> None:
         if handle.errors_seen != self.errors:
             handle.errors_seen = self.errors
-            raise FsError(errno.EIO, f"writing inode {self.ino} failed: {self.last_error.message}")
+            code = self.last_error.errno if self.last_error.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+            raise FsError(code, f"writing inode {self.ino} failed: {self.last_error.message}")
 
     def write(self, handle: "FileHandle", offset: int, data) -> None:
         """Buffer `data`, which is kept as it is: bytes, or a read-only view of bytes."""

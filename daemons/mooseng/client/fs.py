@@ -103,7 +103,7 @@ class Client:
     """
 
     def __init__(self, endpoints: list[str], *, timeout_s: float = 30.0, cache_size_mb: int = 256,
-                 readahead_mb: int = 16, write_mode: str = "chain", cred: Cred = ROOT,
+                 readahead_mb: int = 16, write_mode: str = "fanout", cred: Cred = ROOT,
                  check_access: bool = True, xattr_cache_s: float = 1.0, client_id: int | None = None):
         self.cred = cred
         self.check_access = check_access
