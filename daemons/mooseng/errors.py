@@ -1,4 +1,4 @@
-"""Typed errors: lower layers raise these; the edges map them to errno, gRPC status or exit codes."""
+"""Typed errors: lower layers raise these; the edges map them to errno, RPC status or exit codes."""
 
 import errno as _errno
 import os

@@ -38,11 +38,11 @@ DISKS_PER_CHUNKSERVER = 4
 
 # The seed README's ports, per node number (1-based). It defines three of each.
 SEED_PORTS = {
-    "master": [{"grpc": 9421 + 10 * i, "raft": 9422 + 10 * i, "metrics": 9423 + 10 * i} for i in range(3)],
-    "chunkserver": [{"grpc": g, "metrics": g + 5} for g in (9420, 9450, 9460)],
+    "master": [{"api": 9421 + 10 * i, "raft": 9422 + 10 * i, "metrics": 9423 + 10 * i} for i in range(3)],
+    "chunkserver": [{"api": g, "metrics": g + 5} for g in (9420, 9450, 9460)],
     "client": [{"metrics": m} for m in (9427, 9437, 9447)],
 }
-PORT_NAMES = {"master": ("grpc", "raft", "metrics"), "chunkserver": ("grpc", "metrics"), "client": ("metrics",)}
+PORT_NAMES = {"master": ("api", "raft", "metrics"), "chunkserver": ("api", "metrics"), "client": ("metrics",)}
 # Auto blocks stay below the kernel's ephemeral range so outgoing connections cannot take them.
 AUTO_RANGE = (20000, 32000)
 
@@ -151,7 +151,7 @@ class LocalCluster:
 
     @property
     def master_endpoints(self) -> list[str]:
-        return [n.addr("grpc") for n in self._of("master")]
+        return [n.addr("api") for n in self._of("master")]
 
     def mountpoint(self, n: int) -> Path:
         return self.node(f"client-{n}").mountpoint
@@ -273,7 +273,7 @@ class LocalCluster:
             peers = ",".join(f"{m.name}={m.addr('raft')}" for m in masters) if len(masters) > 1 else ""
             table = {
                 "node_id": node.name,
-                "listen": node.addr("grpc"),
+                "listen": node.addr("api"),
                 "raft_listen": node.addr("raft"),
                 "metrics_listen": node.addr("metrics"),
                 "raft_peers": peers,
@@ -286,7 +286,7 @@ class LocalCluster:
             table = {
                 "server_id": node.index,
                 "master_addrs": self.master_endpoints,
-                "listen": node.addr("grpc"),
+                "listen": node.addr("api"),
                 "metrics_listen": node.addr("metrics"),
                 "data_dirs": [str(d) for d in disks],
             }
@@ -396,10 +396,10 @@ class LocalCluster:
 def _readiness(node: Node) -> tuple[Callable[[], bool], str]:
     """How to tell that a node is up, and how to name what is awaited."""
     if node.kind == "master":
-        answers = lambda: probe_master(node.addr("grpc"))[0]["role"] != "unreachable"  # noqa: E731
-        return answers, f"{node.name} to answer on {node.addr('grpc')}"
+        answers = lambda: probe_master(node.addr("api"))[0]["role"] != "unreachable"  # noqa: E731
+        return answers, f"{node.name} to answer on {node.addr('api')}"
     if node.kind == "chunkserver":
-        return (lambda: _port_open(node.ports["grpc"])), f"{node.name} to listen on {node.addr('grpc')}"
+        return (lambda: _port_open(node.ports["api"])), f"{node.name} to listen on {node.addr('api')}"
     return (lambda: _mount_live(node.mountpoint)), f"{node.name} to mount {node.mountpoint}"
 
 

@@ -114,7 +114,7 @@ def test_start_refuses_a_taken_seed_port(demo):
         squatter.listen()
         proc = demo("start")
     assert proc.returncode != 0
-    assert "port 9421 (master-1 grpc)" in proc.stderr and "lsof -i :9421" in proc.stderr
+    assert "port 9421 (master-1 api)" in proc.stderr and "lsof -i :9421" in proc.stderr
 
 
 def test_commands_on_a_stopped_cluster_fail_clearly(demo):

@@ -7,7 +7,7 @@ import errno
 import hashlib
 import os
 import subprocess
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def chunk_copies(cluster, path: Path) -> tuple[int, int, list[str]]:
 
 
 def chunk_file_on(cluster, server: str, chunk_id: int) -> Path:
-    node = next(n for n in cluster.nodes if n.kind == "chunkserver" and n.addr("grpc") == server)
+    node = next(n for n in cluster.nodes if n.kind == "chunkserver" and n.addr("api") == server)
     found = [Path(chunk_path(str(disk), chunk_id)) for disk in sorted(node.dir.glob("disk*"))]
     (existing,) = [p for p in found if p.exists()]
     return existing
@@ -63,47 +63,54 @@ def test_corrupted_block_is_detected_and_read_from_the_other_copy(cluster_factor
     assert err.value.status == rpc.DATA_LOSS
 
 
-def test_master_killed_mid_workload_loses_no_acknowledged_file(cluster_factory):
+# The workload runs in a process of its own: a FUSE file open in the test process would be
+# flushed by the exec of the restarted master (exec closes inherited descriptors), and that flush
+# waits for the very master being started.
+WRITER = """
+import hashlib, os, sys, time
+root, stop = sys.argv[1], sys.argv[2]
+i = 0
+deadline = time.monotonic() + 120
+while not os.path.exists(stop) and time.monotonic() < deadline:
+    name = f"f{i:05d}"
+    data = os.urandom(4096 + (i * 7919) % (300 * 1024))
+    try:
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        print("ACK", name, hashlib.sha256(data).hexdigest(), flush=True)
+    except OSError as exc:
+        print("FAIL", name, exc, flush=True)
+    i += 1
+"""
+
+
+def test_master_killed_mid_workload_loses_no_acknowledged_file(cluster_factory, tmp_path):
     cluster = cluster_factory(clients=1)
     root = cluster.mountpoint(1) / "work"
     root.mkdir()
-    acked: dict[str, bytes] = {}
-    failed: list[str] = []
-    stop = threading.Event()
-
-    def writer():
-        i = 0
-        deadline = time.monotonic() + 120
-        while not stop.is_set() and time.monotonic() < deadline:
-            name = f"f{i:05d}"
-            data = os.urandom(4096 + (i * 7919) % (300 * 1024))
-            try:
-                with open(root / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                acked[name] = hashlib.sha256(data).digest()
-            except OSError as exc:
-                failed.append(f"{name}: {exc}")
-            i += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    stop = tmp_path / "stop"
+    out = tmp_path / "writer.out"
+    with open(out, "w") as sink:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(stop)], stdout=sink)
     try:
         time.sleep(2)
-        before = len(acked)
+        before = out.read_text().count("ACK ")
         cluster.kill("master-1")
         time.sleep(1)
         cluster.restart("master-1")
         time.sleep(2)
     finally:
-        stop.set()
-        thread.join()
+        stop.touch()
+        writer.wait(timeout=150)
+    lines = out.read_text().splitlines()
+    acked = {name: digest for kind, name, digest in (l.split(" ", 2) for l in lines) if kind == "ACK"}
     assert before > 5, "the workload did not run before the kill"
-    assert len(acked) > before, f"no file was acknowledged after the master came back: {failed[-3:]}"
+    assert len(acked) > before, f"no file was acknowledged after the master came back: {lines[-3:]}"
     cluster.restart("client-1")
     for name, digest in acked.items():
-        assert hashlib.sha256((root / name).read_bytes()).digest() == digest, name
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_master_down_fails_with_a_clear_error_within_the_bound(cluster_factory):

@@ -390,7 +390,7 @@ def test_reads_and_writes_survive_a_dead_chunkserver(cluster_factory):
         first = master.call("chunks", {"ino": ino, "index": 0})[0]["servers"][0]
     finally:
         master.close()
-    victim = next(n.name for n in cluster.nodes if n.kind == "chunkserver" and n.addr("grpc") == first)
+    victim = next(n.name for n in cluster.nodes if n.kind == "chunkserver" and n.addr("api") == first)
     cluster.kill(victim)
     drop_kernel_caches()
     assert (cluster.mountpoint(2) / "before").read_bytes() == before

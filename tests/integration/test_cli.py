@@ -73,7 +73,7 @@ def test_status_json(cluster, master, tree):
         {"endpoint": cluster.master_endpoints[0], "role": "leader", "node_id": "master-1"}
     ]
     servers = status["chunkservers"]
-    assert [s["address"] for s in servers] == [n.addr("grpc") for n in cluster.nodes if n.kind == "chunkserver"]
+    assert [s["address"] for s in servers] == [n.addr("api") for n in cluster.nodes if n.kind == "chunkserver"]
     assert all(s["state"] == "alive" for s in servers)
     for s in servers:
         assert [Path(d["path"]).name for d in s["disks"]] == ["disk1", "disk2", "disk3", "disk4"]
@@ -88,7 +88,7 @@ def test_status_text(cluster, master, tree):
     assert "chunkservers: 3 alive, 0 down" in out
     for node in cluster.nodes:
         if node.kind == "chunkserver":
-            assert node.addr("grpc") in out
+            assert node.addr("api") in out
             assert str(node.dir / "disk4") in out
     assert "CLASS" in out and "default" in out
 
@@ -134,7 +134,7 @@ def test_fileinfo_json_lists_every_chunk_and_copy(cluster, master, tree):
     assert info["attr"]["size"] == CHUNK_SIZE + 4096
     assert info["class"]["name"] == "default"
     assert [c["index"] for c in info["chunks"]] == [0, 1]
-    chunkservers = {n.addr("grpc") for n in cluster.nodes if n.kind == "chunkserver"}
+    chunkservers = {n.addr("api") for n in cluster.nodes if n.kind == "chunkserver"}
     for chunk in info["chunks"]:
         copies = chunk["copies"]
         assert len(copies) == 2 and all(c["valid"] for c in copies)

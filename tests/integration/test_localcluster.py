@@ -57,9 +57,9 @@ def sha256(path: Path) -> str:
 def test_default_ports_are_the_seeds(tmp_path):
     cluster = LocalCluster(tmp_path, masters=3)
     ports = {n.name: n.ports for n in cluster.nodes}
-    assert ports["master-1"] == {"grpc": 9421, "raft": 9422, "metrics": 9423}
-    assert ports["master-3"] == {"grpc": 9441, "raft": 9442, "metrics": 9443}
-    assert [ports[f"chunkserver-{i}"]["grpc"] for i in (1, 2, 3)] == [9420, 9450, 9460]
+    assert ports["master-1"] == {"api": 9421, "raft": 9422, "metrics": 9423}
+    assert ports["master-3"] == {"api": 9441, "raft": 9442, "metrics": 9443}
+    assert [ports[f"chunkserver-{i}"]["api"] for i in (1, 2, 3)] == [9420, 9450, 9460]
     assert [ports[f"chunkserver-{i}"]["metrics"] for i in (1, 2, 3)] == [9425, 9455, 9465]
     assert [ports[f"client-{i}"]["metrics"] for i in (1, 2, 3)] == [9427, 9437, 9447]
     assert cluster.master_endpoints == ["127.0.0.1:9421", "127.0.0.1:9431", "127.0.0.1:9441"]

@@ -336,6 +336,24 @@ def test_background_error_surfaces_once_per_handle(env):
         files.release(h.fh)
 
 
+def test_fsync_reports_an_error_that_a_close_already_reported(env):
+    """A forked child's close() flushes the shared open file and hears of the failure; the
+    parent's fsync() on the same file must still report it (Linux's errseq rule)."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    chunks.fail = True
+    with pytest.raises(FsError):
+        h.inode.flush(h)  # the close in the child
+    with pytest.raises(FsError) as exc:
+        h.inode.flush(h, fsync=True)
+    assert exc.value.errno == errno.EIO
+    h.inode.flush(h, fsync=True)  # reported once: the next fsync has nothing new to say
+    chunks.fail = False
+    files.release(h.fh)
+
+
 def test_release_reports_a_failed_write(env):
     master, chunks, make = env
     files = make()

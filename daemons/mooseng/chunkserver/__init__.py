@@ -1,1 +1,1 @@
-"""The chunkserver: chunk files on local disks, served over gRPC, reported to the master."""
+"""The chunkserver: chunk files on local disks, served over rpc.py, reported to the master."""

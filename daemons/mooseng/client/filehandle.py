@@ -341,9 +341,13 @@ class InodeData:
 
     # --- writing ---
 
-    def check_error(self, handle: "FileHandle") -> None:
-        if handle.errors_seen != self.errors:
-            handle.errors_seen = self.errors
+    def check_error(self, handle: "FileHandle", fsync: bool = False) -> None:
+        """Raise a write-back failure this handle has not been told of. fsync keeps its own cursor,
+        as Linux's errseq does: a close() that reported the error (perhaps in a forked child
+        sharing the open file) must not make a later fsync() on the same file claim success."""
+        seen = "fsync_errors_seen" if fsync else "errors_seen"
+        if getattr(handle, seen) != self.errors:
+            setattr(handle, seen, self.errors)
             code = self.last_error.errno if self.last_error.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
             raise FsError(code, f"writing inode {self.ino} failed: {self.last_error.message}")
 
@@ -380,7 +384,7 @@ class InodeData:
                 cache.release(take - grown)
             pos += take
 
-    def flush(self, handle: "FileHandle | None" = None) -> None:
+    def flush(self, handle: "FileHandle | None" = None, fsync: bool = False) -> None:
         """Write everything buffered so far and wait for it; then raise what `handle` has not seen."""
         with self.lock:
             target = self._force_seq = self._seq
@@ -389,7 +393,7 @@ class InodeData:
             while any(e.first_seq <= target for e in (*self._dirty.values(), *self._inflight.values())):
                 self._changed.wait()
         if handle is not None:
-            self.check_error(handle)
+            self.check_error(handle, fsync)
 
     def flush_async(self) -> None:
         """Start writing everything buffered (the budget is exhausted); do not wait."""
@@ -603,7 +607,7 @@ class FileHandle:
         self.inode = inode
         self.flags = flags
         self.cred = cred
-        self.errors_seen = inode.errors
+        self.errors_seen = self.fsync_errors_seen = inode.errors
         self._lock = threading.Lock()
         self._last_end = -1  # end of the previous read
         self._streak = 0  # consecutive sequential reads

@@ -336,7 +336,7 @@ class Client:
     def fsync(self, fh: int, datasync: bool = False) -> None:
         """Like flush: a commit returns once the chunkservers have synced the data."""
         handle = self.files.handle(fh)
-        handle.inode.flush(handle)
+        handle.inode.flush(handle, fsync=True)
 
     @_op("release")
     def release(self, fh: int) -> Attr:

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 def _keep_freed_memory() -> None:
     """Make glibc reuse freed memory instead of returning it to the kernel.
 
-    Every 1 MiB message that gRPC receives or sends, and every buffer a FUSE request brings, is a
+    Every data message the client receives or sends, and every buffer a FUSE request brings, is a
     large allocation; by default glibc maps each one fresh and unmaps it when freed, so every
     4 KiB of data costs a page fault (a quarter of the client's CPU when reading). With a fixed,
     high mmap threshold and no trimming, the heap keeps those pages; it stays as big as its peak,
