@@ -1,8 +1,8 @@
 """Framed msgpack request/reply over TCP: the transport of the latency-bound paths.
 
 Why not gRPC here: on these machines a Python gRPC unary call between two processes costs
-~680 us (290 us client CPU + 390 us server CPU) against ~25 us for this framing over a plain
-socket (measured in the same run, see docs/DESIGN.md "Transport"). Metadata operations are
+~620 us (290 us client CPU + 500 us server CPU) against ~66 us through this module
+(bench/transport_bench.py; BENCHMARKS.md). Metadata operations are
 one or two round trips each, so the transport sets the ceiling of creates and stats per second.
 
 Wire format. A connection starts with the 4-byte magic ``MNG1`` from the client. Every message

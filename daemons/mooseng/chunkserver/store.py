@@ -393,10 +393,7 @@ class ChunkStore:
             return self._create(chunk_id, version), True
         with chunk.lock:
             self._check_alive(chunk)
-            if chunk.writer is not None:
-                raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being written (version {chunk.writer})")
-            if chunk.version not in (expect_version, version):
-                raise StaleChunk(chunk_id, chunk.version, f"{expect_version} (to make {version})")
+            self._check_movable(chunk, expect_version, version)
             chunk.writer = version
         return chunk, False
 
@@ -499,10 +496,7 @@ class ChunkStore:
         chunk = self._find(chunk_id)
         with chunk.lock:
             self._check_alive(chunk)
-            if chunk.writer is not None:
-                raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being written (version {chunk.writer})")
-            if chunk.version not in (expect_version, version):
-                raise StaleChunk(chunk_id, chunk.version, f"{expect_version} (to make {version})")
+            self._check_movable(chunk, expect_version, version)
             if chunk.version != version:
                 with self._io(chunk) as handle:
                     self._set_version(handle.fd, version)
@@ -642,6 +636,15 @@ class ChunkStore:
         if chunk is None:
             raise ChunkNotFound(chunk_id)
         return chunk
+
+    @staticmethod
+    def _check_movable(chunk, expect_version: int, version: int) -> None:
+        """A copy may go to `version` only from `expect_version` (or be there already), and not
+        while a write session is open: its commit would take the header back to its version."""
+        if chunk.writer is not None:
+            raise FsError(errno.EBUSY, f"chunk {chunk.id:016X} is being written (version {chunk.writer})")
+        if chunk.version not in (expect_version, version):
+            raise StaleChunk(chunk.id, chunk.version, f"{expect_version} (to make {version})")
 
     @staticmethod
     def _check_alive(chunk: _Chunk) -> None:
