@@ -298,6 +298,14 @@ def test_new_chunks_go_to_the_disk_with_most_free_space(store, dirs, monkeypatch
     assert store.get(2).disk == 0
 
 
+def test_disks_with_equal_free_space_fill_in_turn(store, dirs, monkeypatch):
+    """Data directories on one file system report the same free space: spread, not pile up."""
+    monkeypatch.setattr(ChunkStore, "_statvfs", staticmethod(fake_statvfs({dirs[0]: 50 << 30, dirs[1]: 50 << 30})))
+    for chunk_id in range(1, 7):
+        store.write(chunk_id, 1, 0, 0, b"x")
+    assert sorted(store.get(c).disk for c in range(1, 7)) == [0, 0, 0, 1, 1, 1]
+
+
 def test_leave_free_gives_enospc_for_new_chunks_only(dirs, monkeypatch):
     monkeypatch.setattr(ChunkStore, "_statvfs", staticmethod(fake_statvfs({dirs[0]: 300 * MiB, dirs[1]: 200 * MiB})))
     s = ChunkStore(dirs, leave_free_bytes=200 * MiB)

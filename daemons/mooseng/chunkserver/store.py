@@ -424,8 +424,10 @@ class ChunkStore:
         return chunk
 
     def _choose_disk(self) -> _Disk:
-        """The healthy disk with the most free space that still has room for a full chunk."""
-        best, best_free = None, -1
+        """The healthy disk with room for a full chunk and the most free space (in whole chunks);
+        among equals the one holding fewest chunks, so that data directories sharing one file
+        system (equal free space) fill in turn instead of the first taking everything."""
+        best, best_key = None, None
         for disk in self._disks:
             if disk.state != OK:
                 continue
@@ -435,8 +437,11 @@ class ChunkStore:
                 self._mark_damaged(disk, f"statvfs failed: {exc}")
                 continue
             free = avail - self.leave_free
-            if free >= HEADER_SIZE + CHUNK_SIZE and free > best_free:
-                best, best_free = disk, free
+            if free < HEADER_SIZE + CHUNK_SIZE:
+                continue
+            key = (free // CHUNK_SIZE, -disk.count)
+            if best_key is None or key > best_key:
+                best, best_key = disk, key
         if best is None:
             raise FsError(errno.ENOSPC, f"no healthy disk has room for a new chunk (leave_free {self.leave_free} bytes)")
         return best
