@@ -19,6 +19,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from typing import Callable
 
 import msgpack
@@ -118,6 +119,8 @@ class Server:
         self.port = self._sock.getsockname()[1]
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # signalled when the last running handler ends
+        self._running = 0  # handlers running now; stop() lets them finish
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-accept", daemon=True)
 
@@ -125,14 +128,21 @@ class Server:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, refuse further requests, let running handlers finish and send their
+        replies (up to grace_s), then close every connection."""
         self._stopped.set()
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
+        deadline = time.monotonic() + grace_s
         with self._lock:
+            while self._running and self._idle.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            if self._running:
+                log.warning("%s: stopping with %d requests still running", self._name, self._running)
             for conn in list(self._conns):
                 try:
                     conn.shutdown(socket.SHUT_RDWR)
@@ -158,7 +168,20 @@ class Server:
                 return
             while True:
                 header, data = _recv_frame(conn)
-                status, message, result, out = self._dispatch(header, data, peer)
+                with self._lock:
+                    stopping = self._stopped.is_set()
+                    if not stopping:
+                        self._running += 1
+                if stopping:
+                    status, message, result, out = UNAVAILABLE, f"{self._name} is stopping", None, b""
+                else:
+                    try:
+                        status, message, result, out = self._dispatch(header, data, peer)
+                    finally:
+                        with self._lock:
+                            self._running -= 1
+                            if not self._running:
+                                self._idle.notify_all()
                 _send_frame(conn, msgpack.packb([status, message, result], use_bin_type=True), out)
         except (ConnectionError, OSError):
             pass

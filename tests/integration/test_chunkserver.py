@@ -495,8 +495,8 @@ def local(tmp_path):
     conn = rpc.Client(f"127.0.0.1:{server.port}")
     yield store, conn
     conn.close()
-    server.stop()
-    service.close(1.0)
+    server.stop(1.0)
+    service.close()
     store.close()
 
 

@@ -3,6 +3,7 @@
 import socket
 import struct
 import threading
+import time
 
 import msgpack
 import pytest
@@ -139,3 +140,31 @@ def test_connections_closed_by_a_restarted_server_are_not_reused():
         assert [client.call("plain", {})[0] for _ in range(4)] == [2] * 4
     finally:
         srv2.stop()
+
+
+def test_stop_lets_running_calls_finish_and_refuses_new_ones():
+    started, release = threading.Event(), threading.Event()
+
+    def slow(params, data, peer):
+        started.set()
+        release.wait(5)
+        return "done"
+
+    srv = rpc.Server("127.0.0.1:0", {"slow": slow, "plain": lambda p, d, peer: 1}).start()
+    client = rpc.Client(f"127.0.0.1:{srv.port}")
+    other = rpc.Client(f"127.0.0.1:{srv.port}")
+    assert other.call("plain", {})[0] == 1  # an open connection that will ask again while stopping
+    results = []
+    caller = threading.Thread(target=lambda: results.append(client.call("slow", {})[0]))
+    caller.start()
+    assert started.wait(5)
+    stopper = threading.Thread(target=srv.stop, args=(5.0,))
+    stopper.start()
+    time.sleep(0.2)
+    with pytest.raises(rpc.RpcError) as err:
+        other.call("plain", {})
+    assert err.value.status == rpc.UNAVAILABLE
+    release.set()
+    caller.join(5)
+    stopper.join(5)
+    assert results == ["done"]

@@ -144,10 +144,9 @@ class ChunkServerService:
         self._metrics = metrics
         self._session_timeout = session_timeout_s
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # a session's or the server's requests ended
+        self._changed = threading.Condition(self._lock)  # a session's requests ended
         self._sessions: dict[tuple[int, int], _Session] = {}
         self._refused: dict[tuple[int, int], tuple[rpc.RpcError, float]] = {}  # aborted: error, when
-        self._requests = 0
         self._downstream: dict[str, rpc.Client] = {}
         self._disk = ThreadPoolExecutor(DISK_WORKERS, thread_name_prefix="disk")
         self._local = threading.local()  # per connection thread: the read buffer
@@ -165,20 +164,15 @@ class ChunkServerService:
         }
 
     def _handler(self, op: str, method):
-        """Time the call, count it (close() waits for running ones), map store errors to statuses."""
+        """Time the call and map store errors to statuses."""
 
         def handle(params: dict, data: bytearray, peer: str):
             started = time.perf_counter()
-            with self._lock:
-                self._requests += 1
             try:
                 return method(params, data)
             except FsError as exc:
                 raise _status(exc) from None
             finally:
-                with self._lock:
-                    self._requests -= 1
-                    self._changed.notify_all()
                 self._metrics.observe(op, time.perf_counter() - started)
 
         return handle
@@ -390,15 +384,10 @@ class ChunkServerService:
                 self._end(session, rpc.RpcError(
                     rpc.FAILED_PRECONDITION, f"write session idle for more than {self._session_timeout:g} s"))
 
-    def close(self, grace_s: float) -> None:
-        """After the rpc server stopped: let running requests finish (up to grace_s), then abort
-        the open sessions (their commit can no longer come) and close the downstream connections."""
-        deadline = time.monotonic() + grace_s
+    def close(self) -> None:
+        """After the rpc server stopped (and let its running requests finish): abort the open
+        sessions (their commit can no longer come) and close the downstream connections."""
         with self._lock:
-            while self._requests and self._changed.wait(max(0.0, deadline - time.monotonic())):
-                pass
-            if self._requests:
-                log.warning("stopping with %d requests still running", self._requests)
             sessions = list(self._sessions.values())
             clients, self._downstream = list(self._downstream.values()), {}
         self._stop.set()

@@ -82,8 +82,8 @@ def serve(cfg) -> int:
             exitcode = 1
             break
     log.info("stopping")
-    server.stop()
-    service.stop(STOP_GRACE_S)
+    server.stop(STOP_GRACE_S)
+    service.stop()
     store.close()
     metrics_server.shutdown()
     log.info("stopped")

@@ -236,8 +236,6 @@ class MasterService:
         self._inodes = _InodeLocks()
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
-        self._calls = threading.Condition()  # guards _active
-        self._active = 0  # handler calls running, so that stop() can let them finish
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
         self._ops = {
@@ -253,9 +251,9 @@ class MasterService:
     def handlers(self) -> dict[str, rpc.Handler]:
         """The rpc methods served on the master's `listen` address."""
         return {
-            "meta": self._tracked(self._meta),
-            "register": self._tracked(self._register),
-            "heartbeat": self._tracked(self._heartbeat),
+            "meta": self._meta,
+            "register": self._register,
+            "heartbeat": self._heartbeat,
         }
 
     # --- lifecycle ---
@@ -265,14 +263,8 @@ class MasterService:
         self._expiry = threading.Thread(target=self._expire_loop, name="cs-expiry", daemon=True)
         self._expiry.start()
 
-    def stop(self, grace_s: float) -> None:
-        """After the rpc server stopped: let running calls finish (up to grace_s), then stop."""
-        deadline = time.monotonic() + grace_s
-        with self._calls:
-            while self._active and self._calls.wait(max(0.0, deadline - time.monotonic())):
-                pass
-            if self._active:
-                log.warning("stopping with %d calls still running", self._active)
+    def stop(self) -> None:
+        """After the rpc server stopped (and let its running calls finish)."""
         self._stop.set()
         if self._expiry is not None:
             self._expiry.join()
@@ -281,20 +273,6 @@ class MasterService:
             clients, self._chunkservers = list(self._chunkservers.values()), {}
         for client in clients:
             client.close()
-
-    def _tracked(self, handler: rpc.Handler) -> rpc.Handler:
-        def run(params, data, peer):
-            with self._calls:
-                self._active += 1
-            try:
-                return handler(params, data, peer)
-            finally:
-                with self._calls:
-                    self._active -= 1
-                    if not self._active:
-                        self._calls.notify_all()
-
-        return run
 
     def _expire_loop(self) -> None:
         tick = min(1.0, self._registry.timeout_s / 4)
