@@ -5,7 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc pkg-config libisal-dev fuse3 libfuse-dev python3-dev python3-venv attr psmisc iproute2 procps curl)
+# One package per line, grouped by what needs it, so that features add lines without conflicts.
+APT_PACKAGES=(
+  # build and run
+  gcc
+  pkg-config
+  libisal-dev
+  fuse3
+  libfuse-dev
+  python3-dev
+  python3-venv
+  # tests and demo tooling
+  attr
+  psmisc
+  iproute2
+  procps
+  curl
+)
 PYTHON=${PYTHON:-python3}
 VENV=${MOOSENG_VENV:-.venv}
 
