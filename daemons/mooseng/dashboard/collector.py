@@ -83,7 +83,7 @@ def merge_raft(masters: list[dict], raft: dict[str, dict]) -> list[dict]:
 class Collector:
     """One sample of the cluster per call to sample(); keeps the previous counters for the rates."""
 
-    def __init__(self, cfg, clock: Callable[[], float] = time.time, timeout_s: float = 3.0):
+    def __init__(self, cfg, clock: Callable[[], float] = time.time, timeout_s: float = 2.0):
         self._endpoints = cfg.master_endpoints
         self._metrics = cfg.master_metrics
         self._timeout_s = timeout_s
@@ -109,7 +109,7 @@ class Collector:
         raft = {e: self._raft_status(e) for e in self._endpoints}
         status["masters"] = merge_raft(status["masters"], raft)
         snapshot.update(status)
-        snapshot["classes"] = self._classes()
+        snapshot["classes"] = self._classes() if snapshot["cluster"]["available"] else snapshot["cluster"]
         snapshot["rates"] = self._sample_rates(now)
         return snapshot
 
@@ -172,7 +172,7 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=5)  # a sample waiting on dead masters may take that long
         self.collector.close()
 
     def latest(self) -> dict:

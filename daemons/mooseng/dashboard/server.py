@@ -39,6 +39,7 @@ def load_static() -> dict[str, tuple[bytes, str]]:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "mooseng-dashboard"
+    default_request_version = "HTTP/1.0"  # so that even a garbage request line gets a status line
     sys_version = ""
     sampler: Sampler  # set on the subclass that serve() makes
     static: dict[str, tuple[bytes, str]]
@@ -84,13 +85,19 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), fmt % args)
 
 
-def serve(cfg) -> tuple[ThreadingHTTPServer, Sampler]:
-    """Bind, take the first sample, and serve in a thread; the caller stops both."""
-    host, port = wire.parse_addr(cfg.listen)
-    sampler = Sampler(Collector(cfg), cfg.sample_interval_s, cfg.history_points)
+def make_server(listen: str, sampler) -> ThreadingHTTPServer:
+    """An HTTP server on `listen` (host:port) answering from `sampler`; not yet serving."""
+    host, port = wire.parse_addr(listen)
     handler = type("BoundHandler", (Handler,), {"sampler": sampler, "static": load_static()})
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
+    return httpd
+
+
+def serve(cfg) -> tuple[ThreadingHTTPServer, Sampler]:
+    """Bind, take the first sample, and serve in a thread; the caller stops both."""
+    sampler = Sampler(Collector(cfg), cfg.sample_interval_s, cfg.history_points)
+    httpd = make_server(cfg.listen, sampler)
     sampler.start()
     threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
     return httpd, sampler
