@@ -82,14 +82,15 @@ def test_merge_raft_adds_term_and_lag_and_says_when_raft_status_is_missing():
     masters = [{"endpoint": "a:1", "role": "leader"}, {"endpoint": "b:1", "role": "follower"},
                {"endpoint": "c:1", "role": "unreachable"}]  # fmt: skip
     raft = {
-        "a:1": {"available": True, "role": "leader", "term": 4, "commit_index": 100, "applied_index": 100},
-        "b:1": {"available": True, "role": "follower", "term": 4, "commit_index": 90, "applied_index": 80},
+        "a:1": {"available": True, "role": "leader", "term": 4, "commit": 100, "applied": 100, "leader_id": "m1"},
+        "b:1": {"available": True, "role": "follower", "term": 4, "commit": 90, "applied": 80, "leader_id": "m1"},
         "c:1": unavailable("raft_status: cannot connect"),
     }
     merged = merge_raft(masters, raft)
-    assert [(m["role"], m.get("term"), m.get("lag")) for m in merged] == [
-        ("leader", 4, 0), ("follower", 4, 20), ("unreachable", None, None),
+    assert [(m["role"], m.get("term"), m.get("applied"), m.get("lag")) for m in merged] == [
+        ("leader", 4, 100, 0), ("follower", 4, 80, 20), ("unreachable", None, None, None),
     ]  # fmt: skip
+    assert merged[1]["leader_id"] == "m1"
     assert merged[2]["raft"] == {"available": False, "reason": "raft_status: cannot connect"}
 
 

@@ -24,7 +24,8 @@ from mooseng.errors import FsError, QuietError
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("bytes_read_per_s", "bytes_written_per_s", "ops_per_s")
-RAFT_FIELDS = ("role", "term", "leader", "commit_index", "applied_index", "snapshot_index", "log_entries")
+# Fields of a raft_status reply copied onto the master's entry.
+RAFT_FIELDS = ("term", "commit", "applied", "leader_id", "log_entries", "snapshot_index")
 
 
 def unavailable(reason: str) -> dict:
@@ -65,16 +66,17 @@ def rates_view(rates: dict[str, float] | None, source: str) -> dict:
 
 
 def merge_raft(masters: list[dict], raft: dict[str, dict]) -> list[dict]:
-    """Each master's summary with its Raft role, term and lag (commit index of the cluster minus
-    what it applied); `raft` maps endpoint -> raft_status reply or unavailable(...)."""
-    commits = [r["commit_index"] for r in raft.values() if r.get("available") and isinstance(r.get("commit_index"), int)]
+    """Each master's summary with its Raft term, commit and applied index and lag (the highest
+    commit index of the group minus what this master applied); `raft` maps endpoint -> the
+    raft_status reply with available=True, or unavailable(...)."""
+    commits = [r["commit"] for r in raft.values() if r.get("available") and isinstance(r.get("commit"), int)]
     merged = []
     for m in masters:
         r = raft.get(m["endpoint"], unavailable("not asked"))
         entry = dict(m, raft=r)
         if r.get("available"):
-            entry.update({k: r[k] for k in RAFT_FIELDS if k in r and k != "role"})
-            applied = r.get("applied_index")
+            entry.update({k: r[k] for k in RAFT_FIELDS if k in r})
+            applied = r.get("applied")
             entry["lag"] = max(commits) - applied if commits and isinstance(applied, int) else None
         merged.append(entry)
     return merged

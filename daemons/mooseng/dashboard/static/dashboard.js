@@ -51,7 +51,7 @@ function renderMasters(masters) {
     const raft = m.raft || {};
     const tr = row([
       m.endpoint, m.node_id || "–", stateCell(m.role),
-      num(m.term), num(m.commit_index), num(m.applied_index), num(m.lag),
+      num(m.term), num(m.commit), num(m.applied), num(m.lag),
       el("td", raft.available ? "ok" : "unavailable" + (raft.reason ? ": " + raft.reason : ""), "note"),
     ], "master");
     tr.dataset.endpoint = m.endpoint;
