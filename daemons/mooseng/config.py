@@ -143,7 +143,7 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("listen", "addr", "127.0.0.1:8080", "MOOSENG_LISTEN", help="HTTP address; loopback unless set (Compose: 0.0.0.0:8080)"),
         Key("master_endpoints", "addrs", ["127.0.0.1:9421"], "MOOSENG_MASTER_ENDPOINTS", help="masters' client API, for status and raft_status"),
         Key("master_metrics", "addrs", ["127.0.0.1:9423"], "MOOSENG_MASTER_METRICS", help="masters' /metrics, for throughput and op rates"),
-        Key("sample_interval_s", "float", 2.0, "MOOSENG_SAMPLE_INTERVAL_S", min=0.2, max=60, help="how often the cluster is sampled"),
+        Key("sample_interval_s", "float", 5.0, "MOOSENG_SAMPLE_INTERVAL_S", min=0.2, max=60, help="how often the cluster is sampled (each sample: one status and one /metrics per master)"),
         Key("history_points", "int", 300, "MOOSENG_HISTORY_POINTS", min=10, max=100_000, help="samples kept for the charts"),
         Key("prometheus_url", "url", "", "MOOSENG_PROMETHEUS_URL", help="link shown on the page; empty: none"),
         Key("grafana_url", "url", "", "MOOSENG_GRAFANA_URL", help="link shown on the page; empty: none"),

@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import fuse_missing
-from mooseng.localcluster import AUTO_PORTS, LocalCluster
+from mooseng.localcluster import LocalCluster
 
 pytestmark = pytest.mark.fuse
 
@@ -173,24 +172,17 @@ def cli_status(master: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    reason = fuse_missing()
-    if reason:
-        pytest.skip(reason)
-    c = LocalCluster(tmp_path_factory.mktemp("mon-cluster"), masters=1, chunkservers=3, clients=1,
-                     port_base=AUTO_PORTS, env_extra={"MOOSENG_CHUNKSERVER_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S)})
-    try:
-        c.start()
-        top = c.mountpoint(1) / "load"
-        top.mkdir()
-        setclass = subprocess.run(
-            [sys.executable, "-m", "mooseng.cli.main", "--master", c.master_endpoints[0], "setclass", "fast", str(top)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert setclass.returncode == 0, setclass.stderr
-        yield c
-    finally:
-        c.stop()
+def cluster(module_cluster_factory):
+    c = module_cluster_factory(masters=1, chunkservers=3, clients=1,
+                               env_extra={"MOOSENG_CHUNKSERVER_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S)})
+    top = c.mountpoint(1) / "load"
+    top.mkdir()
+    setclass = subprocess.run(
+        [sys.executable, "-m", "mooseng.cli.main", "--master", c.master_endpoints[0], "setclass", "fast", str(top)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert setclass.returncode == 0, setclass.stderr
+    return c
 
 
 @pytest.fixture(scope="module")
