@@ -29,7 +29,7 @@ function human(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
   let i = 0;
   while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
+  return (i || (n > 0 && n < 10 && n % 1) ? n.toFixed(1) : Math.round(n)) + " " + units[i];
 }
 
 function bar(used, total) {
