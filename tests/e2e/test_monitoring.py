@@ -182,6 +182,7 @@ def cluster(module_cluster_factory):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert setclass.returncode == 0, setclass.stderr
+    (top / "first").write_bytes(os.urandom(1 << 20))  # each test can count on chunks in class fast
     return c
 
 
@@ -379,15 +380,28 @@ def test_dashboard_in_chromium_matches_mooseng_status(cluster, dashboard, tmp_pa
         links = {a: driver.find_element(By.ID, f"link-{a}").get_attribute("href") for a in ("prometheus", "grafana")}
         assert links["prometheus"].rstrip("/") == prometheus_url_of(dashboard)
         assert links["grafana"].startswith("http://grafana.example:3000")
-        # The charts have drawn sample history, not the "collecting samples" placeholder.
-        wait_for("chart history", lambda: len(get_json(dashboard + "/api/history")["points"]) >= 2, 20)
-        time.sleep(2.5)  # one poll of the page after that
+        # Live: under traffic the page's rates and the charts' history show the writes.
+        with Load(cluster.mountpoint(1) / "load"):
+            wait_for("the page to show write traffic",
+                     lambda: written_per_s(driver.find_element(By.ID, "rates").text) > 0, 30)  # fmt: skip
+            time.sleep(3)
+        points = get_json(dashboard + "/api/history")["points"]
+        assert any(p["bytes_written_per_s"] > 0 for p in points) and any(p["ops_per_s"] > 0 for p in points)
+        time.sleep(2.5)  # one more poll of the page, so the screenshot has the charts with the traffic
         shot = tmp_path / "dashboard.png"
         assert driver.save_screenshot(str(shot))
         assert not png_is_blank(shot.read_bytes()), f"blank screenshot {shot}"
         print(f"screenshot: {shot}")
     finally:
         driver.quit()
+
+
+def written_per_s(rates_text: str) -> float:
+    """Bytes per second in the page's 'now: read X/s, written Y/s, ...' line (0 if absent)."""
+    match = re.search(r"written ([\d.]+) (B|KiB|MiB|GiB)/s", rates_text)
+    if not match:
+        return 0.0
+    return float(match[1]) * 1024 ** ("B", "KiB", "MiB", "GiB").index(match[2])
 
 
 def prometheus_url_of(dashboard: str) -> str:
