@@ -7,6 +7,7 @@ the page shows what is known and says what is not.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -139,7 +140,7 @@ class Collector:
             try:
                 with urllib.request.urlopen(f"http://{addr}/metrics", timeout=self._timeout_s) as reply:
                     leader, counters = parse_counters(reply.read().decode())
-            except (OSError, ValueError) as exc:  # URLError is an OSError; a bad exposition a ValueError
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError is an OSError
                 log.debug("metrics of %s unreadable: %s", addr, exc)
                 continue
             answers.append((not leader, addr, counters))
