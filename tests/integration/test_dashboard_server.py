@@ -51,11 +51,37 @@ def one_line_error(status: int, ctype: str, body: str) -> str:
 
 
 @pytest.fixture
-def lonely_dashboard(tmp_path):
-    """A dashboard whose master and metrics addresses have nothing listening."""
+def garbage_metrics():
+    """host:port of a 'metrics endpoint' that answers every connection with something not HTTP."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:  # the timeout, to look at `stop`
+                continue
+            with conn:
+                conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.fixture
+def lonely_dashboard(tmp_path, garbage_metrics):
+    """A dashboard whose master address has nothing listening and whose metrics address answers garbage."""
     port, dead = free_port(), free_port()
     proc = run_dashboard(tmp_path, f'listen = "127.0.0.1:{port}"\nmaster_endpoints = ["127.0.0.1:{dead}"]\n'
-                                   f'master_metrics = ["127.0.0.1:{dead}"]\nsample_interval_s = 0.5\n')  # fmt: skip
+                                   f'master_metrics = ["{garbage_metrics}"]\nsample_interval_s = 0.5\n')  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
