@@ -13,8 +13,8 @@ an infinite response time and may return anything, so "never took effect" is the
 effect after everything else"; the memo treats a configuration as no better than one with the
 same completed operations and state but fewer pending ones, and the model settles what it can
 before the search (Model.reduce), which keeps unknown outcomes from multiplying the work. The
-history is first split by the names the operations touch
-(a rename couples two names), and each part is checked on its own: linearizability is local.
+history is first split by the names the operations touch (a rename couples two names), and
+each part is checked on its own: linearizability is local.
 A search that runs out of its time or step budget answers UNKNOWN instead of hanging.
 """
 
