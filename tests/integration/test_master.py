@@ -631,15 +631,28 @@ def test_metrics_endpoint(master):
     session = register(master, 1)
     heartbeat(master, 1, session, read=10, written=100)
     heartbeat(master, 1, session, read=15, written=400)
+    before = _metric(master.scrape(), "mooseng_raft_applied_index")
     master.ok("mkdir", parent=1, name=b"m", mode=0o755)
     text = master.scrape()
     assert "mooseng_raft_leader 1.0" in text
     assert 'mooseng_client_operations_total{op="mkdir"} 1.0' in text
     assert 'mooseng_operation_duration_seconds_count{op="mkdir"} 1.0' in text
-    assert "mooseng_metadata_log_index 1.0" in text
+    # One master is a Raft group of one: every mutation is one more committed, applied entry.
+    applied = _metric(text, "mooseng_raft_applied_index")
+    assert applied == before + 1 == _metric(text, "mooseng_raft_commit_index")
+    assert _metric(text, "mooseng_metadata_log_index") == applied
+    assert _metric(text, "mooseng_raft_term") >= 1 and _metric(text, "mooseng_raft_elections_total") >= 1
+    for name in ("mooseng_raft_log_entries", "mooseng_raft_snapshot_index", "mooseng_raft_leader_changes_total",
+                 "mooseng_raft_last_snapshot_timestamp_seconds"):
+        assert _metric(text, name) >= 0
     assert "mooseng_bytes_written_total 300.0" in text and "mooseng_bytes_read_total 5.0" in text
     assert 'mooseng_disk_bytes{disk="/d0",kind="free",server="1"}' in text
     assert 'mooseng_chunks{state="missing"} 0.0' in text
+
+
+def _metric(text: str, name: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 def test_port_in_use_is_one_line_and_exit_1(master, tmp_path):

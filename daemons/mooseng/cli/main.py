@@ -128,10 +128,19 @@ def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
     # The leader's answer if a probe reached it; else MasterClient finds it (or says none answers).
     status = next((s for _, s in probes if s is not None), None) or master.call("status")
     result = {"masters": masters, **status}
-    lines = ["masters:"]
+    # Lag: how far each master's applied index is behind the highest commit index any reports.
+    commit = max((m["commit"] for m in masters if "commit" in m), default=0)
     for m in masters:
-        role = m["role"] + (f" (leader: {m['leader']})" if m.get("leader") else "")
-        lines.append(f"  {m['endpoint']:<21} {m.get('node_id', '-'):<12} {role}")
+        if "applied" in m:
+            m["lag"] = max(0, commit - m["applied"])
+    lines = ["masters:", f"  {'ENDPOINT':<21} {'NODE':<12} {'ROLE':<10} {'TERM':>6} {'APPLIED':>9} {'LAG':>6}"]
+    for m in masters:
+        if m["role"] == "unreachable":
+            lines.append(f"  {m['endpoint']:<21} {'-':<12} unreachable")
+            continue
+        lines.append(
+            f"  {m['endpoint']:<21} {m['node_id']:<12} {m['role']:<10} {m['term']:>6} {m['applied']:>9} {m['lag']:>6}"
+        )
     servers = status["chunkservers"]
     alive = sum(1 for s in servers if s["state"] == "alive")
     lines.append(f"chunkservers: {alive} alive, {len(servers) - alive} down")
@@ -232,20 +241,22 @@ COMMANDS = {
 
 def probe_master(endpoint: str, timeout_s: float = 2.0) -> tuple[dict, dict | None]:
     """Ask one master directly, without following a redirect (MasterClient would, and hide the
-    follower): ({endpoint, role: leader | follower | unreachable, ...}, its status or None)."""
+    follower): ({endpoint, node_id, role: leader | follower | ... | unreachable, term, commit,
+    applied, leader}, its `status` if it is the leader, else None)."""
     client = rpc.Client(endpoint, timeout_s=timeout_s, connect_timeout_s=timeout_s)
     try:
-        reply, _ = client.call("meta", {"op": "status", "args": {}})
+        raft, _ = client.call("raft_status", {})
+        status = None
+        if raft["role"] == "leader":
+            reply, _ = client.call("meta", {"op": "status", "args": {}})
+            status = reply["result"] if not reply["errno"] and not reply["leader"] else None
     except rpc.RpcError:
         return {"endpoint": endpoint, "role": "unreachable"}, None
     finally:
         client.close()
-    if reply["leader"]:
-        return {"endpoint": endpoint, "role": "follower", "leader": reply["leader"]}, None
-    if reply["errno"]:
-        return {"endpoint": endpoint, "role": f"error: {reply['message']}"}, None
-    status = reply["result"]
-    return {"endpoint": endpoint, "role": status["master"]["role"], "node_id": status["master"]["node_id"]}, status
+    summary = {"endpoint": endpoint, "node_id": raft["node_id"], "role": raft["role"], "term": raft["term"],
+               "commit": raft["commit"], "applied": raft["applied"], "leader": raft["leader_id"]}
+    return summary, status
 
 
 def human(n: float) -> str:

@@ -33,6 +33,7 @@ from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
 from mooseng.master import placement
 from mooseng.master.classes import CLASSES
+from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
 from mooseng.master.registry import ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server, STATES
@@ -106,6 +107,7 @@ CHUNK_REFS = Kind(
 )
 
 QUERY, MUTATION = "query", "mutation"
+_VERSION_OPS = ("write_chunk", "setattr")  # ops that may ask chunkservers to take a new version
 
 
 @dataclass(frozen=True)
@@ -226,14 +228,17 @@ class MasterService:
         metrics: MasterMetrics,
         node_id: str,
         rng: random.Random | None = None,
+        raft_status: Callable[[], dict] | None = None,
     ):
         self._store = store
+        self._raft_status = raft_status
         self._registry = registry
         self._metrics = metrics
         self._node_id = node_id
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
+        self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
         self._stop = threading.Event()
@@ -254,7 +259,23 @@ class MasterService:
             "meta": self._meta,
             "register": self._register,
             "heartbeat": self._heartbeat,
+            "raft_status": self._raft_status_rpc,
         }
+
+    def is_leader(self) -> bool:
+        """Whether this master leads now; only the leader serves clients and chunkservers, and
+        components that act on the cluster (replication) gate on this."""
+        return self._store.is_leader()
+
+    def _not_leader(self, what: str, leader: str) -> rpc.RpcError:
+        where = f"; the leader is {leader}" if leader else "; no leader is known yet"
+        return rpc.RpcError(rpc.UNAVAILABLE, f"{what}: master {self._node_id} is not the leader{where}")
+
+    def _raft_status_rpc(self, params: dict, data, peer: str) -> dict:
+        """raft_status{} -> node id, role, term, commit, applied, leader, peers (match on the leader)."""
+        if self._raft_status is None:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "this master runs without raft")
+        return self._raft_status()
 
     # --- lifecycle ---
 
@@ -306,7 +327,16 @@ class MasterService:
         op = params["op"]
         args = {k: v for k, v in params["args"].items() if v is not None}  # nil optional args: the default
         ctx = {"uid": params.get("uid") or 0, "gid": params.get("gid") or 0, "gids": params.get("gids") or []}
+        if not self._store.is_leader():
+            return self._redirect(self._store.leader_address())
+        self._request.client_id, self._request.seq = params.get("client_id") or 0, params.get("seq") or 0
         try:
+            if op in _VERSION_OPS and self._request.client_id:
+                # A retry of an op that moves chunk versions must not move them again.
+                done = self._store.recorded(self._request.client_id, self._request.seq)
+                if done is not None:
+                    return {"errno": done[0], "message": done[1] if done[0] else "",
+                            "result": None if done[0] else done[1], "leader": ""}
             handler = self._ops.get(op)
             if handler is not None:
                 result = handler(args, ctx)
@@ -314,6 +344,8 @@ class MasterService:
                 result = self._submit(op, args, ctx)
             else:
                 result = self._store.query(op, args, ctx)
+        except NotLeader as exc:
+            return self._redirect(exc.leader)
         except FsError as exc:
             return {"errno": exc.errno, "message": exc.message, "result": None, "leader": ""}
         except Exception:
@@ -321,9 +353,18 @@ class MasterService:
             raise rpc.RpcError(rpc.INTERNAL, f"{op}: internal error in the master (see its log)") from None
         return {"errno": 0, "message": "", "result": result, "leader": ""}
 
+    def _redirect(self, leader: str) -> dict:
+        """Send the client to the leader; with none known, UNAVAILABLE makes it try the others."""
+        if leader:
+            return {"errno": 0, "message": "", "result": None, "leader": leader}
+        raise self._not_leader("meta", "")
+
     def _submit(self, op: str, args: dict, ctx: dict):
-        """Log and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
-        result = self._store.submit({"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()})
+        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
+        entry = {"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()}
+        if self._request.client_id:
+            entry["client_id"], entry["seq"] = self._request.client_id, self._request.seq
+        result = self._store.submit(entry)
         if type(result) is dict and result.get("freed"):
             with self._lock:
                 self._registry.recheck(result["freed"])
@@ -536,7 +577,8 @@ class MasterService:
             servers = [_server_status(s, now) for s in self._registry.servers()]
             cap = self._registry.capacity()
         return {
-            "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata},
+            "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata,
+                       "raft": self._raft_status() if self._raft_status is not None else None},
             "chunkservers": servers,
             "chunks": {"total": len(table), "by_class": by_class},
             "inodes": inodes,
@@ -573,9 +615,11 @@ class MasterService:
             ]
             bytes_read, bytes_written = self._registry.bytes_read, self._registry.bytes_written
             alive = sum(1 for s in servers if s.alive)
+        raft = self._raft_status() if self._raft_status is not None else {}
         return Gauges(
-            leader=True,
+            leader=self._store.is_leader(),
             log_index=index,
+            raft=raft,
             chunks_total=len(table),
             chunk_states={state: sum(c[state] for c in by_class.values()) for state in STATES},
             chunkservers={"alive": alive, "down": len(servers) - alive},
@@ -588,6 +632,8 @@ class MasterService:
 
     def _register(self, params: dict, data, peer: str) -> dict:
         """register{cluster_id, server_id, address, disks, chunks} -> {session}."""
+        if not self._store.is_leader():
+            raise self._not_leader("register", self._store.leader_address())
         try:
             _check("register", REGISTER, params)
             if params["server_id"] == 0:
@@ -621,6 +667,8 @@ class MasterService:
     def _heartbeat(self, params: dict, data, peer: str) -> dict:
         """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written}
         -> {reregister, delete: [{chunk_id, version, disk (None: not known)}]}."""
+        if not self._store.is_leader():
+            raise self._not_leader("heartbeat", self._store.leader_address())
         try:
             _check("heartbeat", HEARTBEAT, params)
         except ValueError as exc:
