@@ -5,6 +5,8 @@ Files in data_dir:
                  ["E", [[term, index, type, data], ...]]  entries; they replace every stored entry
                                                           from the first one's index on
                  ["H", term, vote, commit]                the HardState from here on
+                 ["C", index, term]                       the log starts after entry index (of
+                                                          that term): written first by compaction
   raft.snap      newest snapshot: header (magic, index, term, length, crc32) + msgpack
                  [voters, data] (data: the state machine's dump, see metastore.MetaState)
   raft.log.tmp, raft.snap.tmp   being written; removed at open
@@ -240,7 +242,8 @@ class RaftStorage(MemoryStorage):
     def _load(self) -> None:
         snap = self._read_snapshot()
         if snap is not None:
-            self.apply_snapshot(snap)
+            self._snapshot = snap
+            self._ents = [Entry(snap.term, snap.index)]
             self.set_hard_state(HardState(snap.term, 0, snap.index))
         path = self._path(LOG)
         try:
@@ -253,11 +256,17 @@ class RaftStorage(MemoryStorage):
         for rec in records:
             if rec[0] == "H":
                 hard = HardState(rec[1], rec[2], rec[3])
+            elif rec[0] == "C":
+                self._ents = [Entry(rec[2], rec[1])]
             else:
                 ents = [Entry(t, i, EntryType(ty), bytes(d)) for t, i, ty, d in rec[1]]
                 if ents and ents[0].index > self.last_index() + 1:
                     raise StorageError(f"{path}: entry {ents[0].index} follows {self.last_index()}; the log has a gap")
                 self.append(ents)
+        if snap is not None and not (self.first_index() - 1 <= snap.index <= self.last_index()
+                                     and self.term(snap.index) == snap.term):
+            # A crash between writing a received snapshot and rewriting the log: the snapshot wins.
+            self._ents = [Entry(snap.term, snap.index)]
         # The commit index is written lazily; never past what the log holds.
         self.set_hard_state(HardState(hard.term, hard.vote, min(max(hard.commit, self.first_index() - 1), self.last_index())))
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -299,7 +308,7 @@ class RaftStorage(MemoryStorage):
     def _rewrite_log(self) -> None:
         """The log file as the stored state now is: one HardState, the entries after the snapshot."""
         first, last = self.first_index(), self.last_index()
-        body = _hard_rec(self.initial_state()[0])
+        body = frame(wire.pack(["C", first - 1, self.term(first - 1)])) + _hard_rec(self.initial_state()[0])
         if last >= first:
             ents = self.entries(first, last + 1, None)
             body += frame(wire.pack(["E", [_entry_rec(e) for e in ents]]))

@@ -180,6 +180,7 @@ class RaftNode:
         self.leader_changes = 0
         self.api_addrs: dict[int, str] = {self.id: api_addr}  # learnt from peers' messages
         self.progress: dict[int, int] = {}
+        self._serving_from = 0  # leader: applied index from which it may serve
 
     # --- life cycle ---
 
@@ -220,7 +221,9 @@ class RaftNode:
     # --- what the service and the transport call (any thread) ---
 
     def is_leader(self) -> bool:
-        return self.role is Role.LEADER and self.failure is None
+        """Leader, and its state holds everything committed before its term (it has applied its
+        own first entry): only then may the service read its state and decide on it."""
+        return self.role is Role.LEADER and self.applied >= self._serving_from and self.failure is None
 
     def leader_api(self) -> str:
         if self.lead == NONE or self.lead == self.id:
@@ -410,6 +413,8 @@ class RaftNode:
             self.leader_changes += 1
             log.info("leader is now %s (term %d)", self._name_of(ss.lead), self.node.raft.term)
         was_leader = self.role is Role.LEADER
+        if ss.role is Role.LEADER and not was_leader:
+            self._serving_from = self.node.raft.raft_log.last_index()  # this term's no-op entry
         self.role, self.lead = ss.role, ss.lead
         if was_leader and ss.role is not Role.LEADER:
             self.progress = {}
