@@ -226,8 +226,10 @@ class RaftNode:
         return self.role is Role.LEADER and self.applied >= self._serving_from and self.failure is None
 
     def leader_api(self) -> str:
+        """The client api address of another master that leads; "" if none is known (or this
+        one leads but cannot serve yet: the caller should retry)."""
         if self.lead == NONE or self.lead == self.id:
-            return "" if self.lead == NONE else self.api_addr
+            return ""
         return self.api_addrs.get(self.lead, "")
 
     def propose(self, data: bytes):
