@@ -602,7 +602,10 @@ class _Sender:
                 self._client.call("raft", {**base, "msgs": [encode_msg(m) for m in batch]}, data)
             except rpc.RpcError as exc:
                 if not self._down:
-                    log.warning("raft: cannot reach %s at %s: %s", self.name, self.addr, exc.message)
+                    if exc.status == rpc.FAILED_PRECONDITION:
+                        log.error("raft: %s at %s refused our messages: %s", self.name, self.addr, exc)
+                    else:
+                        log.warning("raft: cannot reach %s at %s: %s", self.name, self.addr, exc.message)
                     self._down = True
                 node.report("unreachable", self.rid)
                 if snap is not None:
