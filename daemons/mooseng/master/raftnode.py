@@ -11,8 +11,15 @@ is applied, its waiter gets the result. If this node stops leading, its waiters 
 their entries may still commit, which is why clients retry with the same (client_id, seq) and the
 state machine deduplicates.
 
-Reads: every read waiting at a turn shares one ReadIndex request; they are answered once the
-applied index reaches the read index (Raft thesis §6.4). See DESIGN.md for why not leases.
+Reads (Raft thesis §6.4): the leader keeps a lease. Every ReadIndex round it runs (one per tick,
+and one for each turn's waiting reads while it has no lease) proves that a quorum still followed
+it when the round started; no other leader can then be elected for (election_tick - 1) ticks,
+since followers ignore vote requests that long after hearing from their leader (check-quorum
+stickiness). While that time, cut by LEASE_MARGIN for clock rate differences, has not passed,
+the leader reads its own state at once: it applied every entry it acknowledged, and everything
+committed before its term. Without a lease, reads wait for a ReadIndex round and the applied
+index. Leadership transfer and membership changes (both can elect without stickiness) suspend
+the lease for two election timeouts. DESIGN.md has the measurements behind this choice.
 
 Transport (RaftTransport): one rpc.Server on raft_listen with the method `raft`, and one sender
 thread per peer that sends every message queued for that peer in one call:
@@ -63,6 +70,7 @@ HEARTBEAT_TICK = 1
 PROPOSAL_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 1.0  # a peer that does not take a batch in this time is reported unreachable
+LEASE_MARGIN = 0.9  # fraction of the stickiness time a lease lasts
 SNAPSHOT_KEEP = 1000
 MAX_QUEUED = 10_000  # messages waiting for one peer  # entries kept behind a snapshot, for followers slightly behind
 
@@ -179,8 +187,13 @@ class RaftNode:
         self.elections = 0
         self.leader_changes = 0
         self.api_addrs: dict[int, str] = {self.id: api_addr}  # learnt from peers' messages
-        self.progress: dict[int, int] = {}
+        self.progress: dict[int, int] = {}  # leader: match index per member, as of status()
         self._serving_from = 0  # leader: applied index from which it may serve
+        self._lease_s = (election_tick - 1) * tick_s * LEASE_MARGIN
+        self._lease_until = 0.0  # monotonic; reads are served locally before it
+        self._no_lease_until = 0.0  # no lease before this (after a transfer or conf change)
+        self._read_issued: dict[bytes, float] = {}  # ReadIndex context -> when it was requested
+        self.lease_reads = self.index_reads = 0  # reads served each way, for the benchmark
 
     # --- life cycle ---
 
@@ -239,6 +252,10 @@ class RaftNode:
 
     def read_barrier(self) -> None:
         """Return once this node's state holds every write acknowledged before the call."""
+        if self.is_leader() and self._no_lease_until < time.monotonic() < self._lease_until:
+            self.lease_reads += 1
+            return
+        self.index_reads += 1
         waiter = _Waiter()
         self._inbox.put(("read", waiter))
         self._wait(waiter, READ_TIMEOUT_S, "no read index in time")
@@ -289,6 +306,8 @@ class RaftNode:
                 if now >= next_tick:
                     node.tick()
                     next_tick = now + self.tick_s
+                    if self.role is Role.LEADER:
+                        self._request_read([])  # renew the lease
                 while node.has_ready():
                     self._handle_ready(node.ready())
         except LogWriteError as exc:
@@ -337,6 +356,7 @@ class RaftNode:
                 w.done(False, err)
             return
         self._reads[ctx] = waiters
+        self._read_issued[ctx] = time.monotonic()
 
     def _api_of(self, node: int) -> str:
         return self.api_addrs.get(node, "") if node != NONE else ""
@@ -361,14 +381,15 @@ class RaftNode:
         for entry in rd.committed_entries:
             self._apply(entry)
         for rs in rd.read_states:
+            issued = self._read_issued.pop(rs.context, None)
+            if issued is not None and self.role is Role.LEADER:
+                self._lease_until = max(self._lease_until, issued + self._lease_s)
             for w in self._reads.pop(rs.context, ()):
                 w.index = rs.index
                 self._read_ready.append(w)
         if self._read_ready:
             self._release_reads()
         node.advance(rd)
-        if self.role is Role.LEADER:
-            self.progress = {n: p.match for n, p in node.status().progress.items()}
         if self.snapshot_every and self.applied - self.storage.snapshot().index >= self.snapshot_every:
             self.take_snapshot()
 
@@ -383,6 +404,7 @@ class RaftNode:
                 else:
                     self.state.members.pop(cc.node_id, None)
             self.transport.update_members(self.state.members)
+            self.suspend_lease()
             log.info("membership changed at index %d: %s %s", entry.index, cc.type.name, cc.context.decode() or cc.node_id)
             if cc.type is ConfChangeType.REMOVE_VOTER and cc.node_id == self.id:
                 log.warning("this master was removed from the cluster; it no longer takes part")
@@ -415,11 +437,11 @@ class RaftNode:
             self.leader_changes += 1
             log.info("leader is now %s (term %d)", self._name_of(ss.lead), self.node.raft.term)
         was_leader = self.role is Role.LEADER
+        self._lease_until = 0.0
         if ss.role is Role.LEADER and not was_leader:
             self._serving_from = self.node.raft.raft_log.last_index()  # this term's no-op entry
         self.role, self.lead = ss.role, ss.lead
         if was_leader and ss.role is not Role.LEADER:
-            self.progress = {}
             self._fail_proposals()
 
     def _name_of(self, node: int) -> str:
@@ -434,9 +456,15 @@ class RaftNode:
         waiters = list(self._proposals.values()) + self._read_ready
         for ws in self._reads.values():
             waiters += ws
-        self._proposals, self._reads, self._read_ready = {}, {}, []
+        self._proposals, self._reads, self._read_ready, self._read_issued = {}, {}, [], {}
         for w in waiters:
             w.done(False, err)
+
+    def suspend_lease(self) -> None:
+        """A new voter, or a transferee, may win an election without waiting out stickiness:
+        no lease reads until that is over (loop thread)."""
+        self._lease_until = 0.0
+        self._no_lease_until = time.monotonic() + 2 * self.election_tick * self.tick_s
 
     def take_snapshot(self) -> Snapshot:
         """Snapshot the state machine at the applied index and compact the log (loop thread, or
@@ -452,6 +480,10 @@ class RaftNode:
 
     def status(self) -> dict:
         members = self.state.members
+        try:
+            self.progress = self.call(lambda node: {n: p.match for n, p in node.status().progress.items()}, 1.0)
+        except NotLeader:
+            pass  # the loop is busy or gone: the last known figures
         return {
             "node_id": self.name,
             "raft_id": self.id,
