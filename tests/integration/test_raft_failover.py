@@ -229,20 +229,20 @@ def test_frozen_leader_acknowledges_nothing_and_steps_down_quietly(masters):
         # A write sent straight to the frozen leader, answered only after it thaws.
         direct: dict = {}
 
-        def send_direct():
+        def send_direct(key: str, op: str, args: dict):
             client = rpc.Client(old_api, timeout_s=30)
             try:
-                direct["reply"] = client.call(
-                    "meta", {"op": "mknod", "args": {"parent": ROOT, "name": b"to-frozen", "mode": stat.S_IFREG | 0o644},
-                             "client_id": 99, "seq": 1},
-                )[0]
+                direct[key] = client.call("meta", {"op": op, "args": args, "client_id": 99, "seq": 1})[0]
             except rpc.RpcError as exc:
-                direct["error"] = exc
+                direct[key] = exc
             finally:
                 client.close()
 
-        sender = threading.Thread(target=send_direct, daemon=True)
-        sender.start()
+        write = threading.Thread(
+            target=send_direct, args=("write", "mknod", {"parent": ROOT, "name": b"to-frozen", "mode": stat.S_IFREG | 0o644}),
+            daemon=True,
+        )
+        write.start()
         # The followers redirect to the frozen leader until they notice it is gone, and a client
         # that follows waits out its attempt timeout there; what must be quick is the new leader.
         new = leader_other_than(masters, old, stopped + FAILOVER_LIMIT_S)
@@ -250,12 +250,24 @@ def test_frozen_leader_acknowledges_nothing_and_steps_down_quietly(masters):
         assert took < FAILOVER_LIMIT_S, f"no write acknowledged {took:.2f} s after the leader froze"
         term = raft_status(masters, new)["term"]
         wait_for_acks(work, time.monotonic())
+        # A name made by the new leader, then looked up at the frozen one: a stale read would miss it.
+        first_write_after([masters.node(new).addr("api")], time.monotonic())
+        made = MasterClient([masters.node(new).addr("api")], timeout_s=10)
+        made.call("mknod", {"parent": ROOT, "name": b"after-freeze", "mode": stat.S_IFREG | 0o644})
+        made.close()
+        read = threading.Thread(target=send_direct, args=("read", "lookup", {"parent": ROOT, "name": b"after-freeze"}),
+                                daemon=True)  # fmt: skip
+        read.start()
+        time.sleep(0.2)
         os.kill(masters.node(old).pid, signal.SIGCONT)
-        sender.join(30)
-        assert not sender.is_alive()
-        # The thawed node did not acknowledge the write it received while cut off...
-        reply = direct.get("reply")
-        assert reply is None or reply["leader"] or reply["errno"], f"frozen leader acknowledged a write: {reply}"
+        write.join(30)
+        read.join(30)
+        assert not write.is_alive() and not read.is_alive()
+        # The thawed node did not acknowledge the write it received while cut off, nor serve a stale read...
+        reply = direct["write"]
+        assert isinstance(reply, rpc.RpcError) or reply["leader"] or reply["errno"], f"acknowledged: {reply}"
+        reply = direct["read"]
+        assert isinstance(reply, rpc.RpcError) or reply["leader"] or reply["errno"] == 0, f"stale read: {reply}"
         wait_for_acks(work, time.monotonic())
         # ... and rejoins as a follower without an election: same leader, same term.
         assert masters.leader() == new and raft_status(masters, new)["term"] == term
