@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mooseng import rpc
+from mooseng.client.masterclient import MasterClient
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +38,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_master(tmp_path: Path, name: str, cluster_id: str, peers: str, node_id: str) -> tuple[subprocess.Popen, Path]:
+def spawn_master(tmp_path: Path, name: str, cluster_id: str, peers: str, node_id: str,
+                 **extra: str) -> tuple[subprocess.Popen, Path]:  # fmt: skip
     """A master process configured through MOOSENG_* only; its log file."""
     data = tmp_path / name
     data.mkdir(exist_ok=True)
@@ -47,7 +49,7 @@ def spawn_master(tmp_path: Path, name: str, cluster_id: str, peers: str, node_id
     env.update(
         PYTHONPATH=str(REPO / "daemons"), MOOSENG_NODE_ID=node_id, MOOSENG_CLUSTER_ID=cluster_id,
         MOOSENG_RAFT_PEERS=peers, MOOSENG_DATA_DIR=str(data), MOOSENG_LISTEN=f"127.0.0.1:{free_port()}",
-        MOOSENG_RAFT_LISTEN=raft, MOOSENG_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+        MOOSENG_RAFT_LISTEN=raft, MOOSENG_METRICS_LISTEN=f"127.0.0.1:{free_port()}", **extra,
     )  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mooseng.master.main"], stdout=out, stderr=subprocess.STDOUT,
@@ -165,3 +167,60 @@ def test_bad_raft_peers_is_a_one_line_config_error(tmp_path, peers, node_id, mes
     assert proc.wait(30) == 2
     lines = log.read_text().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+def mooseng(endpoints: list[str], *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mooseng.cli.main", "--master", ",".join(endpoints), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemons")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_add_transfer_remove_a_master_through_the_cli(tmp_path):
+    cluster = LocalCluster(tmp_path / "c", masters=3, chunkservers=1, clients=0, port_base=AUTO_PORTS)
+    newcomer = None
+    try:
+        cluster.start()
+        endpoints = cluster.master_endpoints
+        client = MasterClient(endpoints, timeout_s=20)
+        for i in range(30):
+            client.call("mkdir", {"parent": 1, "name": b"d%d" % i, "mode": 0o755})
+        client.close()
+        raft4 = f"127.0.0.1:{free_port()}"
+        peers = ",".join(f"{n.name}={n.addr('raft')}" for n in cluster.nodes if n.kind == "master")
+        newcomer, log4 = spawn_master(tmp_path, "m4", "mooseng", f"{peers},master-4={raft4}", "master-4",
+                                      MOOSENG_RAFT_JOIN="1")  # fmt: skip
+        wait_for(lambda: "serving on" in log4.read_text(), "master-4 to start")
+        addr4 = log4.read_text().split("serving on ")[1].split(",")[0]
+
+        done = mooseng(endpoints, "master", "add", f"master-4={raft4}")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"added master-4 ({raft4})"
+        leader = cluster.leader()
+        wait_for(lambda: raft_status(addr4)["applied"] >= raft_status(cluster.node(leader).addr("api"))["commit"]
+                 and raft_status(addr4)["role"] == "follower", "master-4 to catch up (snapshot, then log)")
+        assert "master-4" in {p["node_id"] for p in raft_status(cluster.node(leader).addr("api"))["peers"]}
+
+        again = mooseng(endpoints, "master", "add", f"master-4={raft4}")
+        assert again.returncode == 1 and "already a member" in again.stderr, again.stderr
+
+        moved = mooseng(endpoints + [addr4], "master", "transfer-leader", "master-4")
+        assert moved.returncode == 0, moved.stderr
+        assert raft_status(addr4)["role"] == "leader"
+        client = MasterClient([addr4], timeout_s=20)
+        assert len(client.call("readdir", {"ino": 1, "offset": 0, "limit": 100})) == 30
+        client.call("mkdir", {"parent": 1, "name": b"on-4", "mode": 0o755})
+        client.close()
+
+        gone = mooseng(endpoints + [addr4], "master", "remove", leader)
+        assert gone.returncode == 0, gone.stderr
+        members = {p["node_id"] for p in raft_status(addr4)["peers"]}
+        assert members == {"master-1", "master-2", "master-3", "master-4"} - {leader}
+        cluster.kill(leader)  # removed: the other three go on without it
+        client = MasterClient(endpoints + [addr4], timeout_s=20)
+        client.call("mkdir", {"parent": 1, "name": b"after-remove", "mode": 0o755})
+        assert len(client.call("readdir", {"ino": 1, "offset": 0, "limit": 100})) == 32
+        client.close()
+    finally:
+        if newcomer is not None:
+            stop(newcomer)
+        cluster.stop()

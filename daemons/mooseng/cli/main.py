@@ -227,8 +227,33 @@ def cmd_classes(master: Master, args) -> tuple[list, list[str]]:
     return classes, lines
 
 
+def cmd_master(master: Master, args) -> tuple[dict, list[str]]:
+    """master add NAME=HOST:PORT | remove NAME | transfer-leader NAME: sent to the leader."""
+    if args.action == "add":
+        name, sep, address = args.node.partition("=")
+        if not sep or not name:
+            raise QuietError(f"master add: expected NAME=HOST:PORT (the new master's raft address), got {args.node!r}", 2)
+    else:
+        name, address = args.node, ""
+    action = {"add": "add", "remove": "remove", "transfer-leader": "transfer"}[args.action]
+    leader = next((s for s, _ in (probe_master(ep) for ep in master.endpoints) if s["role"] == "leader"), None)
+    if leader is None:
+        raise QuietError(f"no master among {','.join(master.endpoints)} leads right now; retry")
+    client = rpc.Client(leader["endpoint"], timeout_s=max(args.timeout, 15.0))
+    try:
+        client.call("raft_admin", {"action": action, "node_id": name, "address": address})
+    except rpc.RpcError as exc:
+        raise QuietError(f"master {args.action} {args.node}: {exc.message}") from None
+    finally:
+        client.close()
+    done = {"add": f"added {name} ({address})", "remove": f"removed {name}",
+            "transfer-leader": f"{name} leads now"}[args.action]  # fmt: skip
+    return {"action": args.action, "node_id": name, "address": address, "leader_was": leader["node_id"]}, [done]
+
+
 COMMANDS = {
     "status": cmd_status,
+    "master": cmd_master,
     "fileinfo": cmd_fileinfo,
     "getclass": cmd_getclass,
     "setclass": cmd_setclass,
@@ -292,6 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("sclass", metavar="CLASS")
     p.add_argument("path", metavar="PATH")
     sub.add_parser("classes", parents=[common], help="the storage classes")
+    p = sub.add_parser("master", parents=[common], help="change the Raft group: add/remove a master, move leadership")
+    p.add_argument("action", choices=("add", "remove", "transfer-leader"))
+    p.add_argument("node", metavar="NAME[=HOST:PORT]", help="master node id; for add, =its raft address")
     args = parser.parse_args(argv)
     endpoints = [e.strip() for e in args.master.split(",") if e.strip()]
     for endpoint in endpoints:

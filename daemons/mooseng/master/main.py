@@ -5,6 +5,7 @@ unusable) or its metadata log fails while running, 2 for a configuration error.
 """
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -64,7 +65,8 @@ def serve(cfg) -> int:
     # Sessions start from the wall clock so that sessions from an earlier run are never reused.
     registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
     master_metrics = MasterMetrics()
-    service = MasterService(store, registry, master_metrics, cfg.node_id, raft_status=node.status)
+    service = MasterService(store, registry, master_metrics, cfg.node_id, raft_status=node.status,
+                            raft_admin=functools.partial(_admin, node))  # fmt: skip
     # Bound before the (possibly long) recovery so that a clash fails at once; requests wait in
     # the listen backlog until server.start().
     try:
@@ -111,6 +113,18 @@ def serve(cfg) -> int:
     metrics_server.shutdown()
     log.info("stopped")
     return exitcode
+
+
+def _admin(node: raftnode.RaftNode, action: str, name: str, address: str) -> None:
+    """`mooseng master add|remove|transfer-leader` arrive here (on the leader)."""
+    if action == "add":
+        if not address:
+            raise ValueError("add needs the new master's raft address (NAME=HOST:PORT)")
+        node.add_member(name, address)
+    elif action == "remove":
+        node.remove_member(name)
+    else:
+        node.transfer_leadership(name)
 
 
 if __name__ == "__main__":

@@ -460,6 +460,56 @@ class RaftNode:
         for w in waiters:
             w.done(False, err)
 
+    # --- membership and leadership (admin requests, any thread) ---
+
+    def add_member(self, name: str, addr: str, timeout_s: float = 10.0) -> None:
+        """Add a voter (one change at a time); returns once the change is applied here."""
+        wire.parse_addr(addr)
+        rid = raft_id(name)
+        if rid in self.state.members:
+            raise ValueError(f"{name!r} is already a member")
+        self._change(ConfChange(ConfChangeType.ADD_VOTER, rid, f"{name}={addr}".encode()), lambda: rid in self.conf_state.voters, timeout_s)
+
+    def remove_member(self, name: str, timeout_s: float = 10.0) -> None:
+        rid = raft_id(name)
+        if rid not in self.state.members:
+            raise ValueError(f"{name!r} is not a member")
+        if len(self.conf_state.voters) <= 1:
+            raise ValueError("cannot remove the last member")
+        self._change(ConfChange(ConfChangeType.REMOVE_VOTER, rid), lambda: rid not in self.conf_state.voters, timeout_s)
+
+    def transfer_leadership(self, name: str, timeout_s: float = 10.0) -> None:
+        """Hand leadership to member `name`; returns once it leads (as this node sees it)."""
+        rid = raft_id(name)
+        if rid not in self.conf_state.voters:
+            raise ValueError(f"{name!r} is not a member")
+
+        def start(node):
+            self.suspend_lease()
+            node.transfer_leader(rid)
+
+        self._admin(start)
+        self._await(lambda: self.lead == rid, timeout_s, f"{name} did not take over")
+
+    def _change(self, cc: ConfChange, done, timeout_s: float) -> None:
+        self._admin(lambda node: node.propose_conf_change(cc))
+        self._await(done, timeout_s, "the membership change was not applied")
+
+    def _admin(self, fn) -> None:
+        if not self.is_leader():
+            raise NotLeader("membership and leadership changes go to the leader", self.leader_api())
+        try:
+            self.call(fn)
+        except ProposalDropped as exc:
+            raise NotLeader(f"refused: {exc} (one change at a time)", self._api_of(exc.lead)) from None
+
+    def _await(self, cond, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not cond():
+            if time.monotonic() > deadline:
+                raise NotLeader(f"{what} within {timeout_s:g} s", self.leader_api())
+            time.sleep(0.02)
+
     def suspend_lease(self) -> None:
         """A new voter, or a transferee, may win an election without waiting out stickiness:
         no lease reads until that is over (loop thread)."""

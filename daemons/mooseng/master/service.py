@@ -155,6 +155,7 @@ META = Op(QUERY, {"op": STR, "args": ANY}, {"client_id": UINT, "seq": UINT, "uid
 REGISTER = Op(
     QUERY, {"cluster_id": STR, "server_id": U32, "address": STR, "disks": DISKS, "chunks": CHUNK_REFS}
 )
+RAFT_ADMIN = Op(QUERY, {"action": STR, "node_id": STR}, {"address": STR})
 HEARTBEAT = Op(
     QUERY,
     {"server_id": U32, "session": UINT, "disks": DISKS, "added": CHUNK_REFS, "removed": CHUNK_REFS,
@@ -229,9 +230,11 @@ class MasterService:
         node_id: str,
         rng: random.Random | None = None,
         raft_status: Callable[[], dict] | None = None,
+        raft_admin: Callable[[str, str, str], None] | None = None,
     ):
         self._store = store
         self._raft_status = raft_status
+        self._raft_admin = raft_admin
         self._registry = registry
         self._metrics = metrics
         self._node_id = node_id
@@ -260,6 +263,7 @@ class MasterService:
             "register": self._register,
             "heartbeat": self._heartbeat,
             "raft_status": self._raft_status_rpc,
+            "raft_admin": self._raft_admin_rpc,
         }
 
     def is_leader(self) -> bool:
@@ -270,6 +274,25 @@ class MasterService:
     def _not_leader(self, what: str, leader: str) -> rpc.RpcError:
         where = f"; the leader is {leader}" if leader else "; no leader is known yet"
         return rpc.RpcError(rpc.UNAVAILABLE, f"{what}: master {self._node_id} is not the leader{where}")
+
+    def _raft_admin_rpc(self, params: dict, data, peer: str) -> dict:
+        """raft_admin{action: add|remove|transfer, node_id, address?} on the leader -> {}."""
+        try:
+            _check("raft_admin", RAFT_ADMIN, params)
+            if params["action"] not in ("add", "remove", "transfer"):
+                raise ValueError(f"raft_admin: unknown action {params['action']!r:.40}")
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        if self._raft_admin is None:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "this master runs without raft")
+        try:
+            self._raft_admin(params["action"], params["node_id"], params.get("address") or "")
+        except NotLeader as exc:
+            raise self._not_leader(f"raft_admin: {exc}", exc.leader) from None
+        except ValueError as exc:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, f"raft_admin: {exc}") from None
+        log.info("raft_admin %s %s %s from %s: done", params["action"], params["node_id"], params.get("address") or "", peer)
+        return {}
 
     def _raft_status_rpc(self, params: dict, data, peer: str) -> dict:
         """raft_status{} -> node id, role, term, commit, applied, leader, peers (match on the leader)."""
