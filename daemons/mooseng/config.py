@@ -103,6 +103,7 @@ SCHEMAS: dict[str, list[Key]] = {
     "master": _COMMON + [
         Key("node_id", "str", "master-1", "MOOSENG_NODE_ID"),
         Key("listen", "addr", "127.0.0.1:9421", "MOOSENG_LISTEN", help="client API for clients and chunkservers (rpc.py)"),
+        Key("advertise", "str", "", "MOOSENG_ADVERTISE", help="client address given in redirects; empty: listen (or the raft_peers host)"),
         Key("raft_listen", "addr", "127.0.0.1:9422", "MOOSENG_RAFT_LISTEN"),
         Key("metrics_listen", "addr", "127.0.0.1:9423", "MOOSENG_METRICS_LISTEN"),
         Key("raft_peers", "str", "", "MOOSENG_RAFT_PEERS", help="id=host:port,... of the Raft group (empty: this node alone)"),

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from mooseng import config, logsetup, metrics, rpc
+from mooseng import config, logsetup, metrics, rpc, wire
 from mooseng.errors import ConfigError, QuietError
 from mooseng.master import raftnode
 from mooseng.master.metastore import MetaStore
@@ -59,8 +59,8 @@ def serve(cfg) -> int:
         raise QuietError(f"config error: raft_peers = {cfg.raft_peers!r}: {exc}", 2) from None
     if cfg.node_id not in peers:
         raise QuietError(f"config error: node_id = {cfg.node_id!r}: not in raft_peers ({', '.join(peers)})", 2)
-    node = raftnode.RaftNode(cfg.node_id, cfg.cluster_id, peers, cfg.listen, cfg.data_dir, cfg.snapshot_every,
-                             join=cfg.raft_join)  # fmt: skip
+    node = raftnode.RaftNode(cfg.node_id, cfg.cluster_id, peers, _advertise(cfg, peers), cfg.data_dir,
+                             cfg.snapshot_every, join=cfg.raft_join)  # fmt: skip
     store = MetaStore(node)
     # Sessions start from the wall clock so that sessions from an earlier run are never reused.
     registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
@@ -113,6 +113,21 @@ def serve(cfg) -> int:
     metrics_server.shutdown()
     log.info("stopped")
     return exitcode
+
+
+def _advertise(cfg, peers: dict[str, str]) -> str:
+    """The client address other masters redirect to: `advertise`, else `listen` unless that is a
+    wildcard, then the host this node has in raft_peers with the listen port."""
+    if cfg.advertise:
+        try:
+            wire.parse_addr(cfg.advertise)
+        except ValueError as exc:
+            raise QuietError(f"config error: advertise = {cfg.advertise!r}: {exc}", 2) from None
+        return cfg.advertise
+    host, port = wire.parse_addr(cfg.listen, allow_any_port=True)
+    if host in ("0.0.0.0", "::", ""):
+        host = wire.parse_addr(peers[cfg.node_id])[0]
+    return f"{host}:{port}"
 
 
 def _admin(node: raftnode.RaftNode, action: str, name: str, address: str) -> None:
