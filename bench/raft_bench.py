@@ -1,12 +1,15 @@
 """Raft benchmark: metadata ops/s through the client library with 3 masters against 1, and the
 failover time over repeated `kill -9` of the leader.
 
-    PYTHONPATH=daemons python bench/raft_bench.py [--seconds 5] [--threads 4] [--kills 20] [--json FILE]
+    PYTHONPATH=daemons python bench/raft_bench.py [--seconds 3] [--rounds 3] [--threads 4] [--kills 20]
+                                                  [--json FILE]
 
-Each cluster is a LocalCluster on free ports (one chunkserver, no FUSE client). The ops phase
-runs `--threads` threads, each with its own MasterClient, for `--seconds` per op kind: create
-(mknod of new names), stat (lookup + getattr... here `getattr` of a created inode), rename (of
-its own files to new names). Failover: the leader is killed with SIGKILL; the time is from the
+Both clusters (1 and 3 masters) are LocalClusters on free ports (one chunkserver, no FUSE
+client), up at the same time. Each phase runs `--threads` threads, each with its own
+MasterClient, for `--seconds`: create (mknod of new names), stat (lookup of those names), rename
+(of those files, back and forth). Phases alternate between the clusters, `--rounds` times per op,
+and the median counts: the machine is shared, and alternating spreads other load over both.
+Failover: the leader is killed with SIGKILL; the time is from the
 kill until a write through a fresh MasterClient (all endpoints) is acknowledged; the killed
 master is restarted and the cluster waits until it has caught up before the next kill.
 """
@@ -28,47 +31,65 @@ from mooseng.client.masterclient import MasterClient
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
 
 
-def run_ops(endpoints: list[str], threads: int, seconds: float) -> dict[str, float]:
-    """ops/s of create, stat and rename with `threads` concurrent clients."""
-    setup = MasterClient(endpoints, timeout_s=30)
-    base = setup.call("mkdir", {"parent": 1, "name": b"bench-%d" % time.monotonic_ns(), "mode": 0o755})["ino"]
-    setup.close()
-    made: list[list[tuple[bytes, int]]] = [[] for _ in range(threads)]
-    rates = {}
-    for phase in ("create", "stat", "rename"):
-        counts = [0] * threads
+class OpsRunner:
+    """Runs timed phases of one op kind against one cluster; keeps the files it made."""
+
+    def __init__(self, endpoints: list[str], threads: int):
+        self.endpoints = endpoints
+        self.threads = threads
+        setup = MasterClient(endpoints, timeout_s=30)
+        self.base = setup.call("mkdir", {"parent": 1, "name": b"bench-%d" % time.monotonic_ns(), "mode": 0o755})["ino"]
+        setup.close()
+        self.made: list[list[bytes]] = [[] for _ in range(threads)]  # current names, per thread
+        self.created = [0] * threads
+
+    def rate(self, phase: str, seconds: float) -> float:
+        """ops/s of `phase` (create, stat, rename) over `seconds` with all threads."""
+        counts = [0] * self.threads
 
         def work(n: int) -> None:
-            client = MasterClient(endpoints, timeout_s=30)
+            client = MasterClient(self.endpoints, timeout_s=30)
+            names = self.made[n]
             end = time.monotonic() + seconds
             i = 0
             try:
                 while time.monotonic() < end:
                     if phase == "create":
-                        name = b"f%d-%d" % (n, i)
-                        ino = client.call("mknod", {"parent": base, "name": name, "mode": S_IFREG | 0o644})["ino"]
-                        made[n].append((name, ino))
+                        name = b"f%d-%d" % (n, self.created[n])
+                        self.created[n] += 1
+                        client.call("mknod", {"parent": self.base, "name": name, "mode": S_IFREG | 0o644})
+                        names.append(name)
                     elif phase == "stat":
-                        name, ino = made[n][i % len(made[n])]
-                        client.call("lookup", {"parent": base, "name": name})
+                        client.call("lookup", {"parent": self.base, "name": names[i % len(names)]})
                     else:
-                        if i >= len(made[n]):
-                            break
-                        name, ino = made[n][i]
-                        client.call("rename", {"parent": base, "name": name, "newparent": base, "newname": name + b".r"})
+                        k = i % len(names)
+                        new = names[k][:-2] if names[k].endswith(b".r") else names[k] + b".r"
+                        client.call("rename", {"parent": self.base, "name": names[k], "newparent": self.base,
+                                               "newname": new})  # fmt: skip
+                        names[k] = new
                     i += 1
             finally:
                 client.close()
             counts[n] = i
 
         started = time.monotonic()
-        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(self.threads)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        rates[phase] = sum(counts) / (time.monotonic() - started)
-    return rates
+        return sum(counts) / (time.monotonic() - started)
+
+
+def compare(runners: dict[int, OpsRunner], seconds: float, rounds: int) -> dict[int, dict[str, float]]:
+    """Median ops/s per cluster size and op; the sizes alternate within each round, so that the
+    load other processes put on the machine weighs on both alike."""
+    rates: dict[int, dict[str, list[float]]] = {m: {} for m in runners}
+    for phase in ("create", "stat", "rename"):
+        for _ in range(rounds):
+            for masters, runner in runners.items():
+                rates[masters].setdefault(phase, []).append(runner.rate(phase, seconds))
+    return {m: {op: statistics.median(v) for op, v in ops.items()} for m, ops in rates.items()}
 
 
 def raft_status(addr: str) -> dict | None:
@@ -110,23 +131,28 @@ def failovers(cluster: LocalCluster, kills: int) -> list[float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per op kind and cluster size")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per phase (op kind, cluster size, round)")
+    parser.add_argument("--rounds", type=int, default=3, help="phases per op kind and cluster size (median)")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     opts = parser.parse_args(argv)
-    result: dict = {"threads": opts.threads, "seconds": opts.seconds}
+    result: dict = {"threads": opts.threads, "seconds": opts.seconds, "rounds": opts.rounds}
     with tempfile.TemporaryDirectory(prefix="raft-bench-") as tmp:
-        for masters in (1, 3):
-            cluster = LocalCluster(Path(tmp) / f"m{masters}", masters=masters, chunkservers=1, clients=0,
-                                   port_base=AUTO_PORTS)  # fmt: skip
-            try:
+        clusters = {m: LocalCluster(Path(tmp) / f"m{m}", masters=m, chunkservers=1, clients=0, port_base=AUTO_PORTS)
+                    for m in (1, 3)}  # fmt: skip
+        try:
+            for cluster in clusters.values():
                 cluster.start()
                 cluster.leader()
-                result[f"ops_{masters}"] = run_ops(cluster.master_endpoints, opts.threads, opts.seconds)
-                if masters == 3 and opts.kills:
-                    result["failover_s"] = failovers(cluster, opts.kills)
-            finally:
+            runners = {m: OpsRunner(c.master_endpoints, opts.threads) for m, c in clusters.items()}
+            rates = compare(runners, opts.seconds, opts.rounds)
+            result["ops_1"], result["ops_3"] = rates[1], rates[3]
+            clusters[1].stop()
+            if opts.kills:
+                result["failover_s"] = failovers(clusters[3], opts.kills)
+        finally:
+            for cluster in clusters.values():
                 cluster.stop()
     print("| op | 1 master (ops/s) | 3 masters (ops/s) | 3 / 1 |")
     print("|---|---|---|---|")

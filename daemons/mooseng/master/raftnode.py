@@ -72,7 +72,8 @@ READ_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 1.0  # a peer that does not take a batch in this time is reported unreachable
 LEASE_MARGIN = 0.9  # fraction of the stickiness time a lease lasts
 SNAPSHOT_KEEP = 1000
-MAX_QUEUED = 10_000  # messages waiting for one peer  # entries kept behind a snapshot, for followers slightly behind
+MAX_QUEUED = 10_000  # messages waiting for one peer
+REPLY_WAIT_S = 0.5  # a raft call waits this long for the answers its messages produce  # entries kept behind a snapshot, for followers slightly behind
 
 
 def raft_id(name: str) -> int:
@@ -122,6 +123,16 @@ def _unpack_entry(data: bytes):
     unpacker.feed(data)
     origin, pid = unpacker.unpack()
     return origin, pid, unpacker.unpack()
+
+
+def _answers(reply, peer: int, me: int) -> list[Message]:
+    """The messages a peer sent back on the reply of a raft call (malformed ones dropped)."""
+    try:
+        msgs = [decode_msg(v, b"") for v in reply.get("msgs", ())]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("raft: malformed reply messages from raft id %d: %s", peer, exc)
+        return []
+    return [m for m in msgs if m.frm == peer and m.to == me]
 
 
 class _Waiter:
@@ -175,6 +186,8 @@ class RaftNode:
         self._reads: dict[bytes, list[_Waiter]] = {}  # ReadIndex context -> waiters
         self._read_ready: list[_Waiter] = []  # read index known, waiting for apply
         self._read_ctx = itertools.count(1)
+        self._replies: dict[int, list[_Waiter]] = {}  # peer -> exchange() calls stepped this turn
+        self._reply_msgs: dict[int, list[Message]] = {}  # peer -> messages for those replies
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failure: BaseException | None = None
@@ -267,7 +280,17 @@ class RaftNode:
         return self._wait(waiter, timeout_s, "the raft loop did not answer in time")
 
     def receive(self, msgs: list[Message]) -> None:
-        self._inbox.put(("msgs", msgs))
+        self._inbox.put(("msgs", msgs, None))
+
+    def exchange(self, msgs: list[Message], peer: int) -> list[Message]:
+        """Step msgs from peer; return the messages to peer that the loop turn handling them
+        produced (persisted first, as any message): they ride back on the reply of the call
+        that brought msgs, saving a thread hand-off and a send on each side."""
+        waiter = _Waiter()
+        self._inbox.put(("msgs", msgs, waiter))
+        if waiter.event.wait(REPLY_WAIT_S) and waiter.ok:
+            return waiter.value
+        return []
 
     def report(self, kind: str, node: int, ok: bool = True) -> None:
         self._inbox.put((kind, node, ok))
@@ -310,6 +333,7 @@ class RaftNode:
                         self._request_read([])  # renew the lease
                 while node.has_ready():
                     self._handle_ready(node.ready())
+                self._answer_exchanges()
         except LogWriteError as exc:
             self.failure = exc
         except BaseException as exc:
@@ -324,6 +348,8 @@ class RaftNode:
         if kind == "msgs":
             for m in item[1]:
                 node.step(m)
+            if item[2] is not None:
+                self._replies.setdefault(item[1][0].frm, []).append(item[2])
         elif kind == "prop":
             _, data, waiter = item
             pid = next(self._pids)
@@ -345,6 +371,15 @@ class RaftNode:
             node.report_unreachable(item[1])
         elif kind == "snap":
             node.report_snapshot(item[1], item[2])
+
+    def _answer_exchanges(self) -> None:
+        """Give each waiting exchange() the messages for its peer from this turn."""
+        for peer, waiters in self._replies.items():
+            waiters[0].done(True, self._reply_msgs.pop(peer, []))
+            for w in waiters[1:]:
+                w.done(True, [])
+        self._replies = {}
+        self._reply_msgs = {}
 
     def _request_read(self, waiters: list[_Waiter]) -> None:
         ctx = next(self._read_ctx).to_bytes(8, "big")
@@ -371,7 +406,13 @@ class RaftNode:
         if rd.hard_state is not None:
             self.term, self.commit = rd.hard_state.term, rd.hard_state.commit
         if rd.messages:
-            self.transport.send(rd.messages)
+            out = []
+            for m in rd.messages:
+                if m.to in self._replies and m.type is not MessageType.SNAP:
+                    self._reply_msgs.setdefault(m.to, []).append(m)
+                else:
+                    out.append(m)
+            self.transport.send(out)
         if rd.snapshot is not None:
             with self.state.lock:
                 self.state.restore(rd.snapshot.data)
@@ -628,8 +669,9 @@ class RaftTransport:
         if any(m.frm != frm or m.to != node.id for m in msgs):
             raise rpc.RpcError(rpc.INVALID_ARGUMENT, "raft message with a from/to that does not match the call")
         node.api_addrs[frm] = params.get("api", "")
-        node.receive(msgs)
-        return {}
+        if not msgs:
+            return {"msgs": []}
+        return {"msgs": [encode_msg(m) for m in node.exchange(msgs, frm)]}
 
 
 class _Sender:
@@ -681,7 +723,8 @@ class _Sender:
                     batch.append(self._queue.popleft())
             data = snap.snapshot.data if snap is not None else b""
             try:
-                self._client.call("raft", {**base, "msgs": [encode_msg(m) for m in batch]}, data)
+                reply, _ = self._client.call("raft", {**base, "msgs": [encode_msg(m) for m in batch]}, data)
+                answers = _answers(reply, self.rid, node.id)
             except rpc.RpcError as exc:
                 if not self._down:
                     if exc.status == rpc.FAILED_PRECONDITION:
@@ -700,3 +743,5 @@ class _Sender:
                 self._down = False
             if snap is not None:
                 node.report("snap", self.rid, True)
+            if answers:
+                node.receive(answers)
