@@ -80,7 +80,7 @@ class _GaugeCollector:
             for key, name, what in _RAFT_COUNTERS:
                 yield CounterMetricFamily(name, what, value=raft[key])
         yield GaugeMetricFamily(
-            "mooseng_metadata_log_index", "Index of the last applied changelog entry", value=g.log_index
+            "mooseng_metadata_log_index", "Index of the last applied Raft log entry", value=g.log_index
         )
         yield GaugeMetricFamily("mooseng_chunks_total", "Chunks in the namespace", value=g.chunks_total)
         states = GaugeMetricFamily("mooseng_chunks", "Chunks by replication state", labels=["state"])

@@ -1,9 +1,11 @@
 """The master's rpc handlers: `meta` (namespace ops), `register` and `heartbeat` (chunkservers).
 
 Every request is checked against a schema before anything runs, so a malformed one (unknown op,
-missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the changelog.
-Mutations become log entries {"op", "args", "ctx", "ts"} that the metastore applies and makes
-durable; queries read the namespace under the metastore's lock. A few ops also need the
+missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the Raft log.
+Only the Raft leader serves them (followers redirect, see DESIGN.md). Mutations become entries
+{"op", "args", "ctx", "ts", "client_id", "seq"} that the metastore replicates through Raft and
+applies once committed (a retried (client_id, seq) gets its first result); queries read the
+namespace under the state lock once the read is known linearizable. A few ops also need the
 chunkserver registry (soft state): they are composed here from namespace results and registry
 lookups.
 
