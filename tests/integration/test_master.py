@@ -683,3 +683,27 @@ def test_config_error_is_exit_2(tmp_path):
             proc.kill()
             proc.wait()
     assert (tmp_path / "bad.log").read_text().strip() == "config error: listen = 'nowhere': not host:port: 'nowhere'"
+
+
+def test_a_retried_rewrite_moves_the_version_once_and_gets_the_first_reply(master, fakes):
+    for sid, fake in fakes.items():
+        register(master, sid, address=fake.address)
+    by_address = {fake.address: sid for sid, fake in fakes.items()}
+    ino = master.ok("mknod", parent=1, name=b"retried", mode=S_IFREG | 0o644)["ino"]
+    w = master.ok("write_chunk", ino=ino, index=0)
+    for address in w["servers"]:
+        fakes[by_address[address]].copies[w["chunk_id"]] = [1, b"v1"]
+    master.ok("commit_write", ino=ino, size=10, chunks=[report(w["chunk_id"], 1, w["servers"])])
+
+    def rewrite():  # the same call twice, as a client does when the first reply was lost
+        params = {"op": "write_chunk", "args": {"ino": ino, "index": 0}, "client_id": 42, "seq": 7}
+        reply = master.call("meta", params)
+        assert reply["errno"] == 0, reply
+        return reply["result"]
+
+    first, retry = rewrite(), rewrite()
+    assert (first["version"], retry["version"]) == (2, 2) and retry["expect_version"] == 2
+    assert sorted(retry["servers"]) == sorted(first["servers"])
+    assert [fakes[by_address[a]].version(w["chunk_id"]) for a in first["servers"]] == [2, 2]
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["version"] == 2

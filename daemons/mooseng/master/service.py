@@ -360,8 +360,9 @@ class MasterService:
                 # A retry of an op that moves chunk versions must not move them again.
                 done = self._store.recorded(self._request.client_id, self._request.seq)
                 if done is not None:
-                    return {"errno": done[0], "message": done[1] if done[0] else "",
-                            "result": None if done[0] else done[1], "leader": ""}
+                    if done[0]:
+                        return {"errno": done[0], "message": done[1], "result": None, "leader": ""}
+                    return {"errno": 0, "message": "", "result": self._replayed(args, done[1]), "leader": ""}
             handler = self._ops.get(op)
             if handler is not None:
                 result = handler(args, ctx)
@@ -377,6 +378,28 @@ class MasterService:
             log.exception("op %s failed unexpectedly", op)
             raise rpc.RpcError(rpc.INTERNAL, f"{op}: internal error in the master (see its log)") from None
         return {"errno": 0, "message": "", "result": result, "leader": ""}
+
+    def _replayed(self, args: dict, result: dict) -> dict:
+        """The first result of a retried write_chunk/setattr, with the copies to write to now
+        (those holding the version it made; for a new chunk, a fresh placement)."""
+        result = dict(result)
+        if "chunk_id" in result:
+            ref = result
+        elif result.get("tail"):
+            ref = result["tail"] = dict(result["tail"])
+        else:
+            return result
+        if ref.get("new"):
+            with self._store.view() as ns:
+                goal = GOALS[ns.query("getattr", {"ino": args["ino"]}, ROOT_CTX)["sclass"]]
+            with self._lock:
+                targets = placement.choose(self._registry.servers(), goal, self._rng)
+        else:
+            ref["expect_version"] = ref["version"]
+            with self._lock:
+                targets = self._registry.holders(ref["chunk_id"], ref["version"])
+        ref["servers"] = [s.address for s in targets]
+        return result
 
     def _redirect(self, leader: str) -> dict:
         """Send the client to the leader; with none known, UNAVAILABLE makes it try the others."""
