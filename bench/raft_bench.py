@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -34,8 +35,9 @@ from mooseng.localcluster import AUTO_PORTS, LocalCluster
 class OpsRunner:
     """Runs timed phases of one op kind against one cluster; keeps the files it made."""
 
-    def __init__(self, endpoints: list[str], threads: int):
+    def __init__(self, endpoints: list[str], threads: int, pids: list[int]):
         self.endpoints = endpoints
+        self.pids = pids  # the masters': their CPU time per op is measured too
         self.threads = threads
         setup = MasterClient(endpoints, timeout_s=30)
         self.base = setup.call("mkdir", {"parent": 1, "name": b"bench-%d" % time.monotonic_ns(), "mode": 0o755})["ino"]
@@ -43,8 +45,9 @@ class OpsRunner:
         self.made: list[list[bytes]] = [[] for _ in range(threads)]  # current names, per thread
         self.created = [0] * threads
 
-    def rate(self, phase: str, seconds: float) -> float:
-        """ops/s of `phase` (create, stat, rename) over `seconds` with all threads."""
+    def rate(self, phase: str, seconds: float) -> tuple[float, float]:
+        """(ops/s, master CPU seconds per op, all masters together) of `phase` (create, stat,
+        rename) over `seconds` with all threads."""
         counts = [0] * self.threads
 
         def work(n: int) -> None:
@@ -72,24 +75,38 @@ class OpsRunner:
                 client.close()
             counts[n] = i
 
+        cpu = cpu_seconds(self.pids)
         started = time.monotonic()
         workers = [threading.Thread(target=work, args=(n,)) for n in range(self.threads)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        return sum(counts) / (time.monotonic() - started)
+        ops = sum(counts)
+        return ops / (time.monotonic() - started), (cpu_seconds(self.pids) - cpu) / max(ops, 1)
 
 
-def compare(runners: dict[int, OpsRunner], seconds: float, rounds: int) -> dict[int, dict[str, float]]:
-    """Median ops/s per cluster size and op; the sizes alternate within each round, so that the
-    load other processes put on the machine weighs on both alike."""
-    rates: dict[int, dict[str, list[float]]] = {m: {} for m in runners}
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes so far (from /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def compare(runners: dict[int, OpsRunner], seconds: float, rounds: int) -> dict[int, dict[str, list[float]]]:
+    """Median [ops/s, master CPU s per op] per cluster size and op; the sizes alternate within each
+    round, so that the load other processes put on the machine weighs on both alike."""
+    rates: dict[int, dict[str, list]] = {m: {} for m in runners}
     for phase in ("create", "stat", "rename"):
         for _ in range(rounds):
             for masters, runner in runners.items():
                 rates[masters].setdefault(phase, []).append(runner.rate(phase, seconds))
-    return {m: {op: statistics.median(v) for op, v in ops.items()} for m, ops in rates.items()}
+    return {
+        m: {op: [statistics.median(r for r, _ in v), statistics.median(c for _, c in v)] for op, v in ops.items()}
+        for m, ops in rates.items()
+    }
 
 
 def raft_status(addr: str) -> dict | None:
@@ -145,7 +162,10 @@ def main(argv=None) -> int:
             for cluster in clusters.values():
                 cluster.start()
                 cluster.leader()
-            runners = {m: OpsRunner(c.master_endpoints, opts.threads) for m, c in clusters.items()}
+            runners = {
+                m: OpsRunner(c.master_endpoints, opts.threads, [n.pid for n in c.nodes if n.kind == "master"])
+                for m, c in clusters.items()
+            }
             rates = compare(runners, opts.seconds, opts.rounds)
             result["ops_1"], result["ops_3"] = rates[1], rates[3]
             clusters[1].stop()
@@ -154,11 +174,11 @@ def main(argv=None) -> int:
         finally:
             for cluster in clusters.values():
                 cluster.stop()
-    print("| op | 1 master (ops/s) | 3 masters (ops/s) | 3 / 1 |")
-    print("|---|---|---|---|")
+    print("| op | 1 master (ops/s) | 3 masters (ops/s) | 3 / 1 | master CPU per op, 1 | all 3 masters' CPU per op |")
+    print("|---|---|---|---|---|---|")
     for op in ("create", "stat", "rename"):
-        one, three = result["ops_1"][op], result["ops_3"][op]
-        print(f"| {op} | {one:.0f} | {three:.0f} | {three / one:.0%} |")
+        (one, cpu1), (three, cpu3) = result["ops_1"][op], result["ops_3"][op]
+        print(f"| {op} | {one:.0f} | {three:.0f} | {three / one:.0%} | {cpu1 * 1e6:.0f} us | {cpu3 * 1e6:.0f} us |")
     if result.get("failover_s"):
         t = sorted(result["failover_s"])
         p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]

@@ -196,6 +196,7 @@ class RaftNode:
         self.role = Role.FOLLOWER
         self.lead = NONE
         self.term = 0
+        self._vote = NONE
         self.commit = 0
         self.elections = 0
         self.leader_changes = 0
@@ -228,7 +229,7 @@ class RaftNode:
             )
         )  # fmt: skip
         hs = self.storage.initial_state()[0]
-        self.term, self.commit = hs.term, hs.commit
+        self.term, self._vote, self.commit = hs.term, hs.vote, hs.commit
 
     def start(self, transport: "RaftTransport") -> None:
         self.transport = transport
@@ -400,19 +401,21 @@ class RaftNode:
         node = self.node
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+        hs = rd.hard_state
+        # A leader may send its appends while it writes them itself (thesis §10.2.1): it counts
+        # its own copy when appending, but a quorum needs a follower's ack, which this loop
+        # handles only in a later turn, after this write is durable. Term and vote are promises
+        # and go to disk first.
+        early = self.role is Role.LEADER and rd.snapshot is None and (hs is None or (hs.term, hs.vote) == (self.term, self._vote))
+        if early:
+            self._send(rd.messages)
         if rd.snapshot is not None:
             self.storage.install_snapshot(rd.snapshot)
-        self.storage.persist(rd.hard_state, rd.entries, rd.must_sync)
-        if rd.hard_state is not None:
-            self.term, self.commit = rd.hard_state.term, rd.hard_state.commit
-        if rd.messages:
-            out = []
-            for m in rd.messages:
-                if m.to in self._replies and m.type is not MessageType.SNAP:
-                    self._reply_msgs.setdefault(m.to, []).append(m)
-                else:
-                    out.append(m)
-            self.transport.send(out)
+        self.storage.persist(hs, rd.entries, rd.must_sync)
+        if hs is not None:
+            self.term, self._vote, self.commit = hs.term, hs.vote, hs.commit
+        if not early:
+            self._send(rd.messages)
         if rd.snapshot is not None:
             with self.state.lock:
                 self.state.restore(rd.snapshot.data)
@@ -433,6 +436,17 @@ class RaftNode:
         node.advance(rd)
         if self.snapshot_every and self.applied - self.storage.snapshot().index >= self.snapshot_every:
             self.take_snapshot()
+
+    def _send(self, msgs: list[Message]) -> None:
+        """To the peers' senders, or onto the reply of a peer's call this turn answers."""
+        out = []
+        for m in msgs:
+            if m.to in self._replies and m.type is not MessageType.SNAP:
+                self._reply_msgs.setdefault(m.to, []).append(m)
+            else:
+                out.append(m)
+        if out:
+            self.transport.send(out)
 
     def _apply(self, entry: Entry) -> None:
         if entry.type is EntryType.CONF_CHANGE:
