@@ -224,3 +224,25 @@ def test_add_transfer_remove_a_master_through_the_cli(tmp_path):
         if newcomer is not None:
             stop(newcomer)
         cluster.stop()
+
+
+def test_malformed_raft_calls_are_refused_and_the_master_lives_on(masters):
+    from mooseng.master.raftnode import raft_id
+
+    node = masters.node("master-3")
+    client = rpc.Client(node.addr("raft"), timeout_s=5)
+    member = {"cluster_id": "mooseng", "from": raft_id("master-1"), "from_name": "master-1", "api": ""}
+    try:
+        for params, status in [
+            ({}, rpc.FAILED_PRECONDITION),  # no cluster id
+            ({**member, "msgs": "nonsense"}, rpc.INVALID_ARGUMENT),
+            ({**member, "msgs": [[99, 0, 0]]}, rpc.INVALID_ARGUMENT),
+            ({**member, "msgs": [[17, raft_id("master-2"), raft_id("master-1"), 1, 0, 0, [], 0, False, 0, None, b""]]},
+             rpc.INVALID_ARGUMENT),  # addressed to another node
+        ]:
+            with pytest.raises(rpc.RpcError) as exc:
+                client.call("raft", params)
+            assert exc.value.status == status, (params, exc.value)
+    finally:
+        client.close()
+    assert raft_status(node.addr("api"))["role"] in ("leader", "follower")

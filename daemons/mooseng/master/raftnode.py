@@ -706,7 +706,9 @@ class _Sender:
     def put(self, m: Message) -> None:
         with self._cv:
             if len(self._queue) >= MAX_QUEUED:
-                self._queue.popleft()  # a peer this far behind is probed again by Raft anyway
+                dropped = self._queue.popleft()  # a peer this far behind is probed again by Raft anyway
+                if dropped.type is MessageType.SNAP:
+                    self._node.report("snap", self.rid, False)
             self._queue.append(m)
             self._cv.notify()
 
