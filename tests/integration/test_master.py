@@ -707,3 +707,14 @@ def test_a_retried_rewrite_moves_the_version_once_and_gets_the_first_reply(maste
     assert [fakes[by_address[a]].version(w["chunk_id"]) for a in first["servers"]] == [2, 2]
     [chunk] = master.ok("chunks", ino=ino, index=0)
     assert chunk["version"] == 2
+
+
+def test_a_mutation_retried_after_a_lost_reply_is_applied_once(master):
+    params = {"op": "mknod", "args": {"parent": 1, "name": b"once", "mode": S_IFREG | 0o644}, "client_id": 77, "seq": 3}
+    first = master.call("meta", params)
+    retry = master.call("meta", params)  # the client never saw `first`, and sends the same call again
+    assert first["errno"] == retry["errno"] == 0 and retry["result"] == first["result"]
+    again = master.call("meta", {**params, "seq": 4})  # a new call of the same client does run
+    assert again["errno"] == errno.EEXIST
+    restarted = master.call("meta", {**params, "client_id": 78})  # and so does another client's
+    assert restarted["errno"] == errno.EEXIST
