@@ -110,12 +110,14 @@ SCHEMAS: dict[str, list[Key]] = {
     "master": _COMMON + [
         Key("node_id", "str", "master-1", "MOOSENG_NODE_ID"),
         Key("listen", "addr", "127.0.0.1:9421", "MOOSENG_LISTEN", help="client API for clients and chunkservers (rpc.py)"),
+        Key("advertise", "str", "", "MOOSENG_ADVERTISE", help="client address given in redirects; empty: listen (or the raft_peers host)"),
         Key("raft_listen", "addr", "127.0.0.1:9422", "MOOSENG_RAFT_LISTEN"),
         Key("metrics_listen", "addr", "127.0.0.1:9423", "MOOSENG_METRICS_LISTEN"),
-        Key("raft_peers", "str", "", "MOOSENG_RAFT_PEERS", help="id=host:port,... of the Raft group"),
+        Key("raft_peers", "str", "", "MOOSENG_RAFT_PEERS", help="id=host:port,... of the Raft group (empty: this node alone)"),
+        Key("raft_join", "bool", False, "MOOSENG_RAFT_JOIN", help="start empty and wait to be added (mooseng master add)"),
         Key("data_dir", "path", None, "MOOSENG_DATA_DIR"),
         Key("cache_size_mb", "int", 1024, "MOOSENG_CACHE_SIZE_MB", min=1),
-        Key("snapshot_every", "int", 100_000, "MOOSENG_SNAPSHOT_EVERY", min=1, help="changelog entries between snapshots"),
+        Key("snapshot_every", "int", 100_000, "MOOSENG_SNAPSHOT_EVERY", min=1, help="applied Raft entries between snapshots"),
         Key("chunkserver_timeout_s", "float", 10.0, "MOOSENG_CHUNKSERVER_TIMEOUT_S", min=0.1, help="missed heartbeats before a chunkserver is down"),
     ],
     "chunkserver": _COMMON + [

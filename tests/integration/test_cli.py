@@ -69,9 +69,11 @@ def free_port() -> int:
 
 def test_status_json(cluster, master, tree):
     status = json.loads(ok(mooseng("status", "--json", master=master)))
-    assert status["masters"] == [
-        {"endpoint": cluster.master_endpoints[0], "role": "leader", "node_id": "master-1"}
-    ]
+    [m] = status["masters"]
+    assert {k: m[k] for k in ("endpoint", "role", "node_id", "leader", "lag")} == {
+        "endpoint": cluster.master_endpoints[0], "role": "leader", "node_id": "master-1", "leader": "master-1", "lag": 0
+    }
+    assert m["term"] >= 1 and m["applied"] == m["commit"] >= 1
     servers = status["chunkservers"]
     assert [s["address"] for s in servers] == [n.addr("api") for n in cluster.nodes if n.kind == "chunkserver"]
     assert all(s["state"] == "alive" for s in servers)

@@ -60,3 +60,19 @@ def test_unknown_key_and_bad_toml(tmp_path):
         config.load("master", path, env={})
     with pytest.raises(ConfigError, match="cannot read"):
         config.load("master", tmp_path / "absent.toml", env={})
+
+
+def test_master_advertises_a_reachable_client_address(tmp_path):
+    from mooseng.errors import QuietError
+    from mooseng.master.main import _advertise
+
+    peers = {"master-1": "m1.example:9422", "master-2": "m2.example:9432"}
+
+    def cfg(**env):
+        return config.load("master", env={"MOOSENG_DATA_DIR": str(tmp_path), **env})
+
+    assert _advertise(cfg(MOOSENG_LISTEN="10.0.0.5:9421"), peers) == "10.0.0.5:9421"
+    assert _advertise(cfg(MOOSENG_LISTEN="0.0.0.0:9421"), peers) == "m1.example:9421"
+    assert _advertise(cfg(MOOSENG_LISTEN="0.0.0.0:9421", MOOSENG_ADVERTISE="lb:1"), peers) == "lb:1"
+    with pytest.raises(QuietError, match="advertise = 'nope'"):
+        _advertise(cfg(MOOSENG_ADVERTISE="nope"), peers)

@@ -24,6 +24,7 @@ class Gauges:
     bytes_written: int
     # (server label, disk label, kind, bytes), kind in total / used / free
     disk_bytes: list[tuple[str, str, str, int]] = field(default_factory=list)
+    raft: dict = field(default_factory=dict)  # RaftNode.status(); empty without raft
 
 
 class MasterMetrics:
@@ -48,6 +49,20 @@ class MasterMetrics:
         children[1].observe(seconds)
 
 
+_RAFT_GAUGES = [
+    ("term", "mooseng_raft_term", "Current Raft term"),
+    ("commit", "mooseng_raft_commit_index", "Highest log index known to be committed"),
+    ("applied", "mooseng_raft_applied_index", "Highest log index applied to the namespace"),
+    ("log_entries", "mooseng_raft_log_entries", "Entries in the Raft log after the snapshot"),
+    ("snapshot_index", "mooseng_raft_snapshot_index", "Log index of the newest snapshot"),
+    ("snapshot_time", "mooseng_raft_last_snapshot_timestamp_seconds", "Wall clock of the newest snapshot (0: none)"),
+]
+_RAFT_COUNTERS = [
+    ("elections", "mooseng_raft_elections", "Elections this master started (as candidate)"),
+    ("leader_changes", "mooseng_raft_leader_changes", "Times this master saw a new leader"),
+]
+
+
 class _GaugeCollector:
     def __init__(self, gauges: Callable[[], Gauges]):
         self._gauges = gauges
@@ -58,8 +73,14 @@ class _GaugeCollector:
     def collect(self):
         g = self._gauges()
         yield GaugeMetricFamily("mooseng_raft_leader", "1 if this master is the leader", value=int(g.leader))
+        raft = g.raft
+        if raft:
+            for key, name, what in _RAFT_GAUGES:
+                yield GaugeMetricFamily(name, what, value=raft[key] or 0)
+            for key, name, what in _RAFT_COUNTERS:
+                yield CounterMetricFamily(name, what, value=raft[key])
         yield GaugeMetricFamily(
-            "mooseng_metadata_log_index", "Index of the last applied changelog entry", value=g.log_index
+            "mooseng_metadata_log_index", "Index of the last applied Raft log entry", value=g.log_index
         )
         yield GaugeMetricFamily("mooseng_chunks_total", "Chunks in the namespace", value=g.chunks_total)
         states = GaugeMetricFamily("mooseng_chunks", "Chunks by replication state", labels=["state"])

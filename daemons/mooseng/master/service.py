@@ -1,9 +1,11 @@
 """The master's rpc handlers: `meta` (namespace ops), `register` and `heartbeat` (chunkservers).
 
 Every request is checked against a schema before anything runs, so a malformed one (unknown op,
-missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the changelog.
-Mutations become log entries {"op", "args", "ctx", "ts"} that the metastore applies and makes
-durable; queries read the namespace under the metastore's lock. A few ops also need the
+missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the Raft log.
+Only the Raft leader serves them (followers redirect, see DESIGN.md). Mutations become entries
+{"op", "args", "ctx", "ts", "client_id", "seq"} that the metastore replicates through Raft and
+applies once committed (a retried (client_id, seq) gets its first result); queries read the
+namespace under the state lock once the read is known linearizable. A few ops also need the
 chunkserver registry (soft state): they are composed here from namespace results and registry
 lookups.
 
@@ -33,6 +35,7 @@ from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
 from mooseng.master import placement
 from mooseng.master.classes import CLASSES
+from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
 from mooseng.master.registry import ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server, STATES
@@ -106,6 +109,7 @@ CHUNK_REFS = Kind(
 )
 
 QUERY, MUTATION = "query", "mutation"
+_VERSION_OPS = ("write_chunk", "setattr")  # ops that may ask chunkservers to take a new version
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ META = Op(QUERY, {"op": STR, "args": ANY}, {"client_id": UINT, "seq": UINT, "uid
 REGISTER = Op(
     QUERY, {"cluster_id": STR, "server_id": U32, "address": STR, "disks": DISKS, "chunks": CHUNK_REFS}
 )
+RAFT_ADMIN = Op(QUERY, {"action": STR, "node_id": STR}, {"address": STR})
 HEARTBEAT = Op(
     QUERY,
     {"server_id": U32, "session": UINT, "disks": DISKS, "added": CHUNK_REFS, "removed": CHUNK_REFS,
@@ -226,14 +231,19 @@ class MasterService:
         metrics: MasterMetrics,
         node_id: str,
         rng: random.Random | None = None,
+        raft_status: Callable[[], dict] | None = None,
+        raft_admin: Callable[[str, str, str], None] | None = None,
     ):
         self._store = store
+        self._raft_status = raft_status
+        self._raft_admin = raft_admin
         self._registry = registry
         self._metrics = metrics
         self._node_id = node_id
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
+        self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
         self._stop = threading.Event()
@@ -254,7 +264,43 @@ class MasterService:
             "meta": self._meta,
             "register": self._register,
             "heartbeat": self._heartbeat,
+            "raft_status": self._raft_status_rpc,
+            "raft_admin": self._raft_admin_rpc,
         }
+
+    def is_leader(self) -> bool:
+        """Whether this master leads now; only the leader serves clients and chunkservers, and
+        components that act on the cluster (replication) gate on this."""
+        return self._store.is_leader()
+
+    def _not_leader(self, what: str, leader: str) -> rpc.RpcError:
+        where = f"; the leader is {leader}" if leader else "; no leader is known yet"
+        return rpc.RpcError(rpc.UNAVAILABLE, f"{what}: master {self._node_id} is not the leader{where}")
+
+    def _raft_admin_rpc(self, params: dict, data, peer: str) -> dict:
+        """raft_admin{action: add|remove|transfer, node_id, address?} on the leader -> {}."""
+        try:
+            _check("raft_admin", RAFT_ADMIN, params)
+            if params["action"] not in ("add", "remove", "transfer"):
+                raise ValueError(f"raft_admin: unknown action {params['action']!r:.40}")
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        if self._raft_admin is None:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "this master runs without raft")
+        try:
+            self._raft_admin(params["action"], params["node_id"], params.get("address") or "")
+        except NotLeader as exc:
+            raise self._not_leader(f"raft_admin: {exc}", exc.leader) from None
+        except ValueError as exc:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, f"raft_admin: {exc}") from None
+        log.info("raft_admin %s %s %s from %s: done", params["action"], params["node_id"], params.get("address") or "", peer)
+        return {}
+
+    def _raft_status_rpc(self, params: dict, data, peer: str) -> dict:
+        """raft_status{} -> node id, role, term, commit, applied, leader, peers (match on the leader)."""
+        if self._raft_status is None:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "this master runs without raft")
+        return self._raft_status()
 
     # --- lifecycle ---
 
@@ -306,7 +352,17 @@ class MasterService:
         op = params["op"]
         args = {k: v for k, v in params["args"].items() if v is not None}  # nil optional args: the default
         ctx = {"uid": params.get("uid") or 0, "gid": params.get("gid") or 0, "gids": params.get("gids") or []}
+        if not self._store.is_leader():
+            return self._redirect(self._store.leader_address())
+        self._request.client_id, self._request.seq = params.get("client_id") or 0, params.get("seq") or 0
         try:
+            if op in _VERSION_OPS and self._request.client_id:
+                # A retry of an op that moves chunk versions must not move them again.
+                done = self._store.recorded(self._request.client_id, self._request.seq)
+                if done is not None:
+                    if done[0]:
+                        return {"errno": done[0], "message": done[1], "result": None, "leader": ""}
+                    return {"errno": 0, "message": "", "result": self._replayed(args, done[1]), "leader": ""}
             handler = self._ops.get(op)
             if handler is not None:
                 result = handler(args, ctx)
@@ -314,6 +370,8 @@ class MasterService:
                 result = self._submit(op, args, ctx)
             else:
                 result = self._store.query(op, args, ctx)
+        except NotLeader as exc:
+            return self._redirect(exc.leader)
         except FsError as exc:
             return {"errno": exc.errno, "message": exc.message, "result": None, "leader": ""}
         except Exception:
@@ -321,9 +379,40 @@ class MasterService:
             raise rpc.RpcError(rpc.INTERNAL, f"{op}: internal error in the master (see its log)") from None
         return {"errno": 0, "message": "", "result": result, "leader": ""}
 
+    def _replayed(self, args: dict, result: dict) -> dict:
+        """The first result of a retried write_chunk/setattr, with the copies to write to now
+        (those holding the version it made; for a new chunk, a fresh placement)."""
+        result = dict(result)
+        if "chunk_id" in result:
+            ref = result
+        elif result.get("tail"):
+            ref = result["tail"] = dict(result["tail"])
+        else:
+            return result
+        if ref.get("new"):
+            with self._store.view() as ns:
+                goal = GOALS[ns.query("getattr", {"ino": args["ino"]}, ROOT_CTX)["sclass"]]
+            with self._lock:
+                targets = placement.choose(self._registry.servers(), goal, self._rng)
+        else:
+            ref["expect_version"] = ref["version"]
+            with self._lock:
+                targets = self._registry.holders(ref["chunk_id"], ref["version"])
+        ref["servers"] = [s.address for s in targets]
+        return result
+
+    def _redirect(self, leader: str) -> dict:
+        """Send the client to the leader; with none known, UNAVAILABLE makes it try the others."""
+        if leader:
+            return {"errno": 0, "message": "", "result": None, "leader": leader}
+        raise self._not_leader("meta", "")
+
     def _submit(self, op: str, args: dict, ctx: dict):
-        """Log and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
-        result = self._store.submit({"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()})
+        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
+        entry = {"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()}
+        if self._request.client_id:
+            entry["client_id"], entry["seq"] = self._request.client_id, self._request.seq
+        result = self._store.submit(entry)
         if type(result) is dict and result.get("freed"):
             with self._lock:
                 self._registry.recheck(result["freed"])
@@ -536,7 +625,8 @@ class MasterService:
             servers = [_server_status(s, now) for s in self._registry.servers()]
             cap = self._registry.capacity()
         return {
-            "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata},
+            "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata,
+                       "raft": self._raft_status() if self._raft_status is not None else None},
             "chunkservers": servers,
             "chunks": {"total": len(table), "by_class": by_class},
             "inodes": inodes,
@@ -573,9 +663,11 @@ class MasterService:
             ]
             bytes_read, bytes_written = self._registry.bytes_read, self._registry.bytes_written
             alive = sum(1 for s in servers if s.alive)
+        raft = self._raft_status() if self._raft_status is not None else {}
         return Gauges(
-            leader=True,
+            leader=self._store.is_leader(),
             log_index=index,
+            raft=raft,
             chunks_total=len(table),
             chunk_states={state: sum(c[state] for c in by_class.values()) for state in STATES},
             chunkservers={"alive": alive, "down": len(servers) - alive},
@@ -588,6 +680,8 @@ class MasterService:
 
     def _register(self, params: dict, data, peer: str) -> dict:
         """register{cluster_id, server_id, address, disks, chunks} -> {session}."""
+        if not self._store.is_leader():
+            raise self._not_leader("register", self._store.leader_address())
         try:
             _check("register", REGISTER, params)
             if params["server_id"] == 0:
@@ -621,6 +715,8 @@ class MasterService:
     def _heartbeat(self, params: dict, data, peer: str) -> dict:
         """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written}
         -> {reregister, delete: [{chunk_id, version, disk (None: not known)}]}."""
+        if not self._store.is_leader():
+            raise self._not_leader("heartbeat", self._store.leader_address())
         try:
             _check("heartbeat", HEARTBEAT, params)
         except ValueError as exc:
