@@ -565,7 +565,8 @@ def test_silent_chunkserver_goes_down(masters):
     assert states == {1: "alive", 2: "down"}
     text = m.scrape()
     assert 'mooseng_chunkservers{state="down"} 1.0' in text
-    assert 'mooseng_chunkservers{state="alive"} 1.0' in text
+    assert 'mooseng_chunkservers{state="up"} 1.0' in text
+    assert 'mooseng_disks{state="ok"} 1.0' in text
     assert "chunkserver 2 at 127.0.0.1:9402 is down" in m.log.read_text()
 
 
@@ -639,7 +640,9 @@ def test_metrics_endpoint(master):
     assert "mooseng_metadata_log_index 1.0" in text
     assert "mooseng_bytes_written_total 300.0" in text and "mooseng_bytes_read_total 5.0" in text
     assert 'mooseng_disk_bytes{disk="/d0",kind="free",server="1"}' in text
-    assert 'mooseng_chunks{state="missing"} 0.0' in text
+    assert 'mooseng_chunks{sclass="default",state="missing"} 0.0' in text
+    assert 'mooseng_chunks{sclass="fast",state="endangered"} 0.0' in text
+    assert "mooseng_replication_chunks_total 0.0" in text and "mooseng_replication_failures_total 0.0" in text
 
 
 def test_port_in_use_is_one_line_and_exit_1(master, tmp_path):

@@ -13,6 +13,8 @@ import time
 
 from mooseng import config, logsetup, metrics, rpc
 from mooseng.errors import ConfigError, QuietError
+from mooseng.master import healer
+from mooseng.master.healing import Limits
 from mooseng.master.metastore import MetaStore, MetaStoreError
 from mooseng.master.metrics import MasterMetrics
 from mooseng.master.registry import Registry
@@ -50,7 +52,7 @@ def serve(cfg) -> int:
     # Sessions start from the wall clock so that sessions from an earlier run are never reused.
     registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
     master_metrics = MasterMetrics()
-    service = MasterService(store, registry, master_metrics, cfg.node_id)
+    service = MasterService(store, registry, master_metrics, cfg.node_id, healing=healing_settings(cfg))
     # Bound before the (possibly long) recovery so that a clash fails at once; requests wait in
     # the listen backlog until server.start().
     try:
@@ -88,6 +90,21 @@ def serve(cfg) -> int:
     metrics_server.shutdown()
     log.info("stopped")
     return exitcode
+
+
+def healing_settings(cfg) -> healer.Settings:
+    """The replication manager's settings; it starts planning one heartbeat timeout after the
+    master starts, when every live chunkserver has registered again."""
+    return healer.Settings(
+        interval_s=cfg.healing_interval_s,
+        timeout_s=cfg.replication_timeout_s,
+        start_delay_s=cfg.chunkserver_timeout_s,
+        limits=Limits(
+            per_server=cfg.replication_max_per_server,
+            rebalance_per_server=cfg.rebalance_max_per_server,
+            rebalance_threshold=cfg.rebalance_threshold_pct / 100,
+        ),
+    )
 
 
 if __name__ == "__main__":
