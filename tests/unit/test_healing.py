@@ -18,6 +18,7 @@ class Sim:
         self.alive = {sid: True for sid in range(1, servers + 1)}
         self.copies: dict[int, set[int]] = {}  # chunk -> servers with a valid copy
         self.stale: dict[int, set[int]] = {}  # chunk -> servers with a stale copy
+        self.returned: set[int] = set()  # servers whose copies came back with a registration
         self.goal: dict[int, int] = {}
         self.length: dict[int, int] = {}
 
@@ -39,7 +40,8 @@ class Sim:
         for chunk_id, held in sorted(self.copies.items()):
             valid = tuple(sorted(s for s in held if self.alive[s]))
             holders = tuple(sorted(valid + tuple(self.stale.get(chunk_id, ()))))
-            out.append(ChunkView(chunk_id, 1, self.goal[chunk_id], valid, holders, self.length[chunk_id]))
+            returned = tuple(s for s in valid if s in self.returned)
+            out.append(ChunkView(chunk_id, 1, self.goal[chunk_id], valid, holders, self.length[chunk_id], returned))
         return out
 
     def plan(self, limits=Limits(), inflight=None, busy=None, rebalancing=None, seed=1) -> healing.Plan:
@@ -152,11 +154,13 @@ def test_a_returning_server_with_extra_copies_loses_them():
     sim.kill(3)
     sim.apply(sim.plan(Limits(per_server=100)))
     sim.alive[3] = True  # it comes back with its old copies, still valid (no write meanwhile)
+    sim.returned.add(3)
     for c in range(1, 31):
         if 3 in (1 + c % 3, 1 + (c + 1) % 3):
             sim.copies[c].add(3)
     plan = sim.plan()
     assert plan.replicate == []
+    assert len(plan.delete) == 20 and {d.server for d in plan.delete} == {3}, "its copies are the extra ones"
     sim.apply(plan)
     assert set(sim.counts().values()) == {2}
 

@@ -125,7 +125,9 @@ class Healer:
         copies = self._registry.copies(chunk_id)
         valid = tuple(s.server_id for s, c in copies if self._registry.is_valid(chunk_id, s, c, version))
         length = max((c.length for _, c in copies), default=0)
-        return healing.ChunkView(chunk_id, version, goal, valid, tuple(s.server_id for s, _ in copies), length)
+        returned = tuple(s.server_id for s, c in copies if c.returned)
+        return healing.ChunkView(chunk_id, version, goal, valid, tuple(s.server_id for s, _ in copies), length,
+                                 returned)
 
     def _expire_jobs(self, now: float) -> None:
         alive = {s.server_id for s in self._registry.servers() if s.alive}

@@ -11,7 +11,9 @@ The order, as MooseFS does it:
    (one copy left, then the lowest share of the goal). A missing chunk (no valid copy) cannot be
    repaired from anywhere and is only counted.
 2. Over-goal deletions. A chunk with more valid copies than its goal and no replication under way
-   loses the extra copies on the fullest servers.
+   loses its extra copies: first those that came back with a server's registration (a server that
+   was down while the chunk was repaired elsewhere: its copies are the extra ones, and are deleted
+   rather than read), then those on the fullest servers.
 3. Rebalancing, only while no chunk is under or over its goal: a chunk moves from the fullest server to the
    emptiest while their usage (used / total over healthy disks) differs by more than the
    threshold; a move is a replication, and the extra copy it makes is then deleted by rule 2 from
@@ -44,6 +46,7 @@ class ChunkView:
     valid: tuple[int, ...]  # ids of the servers with a valid copy
     holders: tuple[int, ...]  # ids of the servers with any copy (valid, stale, damaged)
     length: int = 0  # data bytes, as far as known
+    returned: tuple[int, ...] = ()  # servers whose copy came back with their registration
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def plan(
     for chunk in repairs:
         _repair(chunk, inflight.get(chunk.chunk_id, 0), alive, busy, limits, rng, out)
     for chunk in sorted(extra, key=lambda c: c.chunk_id):
-        ranked = sorted(chunk.valid, key=lambda sid: (_ratio(alive[sid]), sid), reverse=True)
+        ranked = sorted(chunk.valid, key=lambda sid: (sid in chunk.returned, _ratio(alive[sid]), sid), reverse=True)
         out.delete += [Delete(chunk.chunk_id, sid) for sid in ranked[: len(chunk.valid) - chunk.goal]]
     if not repairs and not extra:  # usage is about to change: measure it again first
         _rebalance(stable, alive, busy, rebalancing, limits, out)

@@ -76,6 +76,7 @@ class Copy:
     disk: int | None  # None: recorded from a client's commit, disk known at the next heartbeat
     length: int = 0
     damaged: bool = False
+    returned: bool = False  # came with its server's registration, not from a write or replication
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Registry:
         self._next_session += 1
         self._servers[server_id] = server
         for ref in chunks:
-            self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk, ref.length, ref.damaged))
+            self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk, ref.length, ref.damaged, returned=True))
         server.dirty = set(server.chunks)
         return server.session
 
@@ -200,7 +201,7 @@ class Registry:
         for ref in damaged:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
             if copy is not None and copy.version == ref.version:
-                self._add_copy(server, ref.chunk_id, Copy(copy.version, copy.disk, copy.length, True))
+                self._add_copy(server, ref.chunk_id, Copy(copy.version, copy.disk, copy.length, True, copy.returned))
                 self.recheck([ref.chunk_id])
         self._count_bytes(server, bytes_read, bytes_written)
         return True
