@@ -122,6 +122,21 @@ def test_in_flight_replications_count_as_coming_copies():
     assert sim.plan(inflight={1: 1}, busy={1: 1, 2: 1}).replicate == []
 
 
+def test_a_damaged_copy_is_deleted_only_once_the_chunk_is_at_goal_without_it():
+    sim = Sim(3)
+    sim.add_chunk(1, [1])
+    sim.stale[1] = {2}  # holder 2's copy is damaged: a holder, not valid
+    views = [v.__class__(**{**v.__dict__, "damaged": (2,)}) for v in sim.views()]
+    plan = healing.plan(views, sim.servers(), inflight={}, busy={}, rebalancing={}, limits=Limits(),
+                        rng=random.Random(1))
+    assert [(r.chunk_id, r.target) for r in plan.replicate] == [(1, 3)] and plan.delete == []
+    sim.apply(plan)
+    views = [v.__class__(**{**v.__dict__, "damaged": (2,)}) for v in sim.views()]
+    plan = healing.plan(views, sim.servers(), inflight={}, busy={}, rebalancing={}, limits=Limits(),
+                        rng=random.Random(1))
+    assert plan.delete == [healing.Delete(1, 2)]
+
+
 def test_missing_chunks_are_not_planned_and_stale_holders_are_not_targets():
     sim = Sim(3)
     sim.add_chunk(1, [])  # missing: nothing to copy from

@@ -187,6 +187,14 @@ def test_stale_copies_are_kept_while_no_valid_copy_exists(reg):
     assert reg.deletions(2, versions.get) == [ChunkRef(5, 1, 0)]
 
 
+def test_a_returning_valid_copy_lets_kept_stale_copies_go(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    versions = {5: 2}
+    assert reg.deletions(1, versions.get) == [], "all that is left"
+    register(reg, 2, chunks=[ChunkRef(5, 2, 0)], now=1.0)
+    assert reg.deletions(1, versions.get) == [ChunkRef(5, 1, 0)]
+
+
 def test_commit_report_is_not_undone_by_an_older_heartbeat(reg):
     session = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
     reg.record_copies(5, 2, [addr(1)])
@@ -235,7 +243,7 @@ def test_state_counts_per_class(reg):
     assert reg.classify(1, 1, 2) == MISSING
 
 
-def test_damaged_copies_are_invalid_and_deleted_once_a_valid_copy_exists(reg):
+def test_damaged_copies_are_invalid_and_left_to_the_replication_manager(reg):
     s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
     register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
     versions = {5: 1}
@@ -243,7 +251,11 @@ def test_damaged_copies_are_invalid_and_deleted_once_a_valid_copy_exists(reg):
     assert reg.heartbeat(1, s1, [], [], [], 0, 0, 1.0, damaged=[ChunkRef(5, 1, 0)])
     assert [s.server_id for s in reg.holders(5, 1)] == [2]
     assert reg.classify(5, 1, 2) == ENDANGERED
-    assert reg.deletions(1, versions.get) == [ChunkRef(5, 1, 0)]
+    assert reg.deletions(1, versions.get) == [], "kept until the chunk is at goal without it"
+    assert reg.copies(5)[0][1].damaged
+    del versions[5]
+    reg.recheck([5])
+    assert reg.deletions(1, versions.get) == [ChunkRef(5, 1, 0)], "a chunk in no file goes anyway"
 
 
 def test_a_damaged_only_copy_is_kept(reg):

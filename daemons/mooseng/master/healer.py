@@ -126,8 +126,9 @@ class Healer:
         valid = tuple(s.server_id for s, c in copies if self._registry.is_valid(chunk_id, s, c, version))
         length = max((c.length for _, c in copies), default=0)
         returned = tuple(s.server_id for s, c in copies if c.returned)
+        damaged = tuple(s.server_id for s, c in copies if c.damaged)
         return healing.ChunkView(chunk_id, version, goal, valid, tuple(s.server_id for s, _ in copies), length,
-                                 returned)
+                                 returned, damaged)
 
     def _expire_jobs(self, now: float) -> None:
         alive = {s.server_id for s in self._registry.servers() if s.alive}

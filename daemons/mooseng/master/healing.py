@@ -10,12 +10,13 @@ The order, as MooseFS does it:
 1. Repairs. Chunks below their goal with at least one valid copy, the most endangered first
    (one copy left, then the lowest share of the goal). A missing chunk (no valid copy) cannot be
    repaired from anywhere and is only counted.
-2. Over-goal deletions. A chunk with more valid copies than its goal and no replication under way
-   loses its extra copies: first those that came back with a server's registration (a server that
-   was down while the chunk was repaired elsewhere: its copies are the extra ones, and are deleted
-   rather than read), then those on the fullest servers.
-3. Rebalancing, only while no chunk is under or over its goal: a chunk moves from the fullest server to the
-   emptiest while their usage (used / total over healthy disks) differs by more than the
+2. Deletions. A damaged copy goes once its chunk is at goal without it. A chunk with more valid
+   copies than its goal and no replication under way loses its extra copies: first those that
+   came back with a server's registration (a server that was down while the chunk was repaired
+   elsewhere: its copies are the extra ones, and are deleted rather than read), then those on
+   the fullest servers.
+3. Rebalancing, only while no chunk is under or over its goal: a chunk moves from the fullest
+   server to the emptiest while their usage (used / total over healthy disks) differs by more than the
    threshold; a move is a replication, and the extra copy it makes is then deleted by rule 2 from
    the fullest holder. A move is made only if it narrows the gap, so usage never oscillates.
 
@@ -47,6 +48,7 @@ class ChunkView:
     holders: tuple[int, ...]  # ids of the servers with any copy (valid, stale, damaged)
     length: int = 0  # data bytes, as far as known
     returned: tuple[int, ...] = ()  # servers whose copy came back with their registration
+    damaged: tuple[int, ...] = ()  # servers whose copy failed a CRC check there
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ def plan(
             extra.append(chunk)
         elif have == chunk.goal and not coming:
             stable.append(chunk)
+        if have >= chunk.goal:
+            out.delete += [Delete(chunk.chunk_id, sid) for sid in chunk.damaged]
     repairs.sort(key=lambda c: (len(c.valid) > 1, len(c.valid) / c.goal, c.chunk_id))
     for chunk in repairs:
         _repair(chunk, inflight.get(chunk.chunk_id, 0), alive, busy, limits, rng, out)

@@ -161,7 +161,7 @@ class Registry:
         self._servers[server_id] = server
         for ref in chunks:
             self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk, ref.length, ref.damaged, returned=True))
-        server.dirty = set(server.chunks)
+        self.recheck(server.chunks)  # its copies may make others' stale copies deletable, and be stale
         return server.session
 
     def heartbeat(
@@ -181,7 +181,8 @@ class Registry:
         `disks` replaces the disk list (an empty list leaves it as it was). A reported version
         older than the one recorded is ignored: it can only be a heartbeat overtaken by a client's
         commit report of a newer write. `damaged` copies failed a CRC check there: they stop being
-        valid and are deleted once the chunk has a valid copy elsewhere.
+        valid, and the replication manager deletes them once the chunk is at its goal without them
+        (until then their good blocks are better than nothing).
         """
         server = self._servers.get(server_id)
         if server is None or not server.alive or server.session != session:
@@ -202,7 +203,6 @@ class Registry:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
             if copy is not None and copy.version == ref.version:
                 self._add_copy(server, ref.chunk_id, Copy(copy.version, copy.disk, copy.length, True, copy.returned))
-                self.recheck([ref.chunk_id])
         self._count_bytes(server, bytes_read, bytes_written)
         return True
 
@@ -226,8 +226,8 @@ class Registry:
         they leave the registry at once.
 
         `version_of(chunk_id)` is the namespace's current version, None for an unknown chunk
-        (always deleted). A copy older than that, fenced or damaged, is stale, but is kept while
-        the chunk has no valid copy at all: then the stale copies are all the data left, so they
+        (always deleted). A copy older than that, or fenced, is stale, but is kept while the
+        chunk has no valid copy at all: then the stale copies are all the data left, so they
         wait for a valid copy to appear, which marks the chunk dirty again.
         """
         server = self._servers.get(server_id)
@@ -244,9 +244,8 @@ class Registry:
             if fence is not None and (current is None or fence[0] < current):
                 del self._fences[chunk_id]  # superseded: copies up to its version are stale anyway
             if current is not None:
-                if (copy.version >= current and not copy.damaged
-                        and not self._fenced(chunk_id, server_id, copy.version)):
-                    continue
+                if copy.version >= current and (copy.damaged or not self._fenced(chunk_id, server_id, copy.version)):
+                    continue  # current, or damaged: the replication manager deletes it once at goal
                 if not any(self.is_valid(chunk_id, s, c, current) for s, c in self.copies(chunk_id)):
                     continue
             out.append(ChunkRef(chunk_id, copy.version, copy.disk))
