@@ -186,9 +186,7 @@ def test_a_copy_that_missed_a_write_is_stale_by_version_never_read_and_deleted(h
     assert copy["version"] == old and copy["server_id"] == 1 and not copy["valid"]
     [ref] = h.master.call("chunks", {"ino": ino, "index": 0, "count": 1})
     assert ref["servers"] == [], "a stale copy is never handed to a client"
-    cli = subprocess.run([sys.executable, "-m", "mooseng.cli.main", "--master", h.cluster.master_endpoints[0],
-                          "fileinfo", "mfs:/f"], capture_output=True, text=True, env={**os.environ}, timeout=30)
-    assert "INVALID: STALE" in cli.stdout, cli.stdout + cli.stderr
+    assert "INVALID: STALE (version" in mooseng(h, "fileinfo", "mfs:/f")
     assert chunk_file(x, chunk["chunk_id"]).exists(), "kept while it is all that is left"
 
     h.cluster.restart(y.name)  # the current copy is back: the stale one goes, then is replaced
@@ -197,6 +195,14 @@ def test_a_copy_that_missed_a_write_is_stale_by_version_never_read_and_deleted(h
     wait_for("the chunk back at goal", h.at_goal, 30)
     h.check_data()
     assert h.metric(x, "mooseng_bytes_read_total") == 0
+
+
+def mooseng(h: Harness, *args: str) -> str:
+    """The CLI's output (it must succeed)."""
+    proc = subprocess.run([sys.executable, "-m", "mooseng.cli.main", "--master", h.cluster.master_endpoints[0], *args],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def chunk_file(node, chunk_id: int) -> Path:
@@ -229,6 +235,13 @@ def test_flipped_bytes_are_found_by_the_scrubber_and_the_copy_is_repaired(harnes
     states = wait_for("the copy marked damaged", lambda: (s := marked()).get(holders[0]) == "damaged" and s, 10)
     assert states[holders[1]] == "valid"
     assert h.default()["endangered"] == 1
+    out = mooseng(h, "fileinfo", "mfs:/f")
+    assert f"{holders[0]} " in out and "INVALID: DAMAGED" in out
+    out = mooseng(h, "status")
+    header = next(line for line in out.splitlines() if line.strip().startswith("CLASS")).split()
+    row = next(line for line in out.splitlines() if line.strip().startswith("default")).split()
+    assert header == ["CLASS", "MISSING", "ENDANGERED", "UNDERGOAL", "STABLE", "OVERGOAL", "DELETING"]
+    assert row == ["default", "0", "1", "0", "0", "0", "0"]
     master_log = h.cluster.node("master-1").log_path.read_text()
     assert f"reports its copy of chunk {chunk['chunk_id']} (version {chunk['version']}) damaged" in master_log
 
@@ -296,7 +309,7 @@ def test_a_new_chunkserver_receives_chunks_until_usage_is_balanced(tmpfs_cluster
     try:
         wait_for("chunkserver-4 down", lambda: h.status()["chunkservers"][3]["state"] == "down", 10)
         rng = random.Random(3)
-        for i in range(24):
+        for i in range(32):
             h.write(f"g{i:02d}", rng.randbytes(3 * MiB))
 
         def ratios() -> dict[int, float]:
