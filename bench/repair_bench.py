@@ -1,7 +1,7 @@
 """Repair after losing a chunkserver: time to full health, repair rate in MB/s and chunks/s.
 
     python bench/repair_bench.py [--gib 1] [--file-mib 64] [--timeout 2] [--rate-mb-s 1000]
-                                 [--per-server 8] [--root DIR] [--json]
+                                 [--per-server 32] [--workers 4] [--root DIR] [--json]
 
 Starts a local cluster (1 master, 3 chunkservers, goal 2, no FUSE client) on free loopback ports,
 writes --gib GiB of random data in files of --file-mib MiB through the client library, then
@@ -52,7 +52,7 @@ def run(args, root: Path) -> dict:
         "MOOSENG_LEAVE_FREE_MB": "0",
         "MOOSENG_REPLICATION_MB_S": str(args.rate_mb_s),
         "MOOSENG_REPLICATION_MAX_PER_SERVER": str(args.per_server),
-        "MOOSENG_REPLICATION_WORKERS": str(args.per_server),
+        "MOOSENG_REPLICATION_WORKERS": str(args.workers),
         "MOOSENG_SCRUB_MB_S": "0",
     }
     cluster = LocalCluster(root, masters=1, chunkservers=3, clients=0, port_base=AUTO_PORTS, env_extra=env)
@@ -112,7 +112,7 @@ def run(args, root: Path) -> dict:
             "repair_chunks_s": round(copied_chunks / window, 1),
             "failures": after["failures"] - before["failures"],
             "settings": {"timeout_s": args.timeout, "replication_mb_s": args.rate_mb_s,
-                         "per_server": args.per_server},
+                         "per_server": args.per_server, "workers": args.workers},
         }
     finally:
         client.close()
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--file-mib", type=int, default=64, help="file size (MiB); 64 = one chunk each")
     parser.add_argument("--timeout", type=float, default=2.0, help="the master's chunkserver_timeout_s")
     parser.add_argument("--rate-mb-s", type=float, default=1000.0, help="each chunkserver's replication_mb_s")
-    parser.add_argument("--per-server", type=int, default=8, help="replication_max_per_server (and workers)")
+    parser.add_argument("--per-server", type=int, default=32, help="the master's replication_max_per_server")
+    parser.add_argument("--workers", type=int, default=4, help="each chunkserver's replication_workers")
     parser.add_argument("--root", type=Path, help="cluster directory (default: a temporary one)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

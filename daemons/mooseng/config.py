@@ -112,7 +112,7 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("chunkserver_timeout_s", "float", 10.0, "MOOSENG_CHUNKSERVER_TIMEOUT_S", min=0.1, help="missed heartbeats before a chunkserver is down"),
         # Self-healing (master/healing.py): replication, over-goal deletion, rebalancing.
         Key("healing_interval_s", "float", 1.0, "MOOSENG_HEALING_INTERVAL_S", min=0.05, max=60, help="how often the leader plans replications"),
-        Key("replication_max_per_server", "int", 8, "MOOSENG_REPLICATION_MAX_PER_SERVER", min=1, max=1000, help="replications a chunkserver takes part in at once"),
+        Key("replication_max_per_server", "int", 32, "MOOSENG_REPLICATION_MAX_PER_SERVER", min=1, max=1000, help="replications ordered to or from a chunkserver and not yet done (it runs replication_workers of them at once)"),
         Key("replication_timeout_s", "float", 300.0, "MOOSENG_REPLICATION_TIMEOUT_S", min=1, help="a replication not reported by then failed"),
         Key("rebalance_max_per_server", "int", 1, "MOOSENG_REBALANCE_MAX_PER_SERVER", min=0, max=1000, help="rebalancing moves per chunkserver at once (0: no rebalancing)"),
         Key("rebalance_threshold_pct", "float", 5.0, "MOOSENG_REBALANCE_THRESHOLD_PCT", min=0.01, max=100, help="usage spread (percentage points) tolerated between chunkservers"),

@@ -98,13 +98,15 @@ class MasterLink:
 
     def _heartbeat(self) -> bool:
         master = self._masters[self._current]
+        # Outcomes before changes: a replication reported done must have its new copy in `added`.
+        replicated = self._replicator.take_results() if self._replicator else []
         added, removed = self._store.take_changes()
         params = {
             "server_id": self._server_id, "session": self._session,
             "disks": [_disk(d) for d in self._store.disk_stats()],
             "added": [_ref(c) for c in added], "removed": [_ref(c) for c in removed],
             "damaged": [_ref(c) for c in self._store.take_damaged()],
-            "replicated": self._replicator.take_results() if self._replicator else [],
+            "replicated": replicated,
             "bytes_read": self._store.bytes_read, "bytes_written": self._store.bytes_written,
         }  # fmt: skip
         try:

@@ -1,6 +1,6 @@
 """The replication manager's thread on the master: runs healing.plan, tracks what is under way.
 
-Every `interval_s` on the leader (is_leader(): a follower neither plans nor sends), it builds the
+Every `interval_s` on the leader, and as soon as a replication ends (is_leader(): a follower neither plans nor sends), it builds the
 chunk view from the namespace and the registry, plans, takes over-goal copies out of the registry
 (they go out as heartbeat `delete`s) and queues replications for their target chunkservers,
 which get them in their next heartbeat reply as `replicate: [{chunk_id, version, source}]`. The
@@ -64,6 +64,7 @@ class Healer:
         self._leader_since: float | None = None
         self.counters = Counters()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a replication ended: plan the next ones now
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -72,11 +73,16 @@ class Healer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.run_once()
             except Exception:  # a bug here must not end healing for good
@@ -179,3 +185,4 @@ class Healer:
                 elif job is not None:
                     self.counters.chunks += 1
                     self.counters.bytes += r["bytes"]
+                self._wake.set()

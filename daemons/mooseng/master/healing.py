@@ -20,9 +20,10 @@ The order, as MooseFS does it:
    threshold; a move is a replication, and the extra copy it makes is then deleted by rule 2 from
    the fullest holder. A move is made only if it narrows the gap, so usage never oscillates.
 
-Rate: a server takes part in at most `per_server` replications at once (as source or target), of
-which at most `rebalance_per_server` are rebalancing moves; the chunkserver bounds the bytes per
-second of its own copies. Placement is the rule for new chunks (placement.choose: distinct live
+Rate: a server takes part in at most `per_server` replications ordered and not yet done (as source
+or target), of which at most `rebalance_per_server` are rebalancing moves; the chunkserver runs a
+few of its orders at once and bounds the bytes per second they pull (replicator.py), so orders
+queue there rather than wait for a heartbeat round trip each. Placement is the rule for new chunks (placement.choose: distinct live
 servers with room, emptiest first), excluding every server that holds any copy of the chunk, even
 a stale one waiting for its deletion; the target chunkserver picks the disk as for a new chunk.
 Erasure-coded chunks (fragments, priority at exactly k left) join when the EC data path lands.
@@ -71,7 +72,7 @@ class Delete:
 
 @dataclass(frozen=True)
 class Limits:
-    per_server: int = 8
+    per_server: int = 32
     rebalance_per_server: int = 1
     rebalance_threshold: float = 0.01  # allowed usage spread between servers, as a fraction
 
