@@ -451,7 +451,8 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     status = master.ok("status")
     assert status["master"]["role"] == "leader"
     assert [s["state"] for s in status["chunkservers"]] == ["alive"] * 3
-    assert status["chunks"]["by_class"]["fast"] == {"stable": 0, "undergoal": 1, "missing": 1}
+    assert status["chunks"]["by_class"]["fast"] == {
+        "stable": 0, "undergoal": 0, "endangered": 1, "missing": 1, "overgoal": 0, "deleting": 0}
     statfs = master.ok("statfs")
     assert statfs["total_bytes"] == 3 * 100 * GiB and statfs["free_bytes"] == 3 * 50 * GiB
 
@@ -485,7 +486,8 @@ def test_abandoned_write_session_leaves_the_chunk_readable(master, fakes):
     for sid, fake in fakes.items():
         added = [(chunk_id, fake.version(chunk_id))] if chunk_id in fake.copies else []
         assert heartbeat(master, sid, sessions[sid], added=added) == (False, []), "no copy is stale"
-    assert master.ok("status")["chunks"]["by_class"]["default"] == {"stable": 1, "undergoal": 0, "missing": 0}
+    assert master.ok("status")["chunks"]["by_class"]["default"] == {
+        "stable": 1, "undergoal": 0, "endangered": 0, "missing": 0, "overgoal": 0, "deleting": 0}
     # The next session carries on from there.
     w = master.ok("write_chunk", ino=ino, index=0)
     assert (w["version"], w["expect_version"]) == (3, 3) and [f.version(chunk_id) for f in holders] == [3, 3]
