@@ -388,6 +388,10 @@ GOOD_HEARTBEAT = {"server_id": 7, "session": 1, "disks": [disk()], "added": [ref
         ("heartbeat", {"removed": None}, "'removed' must be a list of"),
         ("heartbeat", {"bytes_read": True}, "'bytes_read' must be an unsigned integer"),
         ("heartbeat", {"disks": [{**disk(), "state": 1}]}, "'disks' must be a list of"),
+        ("heartbeat", {"damaged": [{**ref(1, 1), "damaged": "yes"}]}, "'damaged' must be a list of"),
+        ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5}]}, "'replicated' must be a list of"),
+        ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5, "error": 0}]},
+         "'replicated' must be a list of"),
     ],
 )
 def test_malformed_chunkserver_reports_are_invalid_argument(shared_master, method, change, fragment):
