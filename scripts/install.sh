@@ -21,6 +21,11 @@ APT_PACKAGES=(
   iproute2
   procps
   curl
+  # Docker images, Compose demo and Molecule (a private engine: scripts/docker-engine.sh)
+  docker.io
+  docker-compose
+  iptables
+  debootstrap
 )
 PYTHON=${PYTHON:-python3}
 VENV=${MOOSENG_VENV:-.venv}
