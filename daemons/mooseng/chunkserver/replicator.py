@@ -59,7 +59,6 @@ class Replicator:
         self._clients: dict[str, rpc.Client] = {}
         self._stop = threading.Event()
         self._pacer = Pacer(rate_bytes_s, sleep=self._stop.wait)
-        self.bytes = 0  # pulled by replications that completed
 
     def submit(self, orders: list[dict]) -> None:
         """Run the master's orders in the background; outcomes go to take_results()."""
@@ -113,8 +112,6 @@ class Replicator:
         finally:
             with self._lock:
                 self._running.discard(chunk_id)
-        with self._lock:
-            self.bytes += length
         log.info("replicated chunk %016X version %d (%d bytes) from %s", chunk_id, version, length, source)
         return length
 

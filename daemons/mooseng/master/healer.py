@@ -163,10 +163,11 @@ class Healer:
         """The replications this server is to run, each handed out once: [{chunk_id, version, source}]."""
         with self._lock:
             out = []
+            servers = {s.server_id: s for s in self._registry.servers()}
             for (_, target), job in self._jobs.items():
                 if target != server_id or job.sent:
                     continue
-                source = next((s for s in self._registry.servers() if s.server_id == job.order.source), None)
+                source = servers.get(job.order.source)
                 if source is None:
                     continue
                 job.sent = True

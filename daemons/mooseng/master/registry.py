@@ -326,10 +326,6 @@ class Registry:
         held = self._copies.get(chunk_id, {})
         return [(self._servers[sid], held[sid]) for sid in sorted(held)]
 
-    def chunk_ids(self) -> set[int]:
-        """Every chunk with at least one recorded copy."""
-        return set(self._copies)
-
     def is_valid(self, chunk_id: int, server: Server, copy: Copy, version: int) -> bool:
         if (not server.alive or copy.version < version or copy.damaged
                 or self._fenced(chunk_id, server.server_id, copy.version)):

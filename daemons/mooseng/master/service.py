@@ -504,7 +504,8 @@ class MasterService:
         return refs
 
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
-        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}."""
+        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
+        copy says whether it is valid and its state (see _copy_state)."""
         with self._store.view() as ns:
             attr = ns.query("getattr", args, ctx)
             refs = []
@@ -516,18 +517,17 @@ class MasterService:
             for ref in refs:
                 if not ref["chunk_id"]:
                     continue
-                copies = [
-                    {
+                copies = []
+                for server, copy in self._registry.copies(ref["chunk_id"]):
+                    valid = self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"])
+                    copies.append({
                         "server_id": server.server_id,
                         "address": server.address,
                         "disk": copy.disk,
                         "version": copy.version,
-                        "valid": self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"]),
-                        "state": _copy_state(self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"]),
-                                             server, copy, ref["version"]),
-                    }
-                    for server, copy in self._registry.copies(ref["chunk_id"])
-                ]
+                        "valid": valid,
+                        "state": _copy_state(valid, server, copy, ref["version"]),
+                    })  # fmt: skip
                 chunks.append({**ref, "copies": copies})
         return {"attr": attr, "class": CLASSES[attr["sclass"]].to_dict(), "chunks": chunks}
 
@@ -641,8 +641,9 @@ class MasterService:
         return {"session": session}
 
     def _heartbeat(self, params: dict, data, peer: str) -> dict:
-        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written}
-        -> {reregister, delete: [{chunk_id, version, disk (None: not known)}]}."""
+        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written, damaged?,
+        replicated?} -> {reregister, delete: [{chunk_id, version, disk (None: not known)}],
+        replicate: [{chunk_id, version, source}]} (the healer's orders for this server)."""
         try:
             _check("heartbeat", HEARTBEAT, params)
         except ValueError as exc:
