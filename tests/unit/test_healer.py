@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from mooseng.master.healer import Healer, Settings
+from mooseng.master.healer import WRITE_GRACE_S, Healer, Settings
 from mooseng.master.healing import Limits
 from mooseng.master.registry import ChunkRef, Disk, Registry
 
@@ -118,3 +118,21 @@ def test_over_goal_copies_leave_with_the_next_heartbeat_reply(world):
     versions = {1: 1, 2: 1}.get
     assert world.reg.deletions(delete.server, versions) == [ChunkRef(2, 1, 0)]
     assert len(world.reg.copies(2)) == 2
+
+
+def test_a_chunk_being_written_is_left_alone_until_its_commit_or_the_grace(world):
+    world.healer.note_write(1)
+    world.now = 5.0
+    assert world.healer.run_once().replicate == []
+    world.healer.note_commit([1])
+    assert [r.chunk_id for r in world.healer.run_once().replicate] == [1]
+
+
+def test_an_uncommitted_write_blocks_replication_for_the_grace_only(world):
+    world.healer.note_write(1)
+    world.now = 5.0
+    assert world.healer.run_once().replicate == []
+    world.now = WRITE_GRACE_S + 0.1
+    for sid in (1, 2, 3):
+        world.beat(sid)
+    assert [r.chunk_id for r in world.healer.run_once().replicate] == [1]

@@ -8,6 +8,11 @@ target reports each one in a later heartbeat (`replicated: [{chunk_id, version, 
 the new copy itself in `added`). A replication not reported within `timeout_s`, or whose source
 or target went down, counts as failed and the chunk is planned again.
 
+A chunk being written is left alone (note_write() when the master hands out a write session or a
+cut, note_commit() when the client reports it, or WRITE_GRACE_S later): a copy pulled while a
+client still writes at the same version would lack the end of that write and could be reported
+after the client's commit, too late to be fenced.
+
 Planning starts `start_delay_s` after this master became the leader, so that chunkservers have
 re-registered (otherwise a restarted master would see every chunk under goal and copy it again).
 """
@@ -23,6 +28,10 @@ from mooseng.master import healing
 from mooseng.master.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# A write session's chunkservers give up on it after 60 s idle (chunkserver/service.py): after that
+# no more data can land at its version, committed or not.
+WRITE_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class Healer:
         self._clock = clock
         self._jobs: dict[tuple[int, int], _Job] = {}  # (chunk_id, target server id) -> job
         self._leader_since: float | None = None
+        self._writing: dict[int, float] = {}  # chunk_id -> when its write session is over at the latest
         self.counters = Counters()
         self._stop = threading.Event()
         self._wake = threading.Event()  # a replication ended: plan the next ones now
@@ -105,7 +115,11 @@ class Healer:
         table = list(self._chunk_table())
         with self._lock:
             self._expire_jobs(now)
-            views = [self._view(chunk_id, version, goal) for chunk_id, version, goal in table]
+            for chunk_id, until in list(self._writing.items()):
+                if until <= now:
+                    del self._writing[chunk_id]
+            views = [self._view(chunk_id, version, goal) for chunk_id, version, goal in table
+                     if chunk_id not in self._writing]
             inflight: dict[int, int] = {}
             busy: dict[int, int] = {}
             rebalancing: dict[int, int] = {}
@@ -150,6 +164,17 @@ class Healer:
             self.counters.failures += 1
             log.warning("replication of chunk %d from %d to %d failed: %s", order.chunk_id, order.source,
                         order.target, why)
+
+    def note_write(self, chunk_id: int) -> None:
+        """A write session (or a cut) of the chunk starts: leave it alone until note_commit()."""
+        with self._lock:
+            self._writing[chunk_id] = self._clock() + WRITE_GRACE_S
+
+    def note_commit(self, chunk_ids: Iterable[int]) -> None:
+        """The client reported these chunks' write sessions over."""
+        with self._lock:
+            for chunk_id in chunk_ids:
+                self._writing.pop(chunk_id, None)
 
     def snapshot(self) -> dict:
         """Counters since this master started, and the replications under way now."""

@@ -381,6 +381,7 @@ class MasterService:
         undefined on every copy alike. Only a report of the current version records copies.
         """
         with self._inodes.hold(args["ino"]):
+            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             reports = [r for r in args.get("chunks") or [] if r["ok"]]
             if reports:
                 with self._store.view() as ns:
@@ -438,6 +439,7 @@ class MasterService:
 
         Returns the op's result and the copies at the new version.
         """
+        self.healer.note_write(chunk_id)
         with self._lock:
             holders = self._registry.holders(chunk_id, version)
         if not holders:
