@@ -291,3 +291,18 @@ def test_byte_counters_add_growth_and_survive_a_chunkserver_restart(reg):
     session = register(reg, 1, now=3.0)  # the process restarted: counters start again from zero
     assert beat(reg, 1, session, 4.0, read=10, written=20)
     assert (reg.bytes_read, reg.bytes_written) == (60, 620)
+
+
+def test_survey_agrees_with_is_valid(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(c, 2, 0) for c in (1, 2, 3, 4)])
+    register(reg, 2, chunks=[ChunkRef(1, 2, 0), ChunkRef(2, 1, 0), ChunkRef(3, 2, 0)], state="damaged")
+    register(reg, 3, chunks=[ChunkRef(1, 2, 0), ChunkRef(4, 2, 0)])
+    reg.fence(4, 2, [3])
+    assert reg.heartbeat(1, s1, [], [], [], 0, 0, 1.0, damaged=[ChunkRef(3, 2, 0)])
+    table = [(1, 2), (2, 2), (3, 2), (4, 2), (5, 1)]
+    surveyed = list(reg.survey(table))
+    assert [valid for valid, _ in surveyed] == [reg.valid_servers(c, v) for c, v in table]
+    assert [valid for valid, _ in surveyed] == [[1, 3], [1], [], [1], []]
+    assert sorted(surveyed[0][1]) == [1, 2, 3]
+    reg.expire(TIMEOUT + 2)
+    assert [valid for valid, _ in reg.survey(table)] == [[]] * 5

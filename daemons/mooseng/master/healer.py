@@ -118,8 +118,21 @@ class Healer:
             for chunk_id, until in list(self._writing.items()):
                 if until <= now:
                     del self._writing[chunk_id]
-            views = [self._view(chunk_id, version, goal) for chunk_id, version, goal in table
-                     if chunk_id not in self._writing]
+            table = [t for t in table if t[0] not in self._writing]
+            servers = self._registry.servers()
+            # In the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
+            # nothing: leave it out, so a pass over many chunks stays cheap.
+            everything = healing.needs_rebalance(servers, self.settings.limits)
+            views = []
+            surveyed = self._registry.survey((chunk_id, version) for chunk_id, version, _ in table)
+            for (chunk_id, version, goal), (valid, held) in zip(table, surveyed):
+                damaged = tuple(sorted(sid for sid, c in held.items() if c.damaged))
+                if len(valid) == goal and not damaged and not everything:
+                    continue
+                views.append(healing.ChunkView(
+                    chunk_id, version, goal, tuple(valid), tuple(sorted(held)),
+                    max((c.length for c in held.values()), default=0),
+                    tuple(sorted(sid for sid, c in held.items() if c.returned)), damaged))
             inflight: dict[int, int] = {}
             busy: dict[int, int] = {}
             rebalancing: dict[int, int] = {}
@@ -129,7 +142,7 @@ class Healer:
                     busy[sid] = busy.get(sid, 0) + 1
                     if job.order.rebalance:
                         rebalancing[sid] = rebalancing.get(sid, 0) + 1
-            plan = healing.plan(views, self._registry.servers(), inflight=inflight, busy=busy,
+            plan = healing.plan(views, servers, inflight=inflight, busy=busy,
                                 rebalancing=rebalancing, limits=self.settings.limits, rng=self._rng)
             for order in plan.replicate:
                 self._jobs[(order.chunk_id, order.target)] = _Job(order, now)
@@ -140,15 +153,6 @@ class Healer:
             log.info("replication: %d repairs, %d rebalancing moves, %d over-goal copies to delete",
                      repairs, len(plan.replicate) - repairs, len(plan.delete))
         return plan
-
-    def _view(self, chunk_id: int, version: int, goal: int) -> healing.ChunkView:
-        copies = self._registry.copies(chunk_id)
-        valid = tuple(s.server_id for s, c in copies if self._registry.is_valid(chunk_id, s, c, version))
-        length = max((c.length for _, c in copies), default=0)
-        returned = tuple(s.server_id for s, c in copies if c.returned)
-        damaged = tuple(s.server_id for s, c in copies if c.damaged)
-        return healing.ChunkView(chunk_id, version, goal, valid, tuple(s.server_id for s, _ in copies), length,
-                                 returned, damaged)
 
     def _expire_jobs(self, now: float) -> None:
         alive = {s.server_id for s in self._registry.servers() if s.alive}

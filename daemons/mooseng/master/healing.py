@@ -90,6 +90,13 @@ def usage(server: Server) -> tuple[int, int] | None:
     return (sum(d.used for d in healthy), total) if total else None
 
 
+def needs_rebalance(servers: Sequence[Server], limits: Limits) -> bool:
+    """Whether the usage of the live servers is spread wider than the threshold allows."""
+    ratios = [u[0] / u[1] for s in servers if s.alive and (u := usage(s)) is not None]
+    return (limits.rebalance_per_server > 0 and len(ratios) > 1
+            and max(ratios) - min(ratios) > limits.rebalance_threshold)
+
+
 def plan(
     chunks: Iterable[ChunkView],
     servers: Sequence[Server],

@@ -21,7 +21,7 @@ deleting: chunks no file refers to any more whose copies are still on chunkserve
 """
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,23 @@ class Registry:
             return False
         disk = server.disk(copy.disk)
         return disk is None or disk.healthy
+
+    def survey(self, chunks: Iterable[tuple[int, int]]) -> Iterator[tuple[list[int], dict[int, Copy]]]:
+        """For each (chunk_id, version): (ids of the servers with a valid copy, every copy by
+        server id). What is_valid() says copy by copy, with the per-server part worked out once,
+        for the replication manager's pass over every chunk."""
+        usable = {s.server_id: {d.index for d in s.disks if not d.healthy} for s in self._servers.values() if s.alive}
+        for chunk_id, version in chunks:
+            held = self._copies.get(chunk_id, {})
+            fence = self._fences.get(chunk_id)
+            valid = []
+            for sid, copy in held.items():
+                bad = usable.get(sid)
+                if (bad is None or copy.version < version or copy.damaged or copy.disk in bad
+                        or (fence is not None and copy.version <= fence[0] and sid in fence[1])):
+                    continue
+                valid.append(sid)
+            yield sorted(valid), held
 
     def holders(self, chunk_id: int, version: int) -> list[Server]:
         """Servers with a valid copy for namespace version `version`, best first.
