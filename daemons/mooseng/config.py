@@ -75,6 +75,12 @@ def _addrs(value):
     return addrs
 
 
+def _url(value):
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
 def _paths(value):
     paths = [str(Path(p)) for p in _list(value)]
     if not paths:
@@ -92,6 +98,7 @@ _CONVERT: dict[str, Callable] = {
     "path": lambda v: str(Path(_str(v))),
     "paths": _paths,
     "choice": _str,
+    "url": _url,
 }
 
 _COMMON = [
@@ -140,6 +147,15 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("readahead_mb", "int", 16, "MOOSENG_READAHEAD_MB", min=0),
         Key("write_mode", "choice", "fanout", "MOOSENG_WRITE_MODE", choices=("chain", "fanout")),
         Key("master_timeout_s", "float", 30.0, "MOOSENG_MASTER_TIMEOUT_S", min=0.1, help="give up on an unreachable master after this"),
+    ],
+    "dashboard": _COMMON + [
+        Key("listen", "addr", "127.0.0.1:8080", "MOOSENG_LISTEN", help="HTTP address; loopback unless set (Compose: 0.0.0.0:8080)"),
+        Key("master_endpoints", "addrs", ["127.0.0.1:9421"], "MOOSENG_MASTER_ENDPOINTS", help="masters' client API, for status and raft_status"),
+        Key("master_metrics", "addrs", ["127.0.0.1:9423"], "MOOSENG_MASTER_METRICS", help="masters' /metrics, for throughput and op rates"),
+        Key("sample_interval_s", "float", 5.0, "MOOSENG_SAMPLE_INTERVAL_S", min=0.2, max=60, help="how often the cluster is sampled (each sample: one status and one /metrics per master)"),
+        Key("history_points", "int", 300, "MOOSENG_HISTORY_POINTS", min=10, max=100_000, help="samples kept for the charts"),
+        Key("prometheus_url", "url", "", "MOOSENG_PROMETHEUS_URL", help="link shown on the page; empty: none"),
+        Key("grafana_url", "url", "", "MOOSENG_GRAFANA_URL", help="link shown on the page; empty: none"),
     ],
 }
 

@@ -154,7 +154,7 @@ class MasterLink:
                 f"registered with master {master.addr} (session {self._session}, {len(chunks)} chunks)",
             )  # fmt: skip
             return
-        self._log_state("down", logging.WARNING, f"no master accepts this chunkserver, retrying: {'; '.join(failures)}")
+        self._log_state("down", logging.ERROR, f"no master accepts this chunkserver, retrying: {'; '.join(failures)}")
 
     def _log_state(self, state: str, level: int, message: str) -> None:
         if state != self._state and not self._stop.is_set():

@@ -293,8 +293,8 @@ class MasterService:
             now = time.monotonic()
             with self._lock:
                 down = [(s, now - s.last_seen) for s in self._registry.expire(now)]
-            for server, silent in down:
-                log.warning(
+            for server, silent in down:  # an error: its copies no longer count, chunks go under goal
+                log.error(
                     "chunkserver %d at %s is down: no heartbeat for %.1f s (timeout %g s)",
                     server.server_id, server.address, silent, self._registry.timeout_s,
                 )  # fmt: skip
