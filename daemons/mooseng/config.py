@@ -119,6 +119,12 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("cache_size_mb", "int", 1024, "MOOSENG_CACHE_SIZE_MB", min=1),
         Key("snapshot_every", "int", 100_000, "MOOSENG_SNAPSHOT_EVERY", min=1, help="applied Raft entries between snapshots"),
         Key("chunkserver_timeout_s", "float", 10.0, "MOOSENG_CHUNKSERVER_TIMEOUT_S", min=0.1, help="missed heartbeats before a chunkserver is down"),
+        # Self-healing (master/healing.py): replication, over-goal deletion, rebalancing.
+        Key("healing_interval_s", "float", 1.0, "MOOSENG_HEALING_INTERVAL_S", min=0.05, max=60, help="how often the leader plans replications"),
+        Key("replication_max_per_server", "int", 32, "MOOSENG_REPLICATION_MAX_PER_SERVER", min=1, max=1000, help="replications ordered to or from a chunkserver and not yet done (it runs replication_workers of them at once)"),
+        Key("replication_timeout_s", "float", 300.0, "MOOSENG_REPLICATION_TIMEOUT_S", min=1, help="a replication not reported by then failed"),
+        Key("rebalance_max_per_server", "int", 1, "MOOSENG_REBALANCE_MAX_PER_SERVER", min=0, max=1000, help="rebalancing moves per chunkserver at once (0: no rebalancing)"),
+        Key("rebalance_threshold_pct", "float", 5.0, "MOOSENG_REBALANCE_THRESHOLD_PCT", min=0.01, max=100, help="usage spread (percentage points) tolerated between chunkservers"),
     ],
     "chunkserver": _COMMON + [
         Key("server_id", "int", None, "MOOSENG_SERVER_ID", min=1, max=65535),
@@ -129,6 +135,9 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("data_dirs", "paths", None, "MOOSENG_DATA_DIRS"),
         Key("heartbeat_interval_s", "float", 1.0, "MOOSENG_HEARTBEAT_INTERVAL_S", min=0.05, max=60),
         Key("leave_free_mb", "int", 256, "MOOSENG_LEAVE_FREE_MB", min=0, help="space kept free on each disk"),
+        Key("replication_mb_s", "float", 100.0, "MOOSENG_REPLICATION_MB_S", min=0.1, help="bytes per second (MB) this server pulls for replication"),
+        Key("replication_workers", "int", 4, "MOOSENG_REPLICATION_WORKERS", min=1, max=64, help="replications this server runs at once"),
+        Key("scrub_mb_s", "float", 8.0, "MOOSENG_SCRUB_MB_S", min=0, help="background CRC check rate (MB/s; 0: off)"),
     ],
     "client": _COMMON + [
         Key("master_endpoints", "addrs", None, "MOOSENG_MASTER_ENDPOINTS"),

@@ -191,6 +191,8 @@ class LocalCluster:
         try:
             for kind in KINDS:
                 nodes = self._of(kind)
+                if not nodes:  # clients=0: tests that use the client library only
+                    continue
                 for node in nodes:
                     self._spawn(node)
                 self._wait_ready(nodes)

@@ -122,7 +122,7 @@ def test_status_shows_a_dead_chunkserver_and_undergoal_chunks(cluster_factory):
         time.sleep(0.2)
     assert [s["state"] for s in status["chunkservers"]] == ["down", "alive", "alive"]
     default = status["chunks"]["by_class"]["default"]
-    assert default["missing"] == 0 and default["stable"] + default["undergoal"] == 2
+    assert default["missing"] == 0 and default["stable"] + default["endangered"] == 2
     out = ok(mooseng("status", master=master))
     assert "chunkservers: 2 alive, 1 down" in out
 

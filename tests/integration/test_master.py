@@ -388,6 +388,10 @@ GOOD_HEARTBEAT = {"server_id": 7, "session": 1, "disks": [disk()], "added": [ref
         ("heartbeat", {"removed": None}, "'removed' must be a list of"),
         ("heartbeat", {"bytes_read": True}, "'bytes_read' must be an unsigned integer"),
         ("heartbeat", {"disks": [{**disk(), "state": 1}]}, "'disks' must be a list of"),
+        ("heartbeat", {"damaged": [{**ref(1, 1), "damaged": "yes"}]}, "'damaged' must be a list of"),
+        ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5}]}, "'replicated' must be a list of"),
+        ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5, "error": 0}]},
+         "'replicated' must be a list of"),
     ],
 )
 def test_malformed_chunkserver_reports_are_invalid_argument(shared_master, method, change, fragment):
@@ -451,7 +455,8 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     status = master.ok("status")
     assert status["master"]["role"] == "leader"
     assert [s["state"] for s in status["chunkservers"]] == ["alive"] * 3
-    assert status["chunks"]["by_class"]["fast"] == {"stable": 0, "undergoal": 1, "missing": 1}
+    assert status["chunks"]["by_class"]["fast"] == {
+        "stable": 0, "undergoal": 0, "endangered": 1, "missing": 1, "overgoal": 0, "deleting": 0}
     statfs = master.ok("statfs")
     assert statfs["total_bytes"] == 3 * 100 * GiB and statfs["free_bytes"] == 3 * 50 * GiB
 
@@ -485,7 +490,8 @@ def test_abandoned_write_session_leaves_the_chunk_readable(master, fakes):
     for sid, fake in fakes.items():
         added = [(chunk_id, fake.version(chunk_id))] if chunk_id in fake.copies else []
         assert heartbeat(master, sid, sessions[sid], added=added) == (False, []), "no copy is stale"
-    assert master.ok("status")["chunks"]["by_class"]["default"] == {"stable": 1, "undergoal": 0, "missing": 0}
+    assert master.ok("status")["chunks"]["by_class"]["default"] == {
+        "stable": 1, "undergoal": 0, "endangered": 0, "missing": 0, "overgoal": 0, "deleting": 0}
     # The next session carries on from there.
     w = master.ok("write_chunk", ino=ino, index=0)
     assert (w["version"], w["expect_version"]) == (3, 3) and [f.version(chunk_id) for f in holders] == [3, 3]
@@ -565,7 +571,8 @@ def test_silent_chunkserver_goes_down(masters):
     assert states == {1: "alive", 2: "down"}
     text = m.scrape()
     assert 'mooseng_chunkservers{state="down"} 1.0' in text
-    assert 'mooseng_chunkservers{state="alive"} 1.0' in text
+    assert 'mooseng_chunkservers{state="up"} 1.0' in text
+    assert 'mooseng_disks{state="ok"} 1.0' in text
     assert "chunkserver 2 at 127.0.0.1:9402 is down" in m.log.read_text()
 
 
@@ -647,7 +654,9 @@ def test_metrics_endpoint(master):
         assert _metric(text, name) >= 0
     assert "mooseng_bytes_written_total 300.0" in text and "mooseng_bytes_read_total 5.0" in text
     assert 'mooseng_disk_bytes{disk="/d0",kind="free",server="1"}' in text
-    assert 'mooseng_chunks{state="missing"} 0.0' in text
+    assert 'mooseng_chunks{sclass="default",state="missing"} 0.0' in text
+    assert 'mooseng_chunks{sclass="fast",state="endangered"} 0.0' in text
+    assert "mooseng_replication_chunks_total 0.0" in text and "mooseng_replication_failures_total 0.0" in text
 
 
 def _metric(text: str, name: str) -> float:

@@ -159,18 +159,33 @@ def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
                 f"        disk {d['index']}: {d['path']}  {d['state']}  {d['chunks']} chunks  "
                 f"{human(d['used_bytes'])} / {human(d['total_bytes'])}"
             )
-    chunks = status["chunks"]
-    lines.append(f"chunks: {chunks['total']} total")
-    if chunks["by_class"]:
-        lines.append(f"  {'CLASS':<10} {'STABLE':>8} {'UNDERGOAL':>10} {'MISSING':>8}")
-    for name, states in sorted(chunks["by_class"].items()):
-        lines.append(f"  {name:<10} {states['stable']:>8} {states['undergoal']:>10} {states['missing']:>8}")
+    lines += chunk_matrix(status["chunks"])
     space = status["space"]
     lines.append(
         f"space: {human(space['used_bytes'])} used, {human(space['free_bytes'])} free "
         f"of {human(space['total_bytes'])}; {status['inodes']} inodes"
     )
     return result, lines
+
+
+# The chunk matrix's columns: (state in the master's status, heading), worst first as mfscli.
+MATRIX = (("missing", "MISSING"), ("endangered", "ENDANGERED"), ("undergoal", "UNDERGOAL"),
+          ("stable", "STABLE"), ("overgoal", "OVERGOAL"), ("deleting", "DELETING"))
+
+
+def chunk_matrix(chunks: dict) -> list[str]:
+    """Chunks by class and state (endangered: one valid copy left; deleting: in no file any
+    more, copies not yet removed), then the replication counters."""
+    lines = [f"chunks: {chunks['total']} total"]
+    if chunks["by_class"]:
+        lines.append(f"  {'CLASS':<10}" + "".join(f" {head:>10}" for _, head in MATRIX))
+    for name, states in sorted(chunks["by_class"].items()):
+        lines.append(f"  {name:<10}" + "".join(f" {states.get(state, 0):>10}" for state, _ in MATRIX))
+    rep = chunks.get("replication")
+    if rep:
+        lines.append(f"replication: {rep['chunks']} chunks ({human(rep['bytes'])}) copied, {rep['failures']} failed, "
+                     f"{rep['in_progress']} in progress")
+    return lines
 
 
 def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
@@ -188,7 +203,8 @@ def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
             lines.append("\t\tno valid copies !!!")
         for n, copy in enumerate(chunk["copies"], 1):
             disk = "?" if copy["disk"] is None else copy["disk"]
-            state = "VALID" if copy["valid"] else f"INVALID (version {copy['version']})"
+            why = copy.get("state", "invalid").upper()
+            state = "VALID" if copy["valid"] else f"INVALID: {why} (version {copy['version']})"
             lines.append(f"\t\tcopy {n}: {copy['address']} (chunkserver {copy['server_id']}, disk {disk}): {state}")
     if not info["chunks"]:
         lines.append("\tno chunks")

@@ -14,7 +14,8 @@ import time
 
 from mooseng import config, logsetup, metrics, rpc, wire
 from mooseng.errors import ConfigError, QuietError
-from mooseng.master import raftnode
+from mooseng.master import healer, raftnode
+from mooseng.master.healing import Limits
 from mooseng.master.metastore import MetaStore
 from mooseng.master.raftlog import StorageError
 from mooseng.master.metrics import MasterMetrics
@@ -66,7 +67,7 @@ def serve(cfg) -> int:
     registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
     master_metrics = MasterMetrics()
     service = MasterService(store, registry, master_metrics, cfg.node_id, raft_status=node.status,
-                            raft_admin=functools.partial(_admin, node))  # fmt: skip
+                            raft_admin=functools.partial(_admin, node), healing=healing_settings(cfg))  # fmt: skip
     # Bound before the (possibly long) recovery so that a clash fails at once; requests wait in
     # the listen backlog until server.start().
     try:
@@ -140,6 +141,21 @@ def _admin(node: raftnode.RaftNode, action: str, name: str, address: str) -> Non
         node.remove_member(name)
     else:
         node.transfer_leadership(name)
+
+
+def healing_settings(cfg) -> healer.Settings:
+    """The replication manager's settings; it starts planning one heartbeat timeout after this
+    master becomes the leader, when every live chunkserver has registered with it."""
+    return healer.Settings(
+        interval_s=cfg.healing_interval_s,
+        timeout_s=cfg.replication_timeout_s,
+        start_delay_s=cfg.chunkserver_timeout_s,
+        limits=Limits(
+            per_server=cfg.replication_max_per_server,
+            rebalance_per_server=cfg.rebalance_max_per_server,
+            rebalance_threshold=cfg.rebalance_threshold_pct / 100,
+        ),
+    )
 
 
 if __name__ == "__main__":

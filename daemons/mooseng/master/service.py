@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from mooseng import rpc, wire
 from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
-from mooseng.master import placement
+from mooseng.master import healer, placement
 from mooseng.master.classes import CLASSES
 from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
-from mooseng.master.registry import ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server, STATES
+from mooseng.master.registry import STATES, ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,12 @@ DISKS = Kind(
               "state": STR, "chunks": UINT}),
 )  # fmt: skip
 CHUNK_REFS = Kind(
-    "a list of {chunk_id, version, disk, length?}",
-    _records({"chunk_id": UINT, "version": UINT, "disk": U32}, {"length": UINT}),
+    "a list of {chunk_id, version, disk, length?, damaged?}",
+    _records({"chunk_id": UINT, "version": UINT, "disk": U32}, {"length": UINT, "damaged": BOOL}),
+)
+REPLICATED = Kind(
+    "a list of {chunk_id, version, bytes, error}",
+    _records({"chunk_id": UINT, "version": UINT, "bytes": UINT, "error": STR}),
 )
 
 QUERY, MUTATION = "query", "mutation"
@@ -162,6 +166,7 @@ HEARTBEAT = Op(
     QUERY,
     {"server_id": U32, "session": UINT, "disks": DISKS, "added": CHUNK_REFS, "removed": CHUNK_REFS,
      "bytes_read": UINT, "bytes_written": UINT},
+    {"damaged": CHUNK_REFS, "replicated": REPLICATED},
 )  # fmt: skip
 
 
@@ -233,6 +238,7 @@ class MasterService:
         rng: random.Random | None = None,
         raft_status: Callable[[], dict] | None = None,
         raft_admin: Callable[[str, str, str], None] | None = None,
+        healing: healer.Settings | None = None,
     ):
         self._store = store
         self._raft_status = raft_status
@@ -248,6 +254,10 @@ class MasterService:
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
+        self.healer = healer.Healer(
+            registry, self._lock, self._chunk_goals, self.is_leader,
+            healing or healer.Settings(start_delay_s=registry.timeout_s),
+        )  # fmt: skip
         self._ops = {
             "write_chunk": self._write_chunk,
             "commit_write": self._commit_write,
@@ -305,15 +315,17 @@ class MasterService:
     # --- lifecycle ---
 
     def start(self) -> None:
-        """Start the thread that marks silent chunkservers down."""
+        """Start the threads that mark silent chunkservers down and keep chunks at their goal."""
         self._expiry = threading.Thread(target=self._expire_loop, name="cs-expiry", daemon=True)
         self._expiry.start()
+        self.healer.start()
 
     def stop(self) -> None:
         """After the rpc server stopped (and let its running calls finish)."""
         self._stop.set()
         if self._expiry is not None:
             self._expiry.join()
+        self.healer.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             clients, self._chunkservers = list(self._chunkservers.values()), {}
@@ -457,6 +469,7 @@ class MasterService:
         undefined on every copy alike. Only a report of the current version records copies.
         """
         with self._inodes.hold(args["ino"]):
+            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             reports = [r for r in args.get("chunks") or [] if r["ok"]]
             if reports:
                 with self._store.view() as ns:
@@ -514,6 +527,7 @@ class MasterService:
 
         Returns the op's result and the copies at the new version.
         """
+        self.healer.note_write(chunk_id)
         with self._lock:
             holders = self._registry.holders(chunk_id, version)
         if not holders:
@@ -580,7 +594,8 @@ class MasterService:
         return refs
 
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
-        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}."""
+        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
+        copy says whether it is valid and its state (see _copy_state)."""
         with self._store.view() as ns:
             attr = ns.query("getattr", args, ctx)
             refs = []
@@ -592,16 +607,17 @@ class MasterService:
             for ref in refs:
                 if not ref["chunk_id"]:
                     continue
-                copies = [
-                    {
+                copies = []
+                for server, copy in self._registry.copies(ref["chunk_id"]):
+                    valid = self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"])
+                    copies.append({
                         "server_id": server.server_id,
                         "address": server.address,
                         "disk": copy.disk,
                         "version": copy.version,
-                        "valid": self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"]),
-                    }
-                    for server, copy in self._registry.copies(ref["chunk_id"])
-                ]
+                        "valid": valid,
+                        "state": _copy_state(valid, server, copy, ref["version"]),
+                    })  # fmt: skip
                 chunks.append({**ref, "copies": copies})
         return {"attr": attr, "class": CLASSES[attr["sclass"]].to_dict(), "chunks": chunks}
 
@@ -628,7 +644,7 @@ class MasterService:
             "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata,
                        "raft": self._raft_status() if self._raft_status is not None else None},
             "chunkservers": servers,
-            "chunks": {"total": len(table), "by_class": by_class},
+            "chunks": {"total": len(table), "by_class": by_class, "replication": self.healer.snapshot()},
             "inodes": inodes,
             "space": {"total_bytes": cap.total, "used_bytes": cap.used, "free_bytes": cap.free},
         }
@@ -653,6 +669,8 @@ class MasterService:
         index = self._store.last_index
         with self._lock:
             by_class = self._registry.count_states(table, GOALS)
+            for name in GOALS:  # every class has its series, also before it has chunks
+                by_class.setdefault(name, dict.fromkeys(STATES, 0))
             servers = self._registry.servers()
             disk_bytes = [
                 (str(s.server_id), d.path, kind, value)
@@ -663,17 +681,22 @@ class MasterService:
             ]
             bytes_read, bytes_written = self._registry.bytes_read, self._registry.bytes_written
             alive = sum(1 for s in servers if s.alive)
+            disks = [d for s in servers if s.alive for d in s.disks]
+            damaged = sum(1 for d in disks if not d.healthy)
+        replication = self.healer.snapshot()
         raft = self._raft_status() if self._raft_status is not None else {}
         return Gauges(
             leader=self._store.is_leader(),
             log_index=index,
             raft=raft,
             chunks_total=len(table),
-            chunk_states={state: sum(c[state] for c in by_class.values()) for state in STATES},
-            chunkservers={"alive": alive, "down": len(servers) - alive},
+            chunk_states=by_class,
+            chunkservers={"up": alive, "down": len(servers) - alive},
             bytes_read=bytes_read,
             bytes_written=bytes_written,
             disk_bytes=disk_bytes,
+            disks={"ok": len(disks) - damaged, "damaged": damaged},
+            replication=replication,
         )
 
     # --- chunkserver protocol ---
@@ -713,8 +736,9 @@ class MasterService:
         return {"session": session}
 
     def _heartbeat(self, params: dict, data, peer: str) -> dict:
-        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written}
-        -> {reregister, delete: [{chunk_id, version, disk (None: not known)}]}."""
+        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written, damaged?,
+        replicated?} -> {reregister, delete: [{chunk_id, version, disk (None: not known)}],
+        replicate: [{chunk_id, version, source}]} (the healer's orders for this server)."""
         if not self._store.is_leader():
             raise self._not_leader("heartbeat", self._store.leader_address())
         try:
@@ -723,6 +747,7 @@ class MasterService:
             raise _invalid(exc) from None
         server_id = params["server_id"]
         now = time.monotonic()
+        damaged = [_ref(c) for c in params.get("damaged") or []]
         with self._lock:
             ok = self._registry.heartbeat(
                 server_id,
@@ -733,18 +758,30 @@ class MasterService:
                 params["bytes_read"],
                 params["bytes_written"],
                 now,
+                damaged,
             )
         if not ok:
             log.info("chunkserver %d has no valid session: asking it to register again", server_id)
-            return {"reregister": True, "delete": []}
+            return {"reregister": True, "delete": [], "replicate": []}
+        for ref in damaged:
+            log.warning("chunkserver %d reports its copy of chunk %d (version %d) damaged", server_id,
+                        ref.chunk_id, ref.version)
+        self.healer.report(server_id, params.get("replicated") or [])
         with self._store.view() as ns, self._lock:
             deletes = self._registry.deletions(server_id, ns.chunk_version)
         if deletes:
-            log.info("chunkserver %d: %d copies to delete (unknown or stale)", server_id, len(deletes))
+            log.info("chunkserver %d: %d copies to delete (unknown, stale, damaged or over goal)", server_id,
+                     len(deletes))
         return {
             "reregister": False,
             "delete": [{"chunk_id": c.chunk_id, "version": c.version, "disk": c.disk} for c in deletes],
+            "replicate": self.healer.take(server_id),
         }
+
+    def _chunk_goals(self) -> list[tuple[int, int, int]]:
+        """(chunk_id, version, goal) of every chunk in the namespace, for the healer."""
+        with self._store.view() as ns:
+            return [(chunk_id, version, GOALS[sclass]) for chunk_id, version, sclass in ns.iter_chunks()]
 
 
 def _expect(result, op: str, holds: bool) -> None:
@@ -758,7 +795,21 @@ def _disk(d: dict) -> Disk:
 
 
 def _ref(c: dict) -> ChunkRef:
-    return ChunkRef(c["chunk_id"], c["version"], c["disk"])
+    return ChunkRef(c["chunk_id"], c["version"], c["disk"], c.get("length") or 0, bool(c.get("damaged")))
+
+
+def _copy_state(valid: bool, server, copy, version: int) -> str:
+    """How fileinfo marks a copy: valid, or why not."""
+    if valid:
+        return "valid"
+    if copy.damaged:
+        return "damaged"
+    if not server.alive:
+        return "server down"
+    if copy.version < version:
+        return "stale"
+    disk = server.disk(copy.disk)
+    return "disk damaged" if disk is not None and not disk.healthy else "fenced"
 
 
 def _server_status(s, now: float) -> dict:
