@@ -247,11 +247,6 @@ def panel_queries() -> list[tuple[str, str, str]]:
     return queries
 
 
-def metric_names(expr: str) -> set[str]:
-    names = set(re.findall(r"\b(mooseng_[a-z_]+|process_[a-z_]+)\b", expr))
-    return {re.sub(r"_(bucket|count|sum)$", "", n) if n.startswith("mooseng_operation") else n for n in names}
-
-
 def test_every_grafana_panel_query_returns_data_under_load(cluster, prometheus):
     queries = panel_queries()
     assert len(queries) >= 30
