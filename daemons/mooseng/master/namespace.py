@@ -273,6 +273,7 @@ class Namespace:
         self._chunks: dict[int, list[int]] = {}
         self._next_ino = ROOT_INODE + 1
         self._next_chunk = 1
+        self._chunk_changes: set[int] | None = None  # see take_chunk_changes()
 
     # --- entry points ---
 
@@ -314,9 +315,30 @@ class Namespace:
         for chunk_id, (version, ino) in self._chunks.items():
             yield chunk_id, version, inodes[ino].sclass
 
+    def chunk_info(self, chunk_id: int) -> tuple[int, str] | None:
+        """(version, class name) of a live chunk, None if the chunk is unknown."""
+        rec = self._chunks.get(chunk_id)
+        return None if rec is None else (rec[0], self._inodes[rec[1]].sclass)
+
+    def take_chunk_changes(self) -> set[int] | None:
+        """Ids of the chunks created, freed, given a new version or a new class since the last
+        call; None on the first call (nothing was recorded yet: the caller looks at every chunk).
+
+        For the leader's chunk-state counts, so they follow the namespace without a pass over the
+        whole chunk table. Only observes: the namespace's state and results do not depend on it,
+        and it is not part of dump(), so a loaded namespace starts again from None.
+        """
+        changes, self._chunk_changes = self._chunk_changes, set()
+        return changes
+
     @property
     def chunk_count(self) -> int:
         return len(self._chunks)
+
+    @property
+    def next_chunk_id(self) -> int:
+        """Every chunk id ever given out is below this one."""
+        return self._next_chunk
 
     @property
     def inode_count(self) -> int:
@@ -393,7 +415,12 @@ class Namespace:
         chunks = self._chunks
         for chunk_id in freed:
             del chunks[chunk_id]
+        self._changed(freed)
         return freed
+
+    def _changed(self, chunk_ids) -> None:
+        if self._chunk_changes is not None:
+            self._chunk_changes.update(chunk_ids)
 
     # --- mutations ---
 
@@ -645,12 +672,14 @@ class Namespace:
         freed = [n.chunks.pop(i) for i in [i for i in n.chunks if i >= keep]]
         for chunk_id in freed:
             del chunks[chunk_id]
+        self._changed(freed)
         tail = None
         length = size % CHUNK_SIZE
         chunk_id = n.chunks.get(size // CHUNK_SIZE) if length else None
         if chunk_id is not None:
             rec = chunks[chunk_id]
             rec[0] += 1
+            self._changed((chunk_id,))
             tail = {"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "length": length}
         return freed, tail
 
@@ -733,6 +762,8 @@ class Namespace:
             elif m.sclass != name:
                 m.sclass = name
                 m.ctime = ts
+                if m.chunks:
+                    self._changed(m.chunks.values())
                 changed += 1
             if recursive and m.dir is not None:
                 stack.extend(inodes[i] for i in m.dir.entries.values())
@@ -747,11 +778,13 @@ class Namespace:
         if chunk_id is not None:
             rec = self._chunks[chunk_id]
             rec[0] += 1
+            self._changed((chunk_id,))
             return {"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "new": False}
         chunk_id = self._next_chunk
         self._next_chunk = chunk_id + 1
         self._chunks[chunk_id] = [1, n.ino]
         n.chunks[index] = chunk_id
+        self._changed((chunk_id,))
         return {"chunk_id": chunk_id, "version": 1, "expect_version": 0, "new": True}
 
     def _commit_write(self, args, ctx, ts):
@@ -885,6 +918,7 @@ class Namespace:
     def load(cls, data: bytes) -> "Namespace":
         """Rebuild a namespace from dump(); ValueError if the bytes are not one."""
         ns = cls.__new__(cls)
+        ns._chunk_changes = None
         ns._inodes = inodes = {}
         ns._chunks = table = {}
         header = {}
