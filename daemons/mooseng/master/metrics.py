@@ -1,7 +1,8 @@
-"""Master metrics: per-op counters and latency recorded as ops run; gauges computed at scrape time.
+"""Master metrics: per-op counters and latency recorded as ops run; gauges read at scrape time.
 
-Gauges come from one `Gauges` snapshot the service builds when Prometheus scrapes, so nothing has
-to be kept up to date on the hot path.
+Gauges come from one `Gauges` snapshot the service builds when Prometheus scrapes: the chunk-state
+counts the registry keeps up to date as chunks change (so a scrape costs the same at any number
+of chunks), and the registry's few servers and disks as they are now.
 """
 
 from collections.abc import Callable
