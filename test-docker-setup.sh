@@ -4,18 +4,17 @@
 # the leading master and checks that another one takes over, then tears everything down (also on
 # failure). Exit status 0 only if every step passed.
 #
-# Engine: the one at DOCKER_HOST (or the default socket) when it answers. With no DOCKER_HOST and
-# no engine, a private one is started in its own network namespace (scripts/docker-engine.sh,
-# name $MOOSENG_DOCKER_ENGINE, default test-docker-setup) and stopped at the end; its images stay
-# cached for the next run. A DOCKER_HOST that does not answer is an error, not a reason to start
-# another engine.
+# Engine: MOOSENG_DOCKER_ENGINE=NAME uses the private engine NAME (scripts/docker-engine.sh: its
+# own network namespace), starting it if needed. Otherwise the engine at DOCKER_HOST (or the
+# default socket) when it answers; with no DOCKER_HOST and no engine, the private engine
+# test-docker-setup. An engine this script started is stopped at the end; its images stay cached
+# for the next run. A DOCKER_HOST that does not answer is an error, not a reason to start another.
 # Knobs: MOOSENG_SKIP_INSTALL=1 (no scripts/install.sh), MOOSENG_PYTHON, MOOSENG_KEEP=1 (leave the
 # cluster running for inspection), MOOSENG_FAILOVER_TIMEOUT_S (default 30).
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON="${MOOSENG_PYTHON:-$REPO_DIR/.venv/bin/python}"
-ENGINE=${MOOSENG_DOCKER_ENGINE:-test-docker-setup}
+ENGINE_SH="$REPO_DIR/scripts/docker-engine.sh"
 FAILOVER_TIMEOUT_S=${MOOSENG_FAILOVER_TIMEOUT_S:-30}
 DEMO="$REPO_DIR/demo-unified-cluster.sh"
 MiB=$((1024 * 1024))
@@ -45,8 +44,12 @@ teardown() {
         dc logs --no-color --tail=15 2>&1 || true
     fi
     say "Tearing down"
-    docker_reachable && { dc --profile grafana down -v --remove-orphans >/dev/null 2>&1 || true; }
-    [[ -n "$STARTED_ENGINE" ]] && "$REPO_DIR/scripts/docker-engine.sh" stop "$STARTED_ENGINE"
+    if docker_reachable; then
+        MOOSENG_RUNTIME=docker "$DEMO" cleanup || rc=1
+    fi
+    if [[ -n "$STARTED_ENGINE" ]]; then
+        "$ENGINE_SH" stop "$STARTED_ENGINE" || rc=1
+    fi
     if ((rc == 0)); then
         say "test-docker-setup.sh: all checks passed"
     else
@@ -56,16 +59,25 @@ teardown() {
 }
 
 use_engine() {
-    if docker_reachable; then
-        say "Using the Docker engine at ${DOCKER_HOST:-unix:///var/run/docker.sock}"
-    elif [[ -n "${DOCKER_HOST:-}" ]]; then
-        hint_engine >&2
-        exit 1
-    else
-        say "No Docker engine reachable: starting a private one ($ENGINE) in its own network namespace"
-        export "$("$REPO_DIR/scripts/docker-engine.sh" start "$ENGINE")"
-        STARTED_ENGINE=$ENGINE
+    local name=${MOOSENG_DOCKER_ENGINE:-}
+    if [[ -z "$name" ]]; then
+        if docker_reachable; then
+            say "Using the Docker engine at ${DOCKER_HOST:-unix:///var/run/docker.sock}"
+            require_engine
+            return
+        fi
+        if [[ -n "${DOCKER_HOST:-}" ]]; then
+            hint_engine >&2
+            exit 1
+        fi
+        name=test-docker-setup
+        say "No Docker engine reachable: using a private one in its own network namespace"
     fi
+    if ! "$ENGINE_SH" env "$name" >/dev/null 2>&1; then
+        say "Starting the private engine $name (scripts/docker-engine.sh)"
+        STARTED_ENGINE=$name
+    fi
+    export "$("$ENGINE_SH" start "$name")"
     require_engine
 }
 
@@ -140,14 +152,15 @@ check_failover() {
 # `stop` must be a clean shutdown (every daemon exits 0 on SIGTERM, clients unmount) and `start`
 # must find the data again in the named volumes.
 check_stop_start() {
-    local service code
+    local service code logs
     say "Clean stop: every daemon exits 0 on SIGTERM"
     MOOSENG_RUNTIME=docker "$DEMO" stop
     for service in "${SERVICES[@]}"; do
         code=$(docker inspect -f '{{.State.ExitCode}}' "mooseng-$service") || fail "mooseng-$service is gone after stop"
         [[ "$code" == 0 ]] || fail "mooseng-$service exited with $code on docker-compose stop (0 expected: see docker-compose logs $service)"
     done
-    docker logs mooseng-client-1 2>&1 | grep -q "unmounting" || fail "client-1 did not say it unmounted on stop"
+    logs=$(MOOSENG_RUNTIME=docker "$DEMO" logs) || fail "demo logs failed"
+    grep -q "client-1 .*unmounting" <<<"$logs" || fail "client-1 did not say it unmounted on stop (demo logs)"
     echo "    ${#SERVICES[@]} services exited 0"
     say "Start again: the data is still there"
     MOOSENG_SKIP_INSTALL=1 MOOSENG_RUNTIME=docker "$DEMO" start >/dev/null
@@ -172,18 +185,28 @@ check_monitoring() {
     echo "    Dashboard: /api/status answers"
 }
 
+# timed WHAT CMD...: run CMD, note how long it took for the summary.
+TIMES=()
+timed() {
+    local what=$1 t0=$SECONDS
+    shift
+    "$@"
+    TIMES+=("$what: $((SECONDS - t0)) s")
+}
+
 main() {
     local t0=$SECONDS
     trap teardown EXIT
     use_engine
     dc --profile grafana down -v --remove-orphans >/dev/null 2>&1 || true # leftovers of an aborted run
-    MOOSENG_RUNTIME=docker "$DEMO" start
+    timed "start (build + up + healthy)" env MOOSENG_RUNTIME=docker "$DEMO" start
     MOOSENG_RUNTIME=docker "$DEMO" status
-    MOOSENG_RUNTIME=docker "$DEMO" test
-    check_monitoring
-    check_failover
-    check_stop_start
+    timed "seed tests + byte-exact checks" env MOOSENG_RUNTIME=docker "$DEMO" test
+    timed "monitoring checks" check_monitoring
+    timed "failover" check_failover
+    timed "stop + start" check_stop_start
     say "Everything passed in $((SECONDS - t0)) s"
+    printf '    %s\n' "${TIMES[@]}"
 }
 
 main "$@"

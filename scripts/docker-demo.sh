@@ -18,17 +18,17 @@ no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock} (Docker 
   On macOS: open -a Docker
   On Linux: sudo systemctl start docker
   Without systemd: export \$(scripts/docker-engine.sh start demo)   (a private engine in its own network namespace)
-  Or run the local-process cluster: MOOSENG_RUNTIME=local $0 ...
+  Or run the local-process cluster: MOOSENG_RUNTIME=local ./demo-unified-cluster.sh ...
 EOF
 }
 
 hint_port() {
+    local where="lsof -i :$1"
+    [[ -n "$(private_engine)" ]] && where="scripts/docker-engine.sh exec $(private_engine) lsof -i :$1   (the engine is private: its ports live in its namespace)"
     cat <<EOF
 port $1 is already in use (Port conflicts): check for conflicting processes:
-  lsof -i :$1
-  lsof -i :3000
-  lsof -i :9090
-Stop what holds it, then: $0 cleanup && $0 start
+  $where
+Stop what holds it, then: ./demo-unified-cluster.sh cleanup && ./demo-unified-cluster.sh start
 EOF
 }
 
@@ -47,6 +47,12 @@ service $1 did not become healthy (Service startup failures): check its logs, th
   docker-compose logs $1
   docker-compose restart $1
 EOF
+}
+
+# private_engine: the name of the scripts/docker-engine.sh engine DOCKER_HOST points at, if any.
+private_engine() {
+    [[ "${DOCKER_HOST:-}" =~ ^unix:///run/mooseng-docker/([^/]+)/docker.sock$ ]] && echo "${BASH_REMATCH[1]}"
+    return 0
 }
 
 docker_reachable() {
@@ -78,7 +84,7 @@ classify_compose_failure() {
     if port=$(grep -oE '(0\.0\.0\.0|\[?::\]?):[0-9]+(: bind: address already in use| failed: port is already allocated)' <<<"$out" | head -n1 | grep -oE ':[0-9]+' | head -n1); then
         hint_port "${port#:}" >&2
     elif grep -qiE 'device.*fuse|fuse.*no such file' <<<"$out"; then
-        hint_fuse "the engine cannot give the clients the FUSE device ${MOOSENG_FUSE_DEVICE:-/dev/fuse}: $(grep -iE 'device' <<<"$out" | tail -n1)" >&2
+        hint_fuse "the engine cannot give the clients the FUSE device ${MOOSENG_FUSE_DEVICE:-/dev/fuse} ($(grep -oiE 'error gathering device information[^:]*: [a-z ]+' <<<"$out" | head -n1))" >&2
     elif grep -qiE "cannot connect to the docker daemon|is the docker daemon running|couldn't connect to docker daemon" <<<"$out"; then
         hint_engine >&2
     else
@@ -219,9 +225,9 @@ docker_urls() {
     echo "  Prometheus     http://localhost:9090"
     echo "  Dashboard      http://localhost:8080"
     echo "  Grafana        http://localhost:3000 (admin/admin): public image, needs a registry: docker-compose --profile grafana up -d grafana"
-    if [[ "${DOCKER_HOST:-}" =~ ^unix:///run/mooseng-docker/([^/]+)/docker.sock$ ]]; then
+    if [[ -n "$(private_engine)" ]]; then
         echo "The engine is private (scripts/docker-engine.sh): its ports are reachable in its namespace only, e.g."
-        echo "  scripts/docker-engine.sh exec ${BASH_REMATCH[1]} curl -s http://localhost:9423/metrics"
+        echo "  scripts/docker-engine.sh exec $(private_engine) curl -s http://localhost:9423/metrics"
     fi
 }
 
