@@ -22,6 +22,9 @@ from dockerlab import ENGINE_NAME, REPO, docker_missing, script_env
 
 from mooseng import config
 
+# Building the images from nothing takes minutes; a test that needs them may be the one that builds.
+pytestmark = pytest.mark.timeout(2400)
+
 DEMO = str(REPO / "demo-unified-cluster.sh")
 SEED_PORTS = {
     "master-1": [9421, 9422, 9423],
@@ -172,7 +175,6 @@ def test_without_an_engine_the_demo_says_it_runs_locally():
 # --- the whole deployment ------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(2400)
 def test_test_docker_setup_passes_in_a_private_engine():
     """test-docker-setup.sh on a machine without an engine: it starts its own, builds, tests, tears down."""
     reason = docker_missing()
