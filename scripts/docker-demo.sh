@@ -122,7 +122,12 @@ build_images() {
 
 # container_state SERVICE: "running healthy", "exited -", "missing -", ...
 container_state() {
-    docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}' "mooseng-$1" 2>/dev/null || echo "missing -"
+    local state
+    if state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}' "mooseng-$1" 2>/dev/null); then
+        echo "$state"
+    else
+        echo "missing -"
+    fi
 }
 
 # wait_healthy SERVICE...: until every one is healthy; a service that exits or stays unhealthy
@@ -186,8 +191,15 @@ docker_start() {
     docker_urls
 }
 
+# require_cluster: stop with a clear line when the Compose cluster has not been started.
+require_cluster() {
+    [[ "$(container_state master-1)" != missing* ]] ||
+        die "the Docker cluster is not running (no container mooseng-master-1): $0 start"
+}
+
 docker_status() {
     local i rc=0 role
+    require_cluster
     say "Services (docker-compose ps)"
     dc ps
     echo
@@ -282,6 +294,7 @@ wait_writers() {
 
 docker_test() {
     local got i
+    require_cluster
     wait_healthy client-1 client-2 client-3
     SCRATCH=$(mktemp -d)
     trap 'rm -rf "$SCRATCH"' EXIT

@@ -51,6 +51,9 @@ def main(argv: list[str]) -> int:
         print("usage: render-config DAEMON TEMPLATE OUTPUT", file=sys.stderr)
         return 2
     daemon, template_path, output = argv
+    if daemon not in config.SCHEMAS:
+        print(f"render-config: this mooseng has no {daemon!r} daemon (it has: {', '.join(config.SCHEMAS)})", file=sys.stderr)
+        return 2
     try:
         text = render(daemon, template_path, dict(os.environ))
     except ConfigError as exc:

@@ -213,6 +213,14 @@ def demo(engine, *args: str, timeout: float = 900, **env: str) -> subprocess.Com
     return engine.run(DEMO, *args, timeout=timeout, MOOSENG_RUNTIME="docker", **env)
 
 
+def test_status_and_test_without_a_cluster_say_to_start_it(engine):
+    for command in ("status", "test"):
+        proc = demo(engine, command)
+        assert proc.returncode == 1, output(proc)
+        assert "the Docker cluster is not running (no container mooseng-master-1)" in proc.stderr
+        no_traceback(proc)
+
+
 def test_port_taken_gives_the_seed_hint(images):
     holder = subprocess.Popen(
         images.in_netns(sys.executable, "-c", "import socket, sys, time\n"
