@@ -107,7 +107,7 @@ compose_or_explain() {
 build_images() {
     local log
     say "Building the wheelhouse (scripts/build-wheels.sh)"
-    MOOSENG_PYTHON="$PYTHON" "$REPO_DIR/scripts/build-wheels.sh" 2>&1 | grep -v '^WARNING: Location' || exit 1
+    MOOSENG_PYTHON="$PYTHON" "$REPO_DIR/scripts/build-wheels.sh" || exit 1
     [[ -n "${MOOSENG_BASE_IMAGE:-}" ]] || "$REPO_DIR/docker/build-base.sh" mooseng-base:bookworm
     [[ -n "${MOOSENG_PROMETHEUS_BASE_IMAGE:-}" ]] || "$REPO_DIR/docker/build-base.sh" mooseng-prometheus-base:bookworm prometheus
     say "Building the images (docker-compose build)"
@@ -151,10 +151,12 @@ wait_healthy() {
 }
 
 service_failed() {
-    local service=$1 state=$2
+    local service=$1 state=$2 logs
+    logs=$(docker logs --tail 15 "mooseng-$service" 2>&1) || true
     echo "--- last lines of docker-compose logs $service ($state):" >&2
-    docker logs --tail 15 "mooseng-$service" 2>&1 | sed 's/^/    /' >&2
-    if [[ "$service" == client-* ]] && docker logs "mooseng-$service" 2>&1 | grep -qiE 'fuse|SYS_ADMIN|cannot mount'; then
+    # shellcheck disable=SC2001 # indents every line
+    sed 's/^/    /' <<<"$logs" >&2
+    if [[ "$service" == client-* ]] && grep -qiE 'fuse|SYS_ADMIN|cannot mount' <<<"$logs"; then
         hint_fuse "$service cannot mount its file system" >&2
     else
         hint_service "$service" >&2
