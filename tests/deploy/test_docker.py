@@ -253,6 +253,19 @@ def test_missing_fuse_device_gives_the_seed_hint(images):
         demo(images, "cleanup")
 
 
+def test_client_that_cannot_mount_is_named_with_the_fuse_hint(images):
+    """/dev/null as the FUSE device: the containers start, the mount fails, start says which and why."""
+    try:
+        proc = demo(images, "start", MOOSENG_FUSE_DEVICE="/dev/null")
+        assert proc.returncode == 1, output(proc)
+        assert "--- last lines of docker-compose logs client-" in proc.stderr
+        assert "FUSE mounting issues: client-" in proc.stderr and "cannot mount its file system" in proc.stderr
+        assert "docker exec mooseng-client-1 ls -la /dev/fuse" in proc.stderr
+        no_traceback(proc)
+    finally:
+        demo(images, "cleanup")
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
