@@ -93,6 +93,7 @@ def test_compose_file_is_the_seed_topology(compose_config):
         env = services[f"master-{i}"]["environment"]
         assert env["MOOSENG_NODE_ID"] == f"master-{i}" and env["MOOSENG_RAFT_PEERS"] == peers
         assert env["MOOSENG_CLUSTER_ID"] == "mooseng"
+        assert env["MOOSENG_ADVERTISE"] == f"master-{i}:{SEED_PORTS[f'master-{i}'][0]}"
 
         cs = services[f"chunkserver-{i}"]
         assert cs["environment"]["MOOSENG_SERVER_ID"] == str(i)
