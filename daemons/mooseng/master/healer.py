@@ -136,12 +136,15 @@ class Healer:
                     del self._writing[chunk_id]
             table = [t for t in table if t[0] not in self._writing]
             servers = self._registry.servers()
-            # In the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
-            # nothing: leave it out.
+            # A missing chunk (no valid copy) gives the planner nothing to copy or delete, and in
+            # the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
+            # nothing: leave them out.
             everything = healing.needs_rebalance(servers, self.settings.limits)
             views = []
             surveyed = self._registry.survey((chunk_id, version) for chunk_id, version, _ in table)
             for (chunk_id, version, goal), (valid, held) in zip(table, surveyed):
+                if not valid:
+                    continue
                 damaged = tuple(sorted(sid for sid, c in held.items() if c.damaged))
                 if len(valid) == goal and not damaged and not everything:
                     continue

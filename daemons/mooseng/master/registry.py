@@ -22,8 +22,9 @@ deleting: chunks no file refers to any more whose copies are still on chunkserve
 The counts per class and state are kept up to date as things change, so reading them costs
 nothing per chunk: every change of a chunk's copies, fence or disk health here marks the chunk
 touched; follow() adds the chunks the namespace reports changed and reclassifies only those. It
-counts the whole chunk table only the first time and when a snapshot replaced the namespace. The same bookkeeping keeps the set of chunks the
-replication manager has work for (attention()), so that it need not scan every chunk.
+counts the whole chunk table only the first time and when a snapshot replaced the namespace. The
+same bookkeeping keeps the set of chunks the replication manager has work for (attention()), so
+that it need not scan every chunk.
 """
 
 import logging
@@ -406,12 +407,13 @@ class Registry:
                 self._set_state(chunk_id, None, None)
 
     def chunk_states(self) -> dict[str, dict[str, int]]:
-        """Chunks per class and state as of the last follow(): what a count over the whole namespace says."""
+        """Chunks per class and state as of the last follow(): what a count over the whole
+        namespace says (a class with no chunks left is left out, NO_CLASS holds the deleting)."""
         return {sclass: dict(counts) for sclass, counts in self._counts.items() if any(counts.values())}
 
     def attention(self) -> set[int]:
         """Chunks (as of the last follow()) the replication manager may have work for: below
-        their goal with a valid copy left, above it, or with a damaged copy and a valid one."""
+        their goal with a valid copy left, above it, or at it with a damaged copy besides."""
         return set(self._attention)
 
     def capacity(self) -> Capacity:
