@@ -432,12 +432,17 @@ class InodeData:
                 attr, error = self._store(index, ext, cred), None
             except FsError as exc:
                 attr, error = None, exc
+                if exc.errno == errno.ENOENT:
+                    # Unlinked by another client meanwhile: as on Linux, the write succeeds and
+                    # its data goes with the file (the master removed the inode and its chunks).
+                    log.info("write-back of inode %d chunk %d: the file is gone (%s)", self.ino, index, exc)
+                    error = None
             except Exception as exc:  # a bug must not wedge every later flush of this inode
                 log.exception("flush of inode %d chunk %d", self.ino, index)
                 attr, error = None, FsError(errno.EIO, f"internal error: {exc!r}")
             with self.lock:
                 if error is None:
-                    if attr.ctime >= self.attr.ctime:
+                    if attr is not None and attr.ctime >= self.attr.ctime:
                         self.attr = attr
                 else:
                     log.error("write-back of inode %d chunk %d (%d bytes) failed: %s", self.ino, index, ext.nbytes, error)
@@ -455,11 +460,24 @@ class InodeData:
             cache.release(ext.nbytes)
 
     def _store(self, index: int, ext: Extents, cred: Cred) -> Attr:
-        """One write session: new chunk version, data to every copy, commit with the new size."""
+        """One write session: new chunk version, data to every copy, commit with the new size.
+
+        write_chunk waits while another client writes the chunk (the master's write lease, see
+        masterclient); commit_write gives the lease back, release_write when the session failed.
+        ENOENT: the inode is gone.
+        """
         master = self.files.master
         chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
         chunk_id, version = chunk["chunk_id"], chunk["version"]
-        result = self.files.chunks.write(chunk_id, version, chunk["expect_version"], chunk.get("servers", []), ext.items())
+        try:
+            result = self.files.chunks.write(chunk_id, version, chunk["expect_version"], chunk.get("servers", []),
+                                             ext.items())
+        except FsError:
+            try:
+                master.call("release_write", {"ino": self.ino, "chunk_id": chunk_id, "version": version}, cred)
+            except FsError as exc:  # it expires on its own
+                log.warning("could not release the write lease of chunk %016x: %s", chunk_id, exc)
+            raise
         attr = master.call("commit_write", {
             "ino": self.ino,
             "size": index * CHUNK_SIZE + ext.end(),
