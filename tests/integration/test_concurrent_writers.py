@@ -7,12 +7,14 @@ under the first one: the copies refused it (EBUSY, "no valid copy of chunk") or 
 first writer's pieces (stale), and about two thirds of such writes ended in EIO.
 """
 
+import errno
 import os
 import threading
 import time
 
 import pytest
 
+from mooseng import rpc
 from mooseng.client.fs import Client
 from mooseng.constants import ROOT_INODE
 from mooseng.errors import FsError
@@ -145,3 +147,61 @@ def test_write_to_a_file_unlinked_meanwhile_succeeds_and_leaves_nothing(cluster,
             break
         time.sleep(0.5)
     assert not leftover, f"{leftover} chunks of unlinked files stayed on the chunkservers"
+
+
+def test_a_writer_waits_for_the_lock_within_its_timeout(cluster, clients):
+    """A lease that is never given back: the other client retries for its master timeout, then
+    EIO naming the lock; once the holder commits, writing works again."""
+    setup, holder = clients[0], clients[1]
+    ino = setup.create(ROOT_INODE, "held", 0o644)[1].ino
+    write_at(setup, ino, 0, b"a" * 64)
+    chunk = holder.master.call("write_chunk", {"ino": ino, "index": 0})  # and never writes
+    impatient = Client(cluster.master_endpoints, timeout_s=1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(FsError) as exc:
+            write_at(impatient, ino, 0, b"b" * 64)
+        assert exc.value.errno == errno.EIO and "locked" in exc.value.message
+        assert 0.9 < time.monotonic() - started < 5
+        holder.master.call("commit_write", {"ino": ino, "size": 0, "chunks": [
+            {"chunk_id": chunk["chunk_id"], "version": chunk["version"], "ok": chunk["servers"]}]})
+        write_at(impatient, ino, 0, b"c" * 64)
+    finally:
+        impatient.close()
+    assert read_all(setup, ino) == b"c" * 64
+
+
+def test_a_session_the_master_gave_no_lease_for_makes_the_next_writer_wait(clients):
+    """A write session open on a copy that the master holds no lease for (it was opened under
+    the previous leader): the bump is refused there (EBUSY), the copies it moved are moved back,
+    and the writer retries until the session committed; no copy is fenced."""
+    setup, writer = clients[0], clients[1]
+    ino = setup.create(ROOT_INODE, "inherited", 0o644)[1].ino
+    write_at(setup, ino, 0, b"a" * 64)
+    [ref] = setup.master.call("chunks", {"ino": ino, "index": 0})
+    chunk_id, version, first = ref["chunk_id"], ref["version"], ref["servers"][0]
+    copy = rpc.Client(first, timeout_s=10)
+    try:
+        # Open a session at the current version on one copy, writing what is there already.
+        copy.call("write", {"chunk_id": chunk_id, "version": version, "expect_version": version, "offset": 0,
+                            "chain": []}, b"a" * 64)
+        done = threading.Event()
+        errors = []
+
+        def write():
+            try:
+                write_at(writer, ino, 0, b"b" * 64)
+            except FsError as exc:
+                errors.append(exc)
+            done.set()
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert not done.wait(1.0), f"the write did not wait for the open session: {errors}"
+        copy.call("commit", {"chunk_id": chunk_id, "version": version, "chain": []})
+        thread.join(20)
+    finally:
+        copy.close()
+    assert not errors, errors
+    assert read_all(setup, ino) == b"b" * 64
+    info = setup.master.call("fileinfo", {"ino": ino})
+    assert [c["state"] for c in info["chunks"][0]["copies"]] == ["valid", "valid"], info

@@ -22,7 +22,8 @@ SERVERS = ["cs-a:1", "cs-b:2"]
 
 
 class FakeMaster:
-    """write_chunk / commit_write / chunks / getattr with the master's rules, and a log of ops."""
+    """write_chunk / commit_write / release_write / chunks / getattr with the master's rules, and a
+    log of ops. An inode not in `files` is gone (ENOENT, as when another client unlinked it)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -43,7 +44,9 @@ class FakeMaster:
     def call(self, op, args=None, cred=ROOT):
         with self.lock:
             self.clock += 1
-            f = self.files[args["ino"]]
+            f = self.files.get(args["ino"])
+            if f is None:
+                raise FsError(errno.ENOENT, f"no inode {args['ino']}")
             if op == "write_chunk":
                 index = args["index"]
                 chunk_id = f["chunks"].get(index)
@@ -61,6 +64,9 @@ class FakeMaster:
                 f["mtime"] = f["ctime"] = self.clock
                 self.ops.append(("commit_write", args["size"], [(c["chunk_id"], c["version"]) for c in args["chunks"]]))
                 return self.attr(args["ino"])._asdict()
+            if op == "release_write":
+                self.ops.append(("release_write", args["chunk_id"], args["version"]))
+                return {}
             if op == "chunks":
                 out = []
                 for i in range(args["index"], args["index"] + args["count"]):
@@ -352,6 +358,32 @@ def test_fsync_reports_an_error_that_a_close_already_reported(env):
     h.inode.flush(h, fsync=True)  # reported once: the next fsync has nothing new to say
     chunks.fail = False
     files.release(h.fh)
+
+
+def test_a_failed_session_gives_the_write_lease_back(env):
+    """Else other clients' writes of the chunk would wait for the lease to expire."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    chunks.fail = True
+    with pytest.raises(FsError):
+        h.inode.flush(h)
+    chunks.fail = False
+    assert master.ops[-2:] == [("write_chunk", 0, 1, 1), ("release_write", 1, 1)]
+    files.release(h.fh)
+
+
+def test_writing_back_to_a_file_unlinked_meanwhile_succeeds(env):
+    """As on Linux, where the data of an unlinked open file is dropped at its last close."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    del master.files[1]  # another client unlinked it
+    h.inode.flush(h)
+    assert files.release(h.fh).ino == 1
+    assert not chunks.writes
 
 
 def test_release_reports_a_failed_write(env):
