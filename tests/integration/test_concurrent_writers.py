@@ -15,6 +15,7 @@ import time
 import pytest
 
 from mooseng import rpc
+from mooseng.client.chunkclient import ChunkClient, StaleSession
 from mooseng.client.fs import Client
 from mooseng.constants import ROOT_INODE
 from mooseng.errors import FsError
@@ -205,3 +206,24 @@ def test_a_session_the_master_gave_no_lease_for_makes_the_next_writer_wait(clien
     assert read_all(setup, ino) == b"b" * 64
     info = setup.master.call("fileinfo", {"ino": ino})
     assert [c["state"] for c in info["chunks"][0]["copies"]] == ["valid", "valid"], info
+
+
+@pytest.mark.parametrize("mode", ["fanout", "chain"])
+def test_a_session_overtaken_by_a_newer_version_is_reported_stale(cluster, clients, mode):
+    """What a writer whose lease died with the leader sees when another writer moved the copies
+    first: StaleSession (nothing stored), which the write-back answers with a new session."""
+    setup = clients[0]
+    ino = setup.create(ROOT_INODE, f"overtaken-{mode}", 0o644)[1].ino
+    write_at(setup, ino, 0, b"a" * 64)
+    late = setup.master.call("write_chunk", {"ino": ino, "index": 0})
+    setup.master.call("commit_write", {"ino": ino, "size": 0, "chunks": [
+        {"chunk_id": late["chunk_id"], "version": late["version"], "ok": late["servers"]}]})
+    write_at(setup, ino, 0, b"b" * 64)  # the newer session (the same client: no lease in the way)
+    chunks = ChunkClient(mode)
+    try:
+        with pytest.raises(StaleSession):
+            chunks.write(late["chunk_id"], late["version"], late["expect_version"], late["servers"],
+                         [(0, memoryview(b"c" * 64))])
+    finally:
+        chunks.close()
+    assert read_all(setup, ino) == b"b" * 64

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mooseng.client import filehandle
-from mooseng.client.chunkclient import WriteResult
+from mooseng.client.chunkclient import StaleSession, WriteResult
 from mooseng.client.filehandle import Extents, Files
 from mooseng.client.masterclient import ROOT, Attr
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
@@ -90,6 +90,7 @@ class FakeChunks:
         self.gate = threading.Event()
         self.gate.set()
         self.fail = False
+        self.stale = 0  # this many writes raise StaleSession (a newer session moved the copies)
         self.writing = threading.Event()  # set while a write waits at the gate
 
     def read(self, chunk_id, version, offset, length, servers):
@@ -109,6 +110,11 @@ class FakeChunks:
         assert self.gate.wait(10), "test gate never opened"
         if self.fail:
             raise FsError(errno.EIO, f"chunk {chunk_id}: no copy stored the data")
+        if self.stale:
+            self.stale -= 1
+            with self.lock:  # the copies moved on, as the next write_chunk's bump does
+                self.versions[chunk_id] = version
+            raise StaleSession(f"chunk {chunk_id}: every copy is at another version")
         with self.lock:
             assert self.versions.get(chunk_id, 0) == expect_version, "writes to one chunk must not overlap"
             chunk = self.data.setdefault(chunk_id, bytearray())
@@ -371,6 +377,24 @@ def test_a_failed_session_gives_the_write_lease_back(env):
         h.inode.flush(h)
     chunks.fail = False
     assert master.ops[-2:] == [("write_chunk", 0, 1, 1), ("release_write", 1, 1)]
+    files.release(h.fh)
+
+
+def test_a_session_every_copy_refused_as_outdated_is_started_again(env):
+    """It stored nothing (its lease died with a leader and another writer moved the copies)."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    chunks.stale = filehandle.SESSION_ATTEMPTS - 1
+    h.inode.flush(h)
+    assert [op[0] for op in master.ops] == ["write_chunk", "release_write"] * 2 + ["write_chunk", "commit_write"]
+    assert stored(master, chunks, 1) == b"data"
+    h.write(0, b"more")
+    chunks.stale = filehandle.SESSION_ATTEMPTS  # a bounded number of times
+    with pytest.raises(FsError) as exc:
+        h.inode.flush(h)
+    assert exc.value.errno == errno.EIO
     files.release(h.fh)
 
 
