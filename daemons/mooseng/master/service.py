@@ -485,6 +485,10 @@ class MasterService:
                                                 f"writes its version {lease.version}")
 
     def _lease(self, chunk_id: int, ino: int, index: int, version: int) -> None:
+        """Grant the caller the chunk's lease; a caller without a client_id cannot be told apart
+        from others, so it takes none (clients always have one; raw tools may not)."""
+        if not self._request.client_id:
+            return
         with self._lock:
             self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic())
 

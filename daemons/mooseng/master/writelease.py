@@ -23,7 +23,7 @@ LEASE_S = 20.0
 class Lease(NamedTuple):
     ino: int
     index: int
-    client_id: int  # 0: a caller without an id, which no one else's request can match
+    client_id: int
     version: int  # the version its session makes
     expires: float
 
@@ -37,7 +37,8 @@ class WriteLeases:
 
     def blocker(self, chunk_id: int, client_id: int, now: float) -> Lease | None:
         """The live lease of another client on the chunk, or None (free, expired or our own:
-        a client runs one session per chunk at a time, so its old one is over)."""
+        a client runs one session per chunk at a time, so its old one is over). A caller
+        without an id (0) is not the holder of any lease."""
         lease = self._held.get(chunk_id)
         if lease is None or lease.expires <= now:
             return None
