@@ -420,9 +420,12 @@ def test_hard_links(fs):
     fs.fails(errno.EPERM, "link", ino=a, parent=b, name=b"dirlink")
     fs.fails(errno.EEXIST, "link", ino=f, parent=a, name=b"f")
     fs.fails(errno.ENOENT, "link", ino=999, parent=a, name=b"x")
-    assert fs.do("unlink", parent=a, name=b"f") == {"freed": []}
+    r = fs.do("unlink", parent=a, name=b"f")
+    assert r["freed"] == [] and r["attr"] == fs.attr(f) and r["attr"]["nlink"] == 1
+    assert r["parent"] == {**fs.attr(a), "next_cookie": r["parent"]["next_cookie"]}
     assert fs.attr(f)["nlink"] == 1 and fs.ns.chunk_version(c) == 1
-    assert fs.do("unlink", parent=b, name=b"g") == {"freed": [c]}
+    r = fs.do("unlink", parent=b, name=b"g")
+    assert r["freed"] == [c] and r["attr"]["ino"] == f and r["attr"]["nlink"] == 0
     fs.fails(errno.ENOENT, "getattr", ino=f)
     assert fs.ns.chunk_version(c) is None
     check(fs.ns)
@@ -451,7 +454,9 @@ def test_rmdir(fs):
     fs.fails(errno.ENOTEMPTY, "rmdir", parent=d, name=b"..")
     fs.do("unlink", parent=d, name=b"f")
     assert fs.attr(ROOT_INODE)["nlink"] == 3
-    assert fs.do("rmdir", parent=ROOT_INODE, name=b"d") is None
+    r = fs.do("rmdir", parent=ROOT_INODE, name=b"d")
+    assert r["attr"]["ino"] == d and r["attr"]["nlink"] == 0
+    assert r["parent"]["ino"] == ROOT_INODE and r["parent"]["nlink"] == 2 and r["parent"]["ctime"] == fs.ts
     assert fs.attr(ROOT_INODE)["nlink"] == 2
     fs.fails(errno.ENOENT, "getattr", ino=d)
     check(fs.ns)
@@ -481,7 +486,10 @@ def test_rename_over_existing_file_frees_it(fs):
     f = fs.create(ROOT_INODE, b"f")
     g = fs.create(ROOT_INODE, b"g")
     cg = fs.write(g, 0)
-    assert fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g") == {"freed": [cg]}
+    r = fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g")
+    assert r["freed"] == [cg] and r["attr"] == fs.attr(f) and r["attr"]["ctime"] == fs.ts
+    assert r["replaced"]["ino"] == g and r["replaced"]["nlink"] == 0
+    assert r["parent"] == r["newparent"] and r["parent"]["mtime"] == fs.ts
     assert fs.names(ROOT_INODE) == [b"g"] and fs.lookup(ROOT_INODE, b"g") == f
     fs.fails(errno.ENOENT, "getattr", ino=g)
     h = fs.create(ROOT_INODE, b"h")
@@ -549,7 +557,8 @@ def test_rename_between_links_of_one_inode_does_nothing(fs):
     f = fs.create(ROOT_INODE, b"f")
     fs.do("link", ino=f, parent=ROOT_INODE, name=b"g")
     before = fs.ns.dump()
-    assert fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g") == {"freed": []}
+    r = fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g")
+    assert r["freed"] == [] and r["attr"]["ino"] == r["replaced"]["ino"] == f
     assert fs.ns.dump() == before
 
 

@@ -468,7 +468,7 @@ class InodeData:
         with self.lock:
             self._locations[index] = (chunk_id, version, result.ok)
             self._locations_gen += 1
-        return Attr.from_dict(attr)
+        return self.files.on_attr(Attr.from_dict(attr))
 
     # --- reading ---
 
@@ -669,8 +669,10 @@ class Files:
     """Open files of one client: handles, per-inode data, the memory budget and worker pools."""
 
     def __init__(self, master, chunks, cache_bytes: int, readahead_bytes: int,
-                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8):
+                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8,
+                 on_attr=lambda attr: attr):
         self.master = master
+        self.on_attr = on_attr  # told every attr a commit returns
         self.chunks = chunks
         self.cache = BufferCache(cache_bytes)
         self.readahead_bytes = readahead_bytes
