@@ -578,9 +578,17 @@ class InodeData:
             refs = master.call("chunks", {"ino": self.ino, "index": index, "count": LOCATIONS_AHEAD})
             with self.lock:
                 if self._locations_gen == gen:  # else our own commit overtook it: ask again
-                    for ref in refs:
-                        self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
+                    self._learn_locations(refs)
                     return self._locations.get(index, (0, 0, []))
+
+    def learn_locations(self, refs: list[dict]) -> None:
+        """Chunk refs the master sent (with their servers)."""
+        with self.lock:
+            self._learn_locations(refs)
+
+    def _learn_locations(self, refs: list[dict]) -> None:
+        for ref in refs:
+            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
 
 
 def _immutable(data) -> bool:
@@ -684,8 +692,9 @@ class Files:
         self._handles: dict[int, FileHandle] = {}
         self._fh = itertools.count(1)
 
-    def open(self, attr: Attr, flags: int, cred: Cred) -> FileHandle:
-        """A handle on a regular file whose current attr the caller just got from the master."""
+    def open(self, attr: Attr, flags: int, cred: Cred, chunks: list[dict] = ()) -> FileHandle:
+        """A handle on a regular file whose current attr (and `chunks` refs, as the master's
+        `chunks` query gives them) the caller just got from the master."""
         if S_ISDIR(attr.mode):
             raise FsError(errno.EISDIR, f"inode {attr.ino} is a directory")
         if S_ISLNK(attr.mode):
@@ -696,6 +705,7 @@ class Files:
             inode = self._inodes.get(attr.ino)
             if inode is None:
                 inode = self._inodes[attr.ino] = InodeData(self, attr)
+                inode.learn_locations(chunks)
             inode.handles += 1
             handle = FileHandle(next(self._fh), inode, flags, cred)
             self._handles[handle.fh] = handle

@@ -14,7 +14,7 @@ from stat import S_IFREG, S_ISDIR, S_ISLNK
 
 from mooseng.client import metrics
 from mooseng.client.chunkclient import ChunkClient
-from mooseng.client.filehandle import Files
+from mooseng.client.filehandle import LOCATIONS_AHEAD, Files
 from mooseng.client.masterclient import ROOT, Attr, Cred, MasterClient
 from mooseng.client.metacache import AttrCache, Listings
 from mooseng.constants import NAME_MAX, ROOT_INODE
@@ -418,12 +418,15 @@ class Client:
     def open(self, ino: int, flags: int, cred: Cred | None = None) -> int:
         """Open a regular file; returns a file handle number. O_TRUNC truncates."""
         cred = cred or self.cred
-        attr = self._learn(self._call("getattr", {"ino": ino}, cred), time.monotonic())
+        # The current attr (close-to-open: another client may have changed the file) and where
+        # its first chunks are, in one call.
+        opened = self._call("open", {"ino": ino, "count": LOCATIONS_AHEAD}, cred)
+        attr, chunks = self._learn(opened["attr"], time.monotonic()), opened["chunks"]
         if self.check_access and not allowed(attr, cred, _open_mask(flags)):
             raise FsError(errno.EACCES, f"open of inode {ino} denied")
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
-            attr = self.setattr(ino, size=0, cred=cred)
-        return self.files.open(attr, flags, cred).fh
+            attr, chunks = self.setattr(ino, size=0, cred=cred), ()
+        return self.files.open(attr, flags, cred, chunks).fh
 
     @_op("read")
     def read(self, fh: int, offset: int, size: int):
