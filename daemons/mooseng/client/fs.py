@@ -35,16 +35,15 @@ def _op(name: str):
     """Count and time one client operation."""
 
     def wrap(fn):
-        count, duration = metrics.OPERATIONS.labels(name), metrics.DURATION.labels(name)
+        observe = metrics.OPERATIONS.observe
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            count.inc()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                duration.observe(time.perf_counter() - start)
+                observe(name, time.perf_counter() - start)
 
         return timed
 
