@@ -70,6 +70,7 @@ class RpcError(Exception):
 
 
 _BUFFER = 8192  # bytes a frame reader asks for at once
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # an int: or-ing the enum flags costs a Python call
 
 
 class _Reader:
@@ -327,7 +328,7 @@ class Client:
                     return None
                 conn = self._idle.pop()
             try:
-                conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                conn.sock.recv(1, _PEEK)
             except BlockingIOError:
                 return conn  # nothing to read: still open
             except OSError:

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 FLUSH_BYTES = 16 << 20  # a chunk's dirty bytes that start its background write
 RA_UNIT = 4 << 20  # bytes per prefetch request; divides CHUNK_SIZE, so one never spans chunks
 SEQ_SLACK = 1 << 20  # a read this close to the previous one's end counts as sequential
+# Sequential reads in a row before read-ahead starts: with one, a random reader whose next read
+# happens to land near its last (one in 500 on a 1 GiB file) would fetch a whole window.
+SEQ_STREAK = 2
 LOCATIONS_AHEAD = 16  # chunk refs per `chunks` query: a sequential reader asks once per GiB
 # Waits before re-reading with fresh chunk locations: another writer may have bumped the version
 # at the master before its copies have it.
@@ -661,7 +664,7 @@ class FileHandle:
                 self._streak = 0
                 self._last_end = end
                 self._ra_next = 0
-            if not self._streak:
+            if self._streak < SEQ_STREAK:
                 return
             # Advance in whole units so that each prefetch request is one aligned RA_UNIT.
             unit = min(RA_UNIT, window)
