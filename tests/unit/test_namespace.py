@@ -960,3 +960,23 @@ def test_dump_load_round_trip(fs):
 def test_load_rejects_bad_dumps(data):
     with pytest.raises(ValueError):
         Namespace.load(data)
+
+
+def test_entry_changes_return_the_parent_attr_and_next_cookie_counts_added_names(fs):
+    d = fs.mkdir(ROOT_INODE, b"d")
+    cookie = fs.attr(d)["next_cookie"]
+    r = fs.do("mknod", parent=d, name=b"f", mode=S_IFREG | 0o644)
+    assert r["parent"] == fs.attr(d) and r["parent"]["mtime"] == fs.ts
+    assert r["parent"]["next_cookie"] == cookie + 1
+    r = fs.do("mkdir", parent=d, name=b"sub", mode=0o755)
+    assert r["next_cookie"] == nsmod.FIRST_COOKIE and r["parent"]["nlink"] == 3
+    assert fs.do("symlink", parent=d, name=b"l", target=b"f")["parent"]["next_cookie"] == cookie + 3
+    r = fs.do("unlink", parent=d, name=b"l")  # a removal: the count stays
+    assert r["parent"]["next_cookie"] == cookie + 3 and r["parent"] == fs.attr(d)
+    r = fs.do("rename", parent=d, name=b"f", newparent=d, newname=b"g")
+    assert r["parent"]["next_cookie"] == r["newparent"]["next_cookie"] == cookie + 4
+    assert r["attr"] == fs.attr(fs.lookup(d, b"g")) and r["replaced"] is None
+    assert fs.q("lookup", parent=ROOT_INODE, name=b"d")["next_cookie"] == cookie + 4
+    assert "next_cookie" not in fs.attr(fs.lookup(d, b"g"))  # only directories have one
+    r = fs.do("rmdir", parent=d, name=b"sub")
+    assert r["parent"]["nlink"] == 2 and r["attr"]["nlink"] == 0
