@@ -271,7 +271,7 @@ class Operations(llfuse.Operations):
         ino, cred = self._dirs[fh]
         entries = []
         if off < DOT_COOKIES[0]:
-            entries.append((b".", self._entry(self.client.getattr(ino, cred)), DOT_COOKIES[0]))
+            entries.append((b".", self._entry(*self.client.cached_getattr(ino, cred)), DOT_COOKIES[0]))
         if off < DOT_COOKIES[1]:
             entries.append((b"..", self._entry(self.client.lookup(ino, b"..", cred)), DOT_COOKIES[1]))
         entries += [(name, self._entry(attr), cookie) for name, attr, cookie in self.client.readdir(ino, off, DIR_PAGE, cred)]
