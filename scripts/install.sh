@@ -21,6 +21,16 @@ APT_PACKAGES=(
   iproute2
   procps
   curl
+  # Docker images, Compose demo and Molecule (a private engine: scripts/docker-engine.sh)
+  docker.io
+  docker-compose
+  iptables
+  debootstrap
+  # monitoring: promtool and a real Prometheus for the rule and scrape tests, headless Chromium
+  # for the web dashboard's browser test
+  prometheus
+  chromium
+  chromium-driver
 )
 PYTHON=${PYTHON:-python3}
 VENV=${MOOSENG_VENV:-.venv}
