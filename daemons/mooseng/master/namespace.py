@@ -146,10 +146,24 @@ class _Inode:
 
 
 def _attr(n: _Inode) -> dict:
-    return {
+    """The attr of an inode; a directory's also has `next_cookie`, which grows by one with every
+    name added to it (and only then): a client that knows every name of a directory at one value
+    knows that it still does while it sees that value."""
+    attr = {
         "ino": n.ino, "mode": n.mode, "nlink": n.nlink, "uid": n.uid, "gid": n.gid, "rdev": n.rdev,
         "size": n.size, "atime": n.atime, "mtime": n.mtime, "ctime": n.ctime, "sclass": n.sclass,
     }  # fmt: skip
+    if n.dir is not None:
+        attr["next_cookie"] = n.dir.next_cookie
+    return attr
+
+
+def _made(n: _Inode, p: _Inode) -> dict:
+    """mknod/mkdir/symlink/link: the inode's attr, with its parent's under "parent" (so that a
+    client need not ask for the directory the kernel invalidates after every entry change)."""
+    attr = _attr(n)
+    attr["parent"] = _attr(p)
+    return attr
 
 
 # --- argument validation: the service validates too, but a bad entry must never corrupt state ---
@@ -444,7 +458,7 @@ class Namespace:
         n.rdev = rdev
         if kind == S_IFREG:
             n.chunks = {}
-        return _attr(n)
+        return _made(n, p)
 
     def _mkdir(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -455,7 +469,7 @@ class Namespace:
         n.nlink = 2
         n.dir = _Dir(p.ino)
         p.nlink += 1
-        return _attr(n)
+        return _made(n, p)
 
     def _symlink(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -471,7 +485,7 @@ class Namespace:
         n = self._create(p, name, S_IFLNK | 0o777, ctx, ts)
         n.target = target
         n.size = len(target)
-        return _attr(n)
+        return _made(n, p)
 
     def _link(self, args, ctx, ts):
         n = self._get(args)
@@ -484,7 +498,7 @@ class Namespace:
         n.ctime = ts
         p.dir.add(name, n.ino)
         p.mtime = p.ctime = ts
-        return _attr(n)
+        return _made(n, p)
 
     def _unlink(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -501,7 +515,7 @@ class Namespace:
         p.mtime = p.ctime = ts
         n.nlink -= 1
         n.ctime = ts
-        return {"freed": self._drop(n) if n.nlink == 0 else []}
+        return {"freed": self._drop(n) if n.nlink == 0 else [], "attr": _attr(n), "parent": _attr(p)}
 
     def _rmdir(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -522,7 +536,9 @@ class Namespace:
         p.nlink -= 1
         p.mtime = p.ctime = ts
         del self._inodes[n.ino]
-        return None
+        gone = _attr(n)
+        gone["nlink"] = 0
+        return {"attr": gone, "parent": _attr(p)}
 
     def _rename(self, args, ctx, ts):
         sp = self._getdir(args, "parent")
@@ -551,8 +567,9 @@ class Namespace:
         _check_sticky(sp, src, ctx)
         if dst is not None:
             _check_sticky(dp, dst, ctx)
-        if dst is src:
-            return {"freed": []}  # two names of one inode: POSIX says do nothing
+        if dst is src:  # two names of one inode: POSIX says do nothing
+            return {"freed": [], "attr": _attr(src), "replaced": _attr(src), "parent": _attr(sp),
+                    "newparent": _attr(dp)}
         moving = sp is not dp
         if flags == RENAME_EXCHANGE:
             return self._exchange(sp, name, src, dp, newname, dst, ctx, ts)
@@ -585,7 +602,11 @@ class Namespace:
             dp.nlink += 1
             src.dir.parent = dp.ino
         sp.mtime = sp.ctime = dp.mtime = dp.ctime = src.ctime = ts
-        return {"freed": freed}
+        replaced = None if dst is None else _attr(dst)
+        if replaced is not None and dst.dir is not None:
+            replaced["nlink"] = 0  # a replaced directory is gone whatever its count was
+        return {"freed": freed, "attr": _attr(src), "replaced": replaced, "parent": _attr(sp),
+                "newparent": _attr(dp)}
 
     def _exchange(self, sp, name, src, dp, newname, dst, ctx, ts):
         moving = sp is not dp
@@ -609,7 +630,8 @@ class Namespace:
             if dst.dir is not None:
                 dst.dir.parent = sp.ino
         sp.mtime = sp.ctime = dp.mtime = dp.ctime = src.ctime = dst.ctime = ts
-        return {"freed": []}
+        return {"freed": [], "attr": _attr(src), "replaced": _attr(dst), "parent": _attr(sp),
+                "newparent": _attr(dp)}
 
     def _setattr(self, args, ctx, ts):
         n = self._get(args)

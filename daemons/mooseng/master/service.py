@@ -139,6 +139,7 @@ OPS = {
     "listxattr": Op(QUERY, {"ino": UINT}),
     "statfs": Op(QUERY),
     "chunks": Op(QUERY, {"ino": UINT, "index": UINT}, {"count": UINT}),
+    "open": Op(QUERY, {"ino": UINT}, {"count": UINT}),
     "getclass": Op(QUERY, {"ino": UINT}),
     "classes": Op(QUERY),
     "fileinfo": Op(QUERY, {"ino": UINT}),
@@ -274,6 +275,7 @@ class MasterService:
             "release_write": self._release_write,
             "setattr": self._setattr,
             "chunks": self._chunks,
+            "open": self._open,
             "fileinfo": self._fileinfo,
             "status": self._status,
             "statfs": self._statfs,
@@ -650,6 +652,17 @@ class MasterService:
                 holders = self._registry.holders(ref["chunk_id"], ref["version"]) if ref["chunk_id"] else []
                 ref["servers"] = [s.address for s in holders]
         return refs
+
+    def _open(self, args: dict, ctx: dict) -> dict:
+        """open{ino, count?} -> {attr, chunks}: getattr and, for a regular file, `chunks` of its
+        first `count` chunks (default 0) within its size: a client opening a file to read it
+        needs both, so one round trip instead of two."""
+        attr = self._store.query("getattr", {"ino": args["ino"]}, ctx)
+        count = min(args.get("count", 0), -(-attr["size"] // CHUNK_SIZE), CHUNKS_MAX)
+        refs = []
+        if count and stat.S_ISREG(attr["mode"]):
+            refs = self._chunks({"ino": args["ino"], "index": 0, "count": count}, ctx)
+        return {"attr": attr, "chunks": refs}
 
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
         """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
