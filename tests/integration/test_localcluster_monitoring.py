@@ -96,24 +96,29 @@ def test_prometheus_scrapes_every_daemon_with_the_rules(monitored):
     assert (monitored.node("prometheus").dir / "tsdb").is_dir()
 
 
-def test_command_line_shows_the_services(monitored):
-    run = lambda cmd: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "mooseng.localcluster", cmd, "--root", str(monitored.root)],
-        capture_output=True, text=True, timeout=60,
+def run_cli(cluster: LocalCluster, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mooseng.localcluster", command, "--root", str(cluster.root)],
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    status = run("status")
+
+
+def test_command_line_shows_the_services(monitored):
+    status = run_cli(monitored, "status")
     assert status.returncode == 0, status.stderr
     assert "\ndashboard " in status.stdout and f"http={monitored.node('prometheus').ports['http']}" in status.stdout
-    urls = run("urls").stdout
+    urls = run_cli(monitored, "urls").stdout
     assert f"dashboard       {monitored.service_url('dashboard')}" in urls
     assert f"prometheus      {monitored.service_url('prometheus')}" in urls
     assert "grafana         not in local mode" in urls
 
 
-def test_stop_leaves_no_process_behind(monitored):
+def test_stop_from_the_command_line_leaves_no_process_behind(monitored):
+    """As the demo stops it: another process that knows the cluster only from its root directory."""
     pids = {n.name: n.pid for n in monitored.nodes}
     assert all(pid_running(pid) for pid in pids.values()), pids
-    monitored.stop()
+    stop = run_cli(monitored, "stop")
+    assert stop.returncode == 0, stop.stderr
     assert [name for name, pid in pids.items() if pid_running(pid)] == []
     assert not list(monitored.root.glob("*/*.pid"))
     assert not os.path.ismount(monitored.mountpoint(1))
