@@ -225,7 +225,7 @@ class RaftNode:
         self.node = RawNode(
             Config(
                 self.id, self.storage, random.Random(), election_tick=self.election_tick,
-                heartbeat_tick=HEARTBEAT_TICK, applied=snap.index,
+                heartbeat_tick=HEARTBEAT_TICK, applied=snap.index, broadcast_commit=False,
             )
         )  # fmt: skip
         hs = self.storage.initial_state()[0]
