@@ -28,7 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
-from mooseng.client.chunkclient import zeros
+from mooseng.client.chunkclient import StaleSession, zeros
 from mooseng.client.masterclient import ROOT, Attr, Cred
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
 from mooseng.errors import FsError
@@ -38,10 +38,14 @@ log = logging.getLogger(__name__)
 FLUSH_BYTES = 16 << 20  # a chunk's dirty bytes that start its background write
 RA_UNIT = 4 << 20  # bytes per prefetch request; divides CHUNK_SIZE, so one never spans chunks
 SEQ_SLACK = 1 << 20  # a read this close to the previous one's end counts as sequential
+# Sequential reads in a row before read-ahead starts: with one, a random reader whose next read
+# happens to land near its last (one in 500 on a 1 GiB file) would fetch a whole window.
+SEQ_STREAK = 2
 LOCATIONS_AHEAD = 16  # chunk refs per `chunks` query: a sequential reader asks once per GiB
 # Waits before re-reading with fresh chunk locations: another writer may have bumped the version
 # at the master before its copies have it.
 READ_RETRY_DELAYS = (0.0, 0.05, 0.2, 0.5, 1.0)
+SESSION_ATTEMPTS = 3  # write sessions of one chunk's buffer that every copy refused as outdated
 _ACCMODE = 3  # os.O_ACCMODE
 _O_WRONLY, _O_RDWR, _O_APPEND = 1, 2, 0o2000
 _UNIT_BLOCKS = RA_UNIT // BLOCK_SIZE
@@ -432,12 +436,17 @@ class InodeData:
                 attr, error = self._store(index, ext, cred), None
             except FsError as exc:
                 attr, error = None, exc
+                if exc.errno == errno.ENOENT:
+                    # Unlinked by another client meanwhile: as on Linux, the write succeeds and
+                    # its data goes with the file (the master removed the inode and its chunks).
+                    log.info("write-back of inode %d chunk %d: the file is gone (%s)", self.ino, index, exc)
+                    error = None
             except Exception as exc:  # a bug must not wedge every later flush of this inode
                 log.exception("flush of inode %d chunk %d", self.ino, index)
                 attr, error = None, FsError(errno.EIO, f"internal error: {exc!r}")
             with self.lock:
                 if error is None:
-                    if attr.ctime >= self.attr.ctime:
+                    if attr is not None and attr.ctime >= self.attr.ctime:
                         self.attr = attr
                 else:
                     log.error("write-back of inode %d chunk %d (%d bytes) failed: %s", self.ino, index, ext.nbytes, error)
@@ -455,11 +464,30 @@ class InodeData:
             cache.release(ext.nbytes)
 
     def _store(self, index: int, ext: Extents, cred: Cred) -> Attr:
-        """One write session: new chunk version, data to every copy, commit with the new size."""
+        """One write session: new chunk version, data to every copy, commit with the new size.
+
+        write_chunk waits while another client writes the chunk (the master's write lease, see
+        masterclient); commit_write gives the lease back, release_write when the session failed.
+        A session every copy refused for its version (a newer one overtook it: the lease died
+        with a leader) stored nothing and is started again, up to SESSION_ATTEMPTS times.
+        ENOENT: the inode is gone.
+        """
         master = self.files.master
-        chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
-        chunk_id, version = chunk["chunk_id"], chunk["version"]
-        result = self.files.chunks.write(chunk_id, version, chunk["expect_version"], chunk.get("servers", []), ext.items())
+        for attempt in range(1, SESSION_ATTEMPTS + 1):
+            chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
+            chunk_id, version = chunk["chunk_id"], chunk["version"]
+            try:
+                result = self.files.chunks.write(chunk_id, version, chunk["expect_version"],
+                                                 chunk.get("servers", []), ext.items())
+                break
+            except FsError as exc:
+                try:
+                    master.call("release_write", {"ino": self.ino, "chunk_id": chunk_id, "version": version}, cred)
+                except FsError as why:  # it expires on its own
+                    log.warning("could not release the write lease of chunk %016x: %s", chunk_id, why)
+                if not isinstance(exc, StaleSession) or attempt == SESSION_ATTEMPTS:
+                    raise
+                log.warning("write of inode %d chunk %d overtaken, starting it again: %s", self.ino, index, exc)
         attr = master.call("commit_write", {
             "ino": self.ino,
             "size": index * CHUNK_SIZE + ext.end(),
@@ -468,7 +496,7 @@ class InodeData:
         with self.lock:
             self._locations[index] = (chunk_id, version, result.ok)
             self._locations_gen += 1
-        return Attr.from_dict(attr)
+        return self.files.on_attr(Attr.from_dict(attr))
 
     # --- reading ---
 
@@ -578,9 +606,17 @@ class InodeData:
             refs = master.call("chunks", {"ino": self.ino, "index": index, "count": LOCATIONS_AHEAD})
             with self.lock:
                 if self._locations_gen == gen:  # else our own commit overtook it: ask again
-                    for ref in refs:
-                        self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
+                    self._learn_locations(refs)
                     return self._locations.get(index, (0, 0, []))
+
+    def learn_locations(self, refs: list[dict]) -> None:
+        """Chunk refs the master sent (with their servers)."""
+        with self.lock:
+            self._learn_locations(refs)
+
+    def _learn_locations(self, refs: list[dict]) -> None:
+        for ref in refs:
+            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
 
 
 def _immutable(data) -> bool:
@@ -653,7 +689,7 @@ class FileHandle:
                 self._streak = 0
                 self._last_end = end
                 self._ra_next = 0
-            if not self._streak:
+            if self._streak < SEQ_STREAK:
                 return
             # Advance in whole units so that each prefetch request is one aligned RA_UNIT.
             unit = min(RA_UNIT, window)
@@ -669,8 +705,10 @@ class Files:
     """Open files of one client: handles, per-inode data, the memory budget and worker pools."""
 
     def __init__(self, master, chunks, cache_bytes: int, readahead_bytes: int,
-                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8):
+                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8,
+                 on_attr=lambda attr: attr):
         self.master = master
+        self.on_attr = on_attr  # told every attr a commit returns
         self.chunks = chunks
         self.cache = BufferCache(cache_bytes)
         self.readahead_bytes = readahead_bytes
@@ -682,8 +720,9 @@ class Files:
         self._handles: dict[int, FileHandle] = {}
         self._fh = itertools.count(1)
 
-    def open(self, attr: Attr, flags: int, cred: Cred) -> FileHandle:
-        """A handle on a regular file whose current attr the caller just got from the master."""
+    def open(self, attr: Attr, flags: int, cred: Cred, chunks: list[dict] = ()) -> FileHandle:
+        """A handle on a regular file whose current attr (and `chunks` refs, as the master's
+        `chunks` query gives them) the caller just got from the master."""
         if S_ISDIR(attr.mode):
             raise FsError(errno.EISDIR, f"inode {attr.ino} is a directory")
         if S_ISLNK(attr.mode):
@@ -694,6 +733,7 @@ class Files:
             inode = self._inodes.get(attr.ino)
             if inode is None:
                 inode = self._inodes[attr.ino] = InodeData(self, attr)
+                inode.learn_locations(chunks)
             inode.handles += 1
             handle = FileHandle(next(self._fh), inode, flags, cred)
             self._handles[handle.fh] = handle

@@ -15,6 +15,12 @@ Chunk versions move the MooseFS way: before the namespace logs a new version of 
 happens to the write afterwards, the namespace version always has copies; a copy that then fails
 the write is fenced when the client commits (see Registry.fence).
 
+One writer at a time per chunk: write_chunk (and a shrink that cuts or frees chunks) first needs
+the chunk's write lease (writelease.py), so a second writer gets EAGAIN ("locked") and retries
+instead of moving the version under the first one. A copy that refuses a new version because a
+write session is open on it (EBUSY: a session from before a leader change) makes the bump roll
+back and answer EAGAIN too, so no writer's copies are fenced by another writer.
+
 Lock order: an inode lock, then the metastore's lock, then the registry lock; never the other way
 round. Only an inode lock is ever held across a call to a chunkserver.
 """
@@ -25,7 +31,7 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +45,7 @@ from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
 from mooseng.master.registry import STATES, ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server
+from mooseng.master.writelease import WriteLeases
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,7 @@ OPS = {
     "listxattr": Op(QUERY, {"ino": UINT}),
     "statfs": Op(QUERY),
     "chunks": Op(QUERY, {"ino": UINT, "index": UINT}, {"count": UINT}),
+    "open": Op(QUERY, {"ino": UINT}, {"count": UINT}),
     "getclass": Op(QUERY, {"ino": UINT}),
     "classes": Op(QUERY),
     "fileinfo": Op(QUERY, {"ino": UINT}),
@@ -154,6 +162,8 @@ OPS = {
     "write_chunk": Op(MUTATION, {"ino": UINT, "index": UINT}),
     # `chunks` (copies the client stored) goes to the registry; the namespace gets {ino, size}.
     "commit_write": Op(MUTATION, {"ino": UINT, "size": UINT}, {"chunks": COPIES}),
+    # A write session that failed gives its chunk's lease back (soft state: not logged).
+    "release_write": Op(QUERY, {"ino": UINT, "chunk_id": UINT, "version": UINT}),
 }
 
 # The envelope of a `meta` call; `args` is checked against the op's own schema.
@@ -249,20 +259,23 @@ class MasterService:
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
+        self._leases = WriteLeases()  # guarded by _lock
         self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
         self.healer = healer.Healer(
-            registry, self._lock, self._chunk_goals, self.is_leader,
+            registry, self._lock, self._settle_for_healer, self._chunk_goals, self.is_leader,
             healing or healer.Settings(start_delay_s=registry.timeout_s),
         )  # fmt: skip
         self._ops = {
             "write_chunk": self._write_chunk,
             "commit_write": self._commit_write,
+            "release_write": self._release_write,
             "setattr": self._setattr,
             "chunks": self._chunks,
+            "open": self._open,
             "fileinfo": self._fileinfo,
             "status": self._status,
             "statfs": self._statfs,
@@ -338,6 +351,7 @@ class MasterService:
             now = time.monotonic()
             with self._lock:
                 down = [(s, now - s.last_seen) for s in self._registry.expire(now)]
+                self._leases.expire(now)
             for server, silent in down:  # an error: its copies no longer count, chunks go under goal
                 log.error(
                     "chunkserver %d at %s is down: no heartbeat for %.1f s (timeout %g s)",
@@ -445,6 +459,7 @@ class MasterService:
                 goal = GOALS[ns.query("getattr", {"ino": ino}, ROOT_CTX)["sclass"]]
                 [current] = ns.query("chunks", {"ino": ino, "index": index}, ROOT_CTX)
             chunk_id = current["chunk_id"]
+            self._check_leases(ino, [chunk_id] if chunk_id else [])
             if chunk_id == 0:
                 with self._lock:
                     placement.choose(self._registry.servers(), goal, self._rng)
@@ -457,8 +472,33 @@ class MasterService:
                 result, targets = self._bump(chunk_id, version, "write_chunk", args, ctx)
                 _expect(result, "write_chunk", (result["chunk_id"], result["version"]) == (chunk_id, version + 1))
                 result["expect_version"] = result["version"]
+            self._lease(result["chunk_id"], ino, index, result["version"])
         result["servers"] = [s.address for s in targets]
         return result
+
+    def _check_leases(self, ino: int, chunk_ids: list[int]) -> None:
+        """EAGAIN if another client holds the write lease of one of the chunks (it retries)."""
+        now = time.monotonic()
+        with self._lock:
+            for chunk_id in chunk_ids:
+                lease = self._leases.blocker(chunk_id, self._request.client_id, now)
+                if lease is not None:
+                    raise FsError(errno.EAGAIN, f"chunk {chunk_id} of inode {ino} is locked: another client "
+                                                f"writes its version {lease.version}")
+
+    def _lease(self, chunk_id: int, ino: int, index: int, version: int) -> None:
+        """Grant the caller the chunk's lease; a caller without a client_id cannot be told apart
+        from others, so it takes none (clients always have one; raw tools may not)."""
+        if not self._request.client_id:
+            return
+        with self._lock:
+            self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic())
+
+    def _release_write(self, args: dict, ctx: dict) -> dict:
+        """release_write{ino, chunk_id, version} -> {}: a failed write session gives its lease back."""
+        with self._lock:
+            self._leases.release(args["chunk_id"], args["version"])
+        return {}
 
     def _commit_write(self, args: dict, ctx: dict):
         """commit_write{ino,size,chunks?} -> attr; takes the client's report of stored copies first.
@@ -484,7 +524,12 @@ class MasterService:
                             if unknown:
                                 log.warning("commit of chunk %d names unknown chunkservers %s", r["chunk_id"], unknown)
                         self._registry.fence_missing(r["chunk_id"], r["version"], now, r["ok"])
-            return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
+            try:
+                return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
+            finally:
+                with self._lock:
+                    for r in args.get("chunks") or []:
+                        self._leases.release(r["chunk_id"], r["version"])
 
     def _setattr(self, args: dict, ctx: dict) -> dict:
         """setattr -> namespace result; a shrink inside a chunk adds the "servers" holding the tail.
@@ -497,6 +542,11 @@ class MasterService:
         if size is None:
             return self._submit("setattr", args, ctx)
         with self._inodes.hold(args["ino"]):
+            # Another client's write of a chunk this size change may cut or free goes first.
+            with self._lock:
+                leased = self._leases.blockers_from(args["ino"], size // CHUNK_SIZE, self._request.client_id,
+                                                    time.monotonic())
+            self._check_leases(args["ino"], leased)
             cut = self._cut_chunk(args["ino"], size)
             if cut is None:
                 result = self._submit("setattr", args, ctx)
@@ -507,6 +557,7 @@ class MasterService:
             _expect(result, "setattr", tail is not None and (tail["chunk_id"], tail["version"]) == (cut[0], cut[1] + 1))
             tail["expect_version"] = tail["version"]
             tail["servers"] = [s.address for s in targets]
+            self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"])
         return result
 
     def _cut_chunk(self, ino: int, size: int) -> tuple[int, int] | None:
@@ -532,7 +583,14 @@ class MasterService:
             holders = self._registry.holders(chunk_id, version)
         if not holders:
             raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}")
-        moved, failures = self._set_version(chunk_id, version, version + 1, holders)
+        moved, failures, busy = self._set_version(chunk_id, version, version + 1, holders)
+        if busy:
+            # A write session is open on a copy (one from before this master led: it holds no
+            # lease for it). Moving the others would fence that writer's copies: move them back.
+            _, stuck, _ = self._set_version(chunk_id, version + 1, version, moved)
+            if stuck:
+                log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(stuck))
+            raise FsError(errno.EAGAIN, f"chunk {chunk_id} is locked: a copy is being written ({'; '.join(failures)})")
         if not moved:
             raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}: {'; '.join(failures)}")
         if failures:
@@ -543,7 +601,7 @@ class MasterService:
             # Refused by the namespace: move the copies back. Not after a store failure, when the
             # entry may be durable after all: copies ahead of the namespace are valid, behind not.
             if self._store.failure is None:
-                _, failures = self._set_version(chunk_id, version + 1, version, moved)
+                _, failures, _ = self._set_version(chunk_id, version + 1, version, moved)
                 if failures:
                     log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(failures))
             raise
@@ -557,12 +615,13 @@ class MasterService:
     def _set_version(self, chunk_id: int, expect: int, version: int, servers: list[Server]):
         """Ask the servers in parallel to move their copy from `expect` to `version`.
 
-        Returns (the servers that confirmed, in the given order; "address: why" for the others).
+        Returns (the servers that confirmed, in the given order; "address: why" for the others;
+        whether one refused because a write session is open on its copy).
         """
         params = {"chunk_id": chunk_id, "expect_version": expect, "version": version}
         calls = [(s, self._pool.submit(self._chunkserver(s.address).call, "set_version", params)) for s in servers]
         wait([f for _, f in calls], timeout=SET_VERSION_TIMEOUT_S)
-        done, failures = [], []
+        done, failures, busy = [], [], False
         for server, future in calls:
             if not future.done():
                 failures.append(f"{server.address}: no answer within {SET_VERSION_TIMEOUT_S:g} s")
@@ -571,9 +630,10 @@ class MasterService:
                 future.result()
             except rpc.RpcError as exc:
                 failures.append(f"{server.address}: {exc}")
+                busy = busy or (exc.status == rpc.UNAVAILABLE and exc.message.startswith("[EBUSY]"))
             else:
                 done.append(server)
-        return done, failures
+        return done, failures, busy
 
     def _chunkserver(self, address: str) -> rpc.Client:
         with self._lock:
@@ -592,6 +652,17 @@ class MasterService:
                 holders = self._registry.holders(ref["chunk_id"], ref["version"]) if ref["chunk_id"] else []
                 ref["servers"] = [s.address for s in holders]
         return refs
+
+    def _open(self, args: dict, ctx: dict) -> dict:
+        """open{ino, count?} -> {attr, chunks}: getattr and, for a regular file, `chunks` of its
+        first `count` chunks (default 0) within its size: a client opening a file to read it
+        needs both, so one round trip instead of two."""
+        attr = self._store.query("getattr", {"ino": args["ino"]}, ctx)
+        count = min(args.get("count", 0), -(-attr["size"] // CHUNK_SIZE), CHUNKS_MAX)
+        refs = []
+        if count and stat.S_ISREG(attr["mode"]):
+            refs = self._chunks({"ino": args["ino"], "index": 0, "count": count}, ctx)
+        return {"attr": attr, "chunks": refs}
 
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
         """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
@@ -632,19 +703,18 @@ class MasterService:
     def _status(self, args: dict, ctx: dict) -> dict:
         """status{} -> this master, every chunkserver, chunk states per class."""
         with self._store.view() as ns:
-            table = list(ns.iter_chunks())
             inodes = ns.inode_count
+        total, by_class = self.chunk_states()
         metadata = self._metadata_counters()
         now = time.monotonic()
         with self._lock:
-            by_class = self._registry.count_states(table, GOALS)
             servers = [_server_status(s, now) for s in self._registry.servers()]
             cap = self._registry.capacity()
         return {
             "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata,
                        "raft": self._raft_status() if self._raft_status is not None else None},
             "chunkservers": servers,
-            "chunks": {"total": len(table), "by_class": by_class, "replication": self.healer.snapshot()},
+            "chunks": {"total": total, "by_class": by_class, "replication": self.healer.snapshot()},
             "inodes": inodes,
             "space": {"total_bytes": cap.total, "used_bytes": cap.used, "free_bytes": cap.free},
         }
@@ -662,15 +732,26 @@ class MasterService:
 
     # --- metrics ---
 
+    def chunk_states(self) -> tuple[int, dict[str, dict[str, int]]]:
+        """(chunks in the namespace, chunks per class and state): costs a little per chunk changed
+        since the last call, nothing per chunk (see registry.py)."""
+        with self._store.view() as ns, self._lock:
+            self._registry.follow(ns, GOALS)
+            return ns.chunk_count, self._registry.chunk_states()
+
+    def _settle_for_healer(self) -> int:
+        """Settle the chunk states; return the namespace's next chunk id (the sweep's bound)."""
+        with self._store.view() as ns, self._lock:
+            self._registry.follow(ns, GOALS)
+            return ns.next_chunk_id
+
     def gauges(self) -> Gauges:
-        """What Prometheus scrapes: computed now, from the namespace and the registry."""
-        with self._store.view() as ns:
-            table = list(ns.iter_chunks())
+        """What Prometheus scrapes: the counts kept up to date, and the registry's servers now."""
+        total, by_class = self.chunk_states()
+        for name in GOALS:  # every class has its series, also before it has chunks
+            by_class.setdefault(name, dict.fromkeys(STATES, 0))
         index = self._store.last_index
         with self._lock:
-            by_class = self._registry.count_states(table, GOALS)
-            for name in GOALS:  # every class has its series, also before it has chunks
-                by_class.setdefault(name, dict.fromkeys(STATES, 0))
             servers = self._registry.servers()
             disk_bytes = [
                 (str(s.server_id), d.path, kind, value)
@@ -689,7 +770,7 @@ class MasterService:
             leader=self._store.is_leader(),
             log_index=index,
             raft=raft,
-            chunks_total=len(table),
+            chunks_total=total,
             chunk_states=by_class,
             chunkservers={"up": alive, "down": len(servers) - alive},
             bytes_read=bytes_read,
@@ -778,10 +859,15 @@ class MasterService:
             "replicate": self.healer.take(server_id),
         }
 
-    def _chunk_goals(self) -> list[tuple[int, int, int]]:
-        """(chunk_id, version, goal) of every chunk in the namespace, for the healer."""
+    def _chunk_goals(self, chunk_ids: Iterable[int]) -> list[tuple[int, int, int]]:
+        """(chunk_id, version, goal) of those of the chunks the namespace has, for the healer."""
+        out = []
         with self._store.view() as ns:
-            return [(chunk_id, version, GOALS[sclass]) for chunk_id, version, sclass in ns.iter_chunks()]
+            for chunk_id in chunk_ids:
+                info = ns.chunk_info(chunk_id)
+                if info is not None:
+                    out.append((chunk_id, info[0], GOALS[info[1]]))
+        return out
 
 
 def _expect(result, op: str, holds: bool) -> None:
