@@ -6,6 +6,8 @@
 #
 # Prints "up to date" when WHEELHOUSE already holds a build of the same sources, "built" after a
 # build. The build runs in a copy of the sources so that the tree gets no build/ or egg-info.
+# WHEELHOUSE/wheelhouse.tar holds the same wheels in one reproducible file, which is what hosts
+# get (one checksum to compare instead of one per wheel).
 set -euo pipefail
 
 src=$1
@@ -35,6 +37,7 @@ mkdir "$work/src" "$work/wheels"
 (cd "$src" && sources | tar -cf - -T - | tar -C "$work/src" -xf -) || die "cannot copy the sources from $src"
 "$python" -m pip wheel -q --wheel-dir "$work/wheels" "$work/src" >"$work/pip.log" 2>&1 ||
     { tail -n 30 "$work/pip.log" >&2; die "pip wheel failed (is the package index reachable? see above)"; }
+(cd "$work/wheels" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf wheelhouse.tar ./*.whl)
 echo "$hash" >"$work/wheels/.source-hash"
 mkdir -p "$(dirname "$out")"
 rm -rf "$out.old"
