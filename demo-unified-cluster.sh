@@ -14,7 +14,7 @@ PYTHON="${MOOSENG_PYTHON:-$REPO_DIR/.venv/bin/python}"
 ROOT="${MOOSENG_LOCAL_ROOT:-$REPO_DIR/.mooseng}"
 [[ "$ROOT" == /* ]] || ROOT="$PWD/$ROOT"
 LOG_LINES="${MOOSENG_LOG_LINES:-50}"
-MASTERS=1 # becomes 3 when Raft lands
+MASTERS=3
 CHUNKSERVERS=3
 CLIENTS=3
 MiB=$((1024 * 1024))

@@ -26,6 +26,11 @@ APT_PACKAGES=(
   docker-compose
   iptables
   debootstrap
+  # monitoring: promtool and a real Prometheus for the rule and scrape tests, headless Chromium
+  # for the web dashboard's browser test
+  prometheus
+  chromium
+  chromium-driver
 )
 PYTHON=${PYTHON:-python3}
 VENV=${MOOSENG_VENV:-.venv}

@@ -94,6 +94,16 @@ def cluster_factory(tmp_path_factory):
         clusters.stop_all()
 
 
+@pytest.fixture(scope="module")
+def module_cluster_factory(tmp_path_factory):
+    """Like cluster_factory, for a module whose tests share clusters (and may break them in order)."""
+    clusters = _Clusters(tmp_path_factory)
+    try:
+        yield clusters.make
+    finally:
+        clusters.stop_all()
+
+
 @pytest.fixture
 def workdir(cluster, request) -> Path:
     """A directory of its own for the test, seen through client-1's mount."""

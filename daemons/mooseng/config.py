@@ -75,6 +75,12 @@ def _addrs(value):
     return addrs
 
 
+def _url(value):
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
 def _paths(value):
     paths = [str(Path(p)) for p in _list(value)]
     if not paths:
@@ -92,6 +98,7 @@ _CONVERT: dict[str, Callable] = {
     "path": lambda v: str(Path(_str(v))),
     "paths": _paths,
     "choice": _str,
+    "url": _url,
 }
 
 _COMMON = [
@@ -103,13 +110,21 @@ SCHEMAS: dict[str, list[Key]] = {
     "master": _COMMON + [
         Key("node_id", "str", "master-1", "MOOSENG_NODE_ID"),
         Key("listen", "addr", "127.0.0.1:9421", "MOOSENG_LISTEN", help="client API for clients and chunkservers (rpc.py)"),
+        Key("advertise", "str", "", "MOOSENG_ADVERTISE", help="client address given in redirects; empty: listen (or the raft_peers host)"),
         Key("raft_listen", "addr", "127.0.0.1:9422", "MOOSENG_RAFT_LISTEN"),
         Key("metrics_listen", "addr", "127.0.0.1:9423", "MOOSENG_METRICS_LISTEN"),
-        Key("raft_peers", "str", "", "MOOSENG_RAFT_PEERS", help="id=host:port,... of the Raft group"),
+        Key("raft_peers", "str", "", "MOOSENG_RAFT_PEERS", help="id=host:port,... of the Raft group (empty: this node alone)"),
+        Key("raft_join", "bool", False, "MOOSENG_RAFT_JOIN", help="start empty and wait to be added (mooseng master add)"),
         Key("data_dir", "path", None, "MOOSENG_DATA_DIR"),
         Key("cache_size_mb", "int", 1024, "MOOSENG_CACHE_SIZE_MB", min=1),
-        Key("snapshot_every", "int", 100_000, "MOOSENG_SNAPSHOT_EVERY", min=1, help="changelog entries between snapshots"),
+        Key("snapshot_every", "int", 100_000, "MOOSENG_SNAPSHOT_EVERY", min=1, help="applied Raft entries between snapshots"),
         Key("chunkserver_timeout_s", "float", 10.0, "MOOSENG_CHUNKSERVER_TIMEOUT_S", min=0.1, help="missed heartbeats before a chunkserver is down"),
+        # Self-healing (master/healing.py): replication, over-goal deletion, rebalancing.
+        Key("healing_interval_s", "float", 1.0, "MOOSENG_HEALING_INTERVAL_S", min=0.05, max=60, help="how often the leader plans replications"),
+        Key("replication_max_per_server", "int", 32, "MOOSENG_REPLICATION_MAX_PER_SERVER", min=1, max=1000, help="replications ordered to or from a chunkserver and not yet done (it runs replication_workers of them at once)"),
+        Key("replication_timeout_s", "float", 300.0, "MOOSENG_REPLICATION_TIMEOUT_S", min=1, help="a replication not reported by then failed"),
+        Key("rebalance_max_per_server", "int", 1, "MOOSENG_REBALANCE_MAX_PER_SERVER", min=0, max=1000, help="rebalancing moves per chunkserver at once (0: no rebalancing)"),
+        Key("rebalance_threshold_pct", "float", 5.0, "MOOSENG_REBALANCE_THRESHOLD_PCT", min=0.01, max=100, help="usage spread (percentage points) tolerated between chunkservers"),
     ],
     "chunkserver": _COMMON + [
         Key("server_id", "int", None, "MOOSENG_SERVER_ID", min=1, max=65535),
@@ -120,6 +135,9 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("data_dirs", "paths", None, "MOOSENG_DATA_DIRS"),
         Key("heartbeat_interval_s", "float", 1.0, "MOOSENG_HEARTBEAT_INTERVAL_S", min=0.05, max=60),
         Key("leave_free_mb", "int", 256, "MOOSENG_LEAVE_FREE_MB", min=0, help="space kept free on each disk"),
+        Key("replication_mb_s", "float", 100.0, "MOOSENG_REPLICATION_MB_S", min=0.1, help="bytes per second (MB) this server pulls for replication"),
+        Key("replication_workers", "int", 4, "MOOSENG_REPLICATION_WORKERS", min=1, max=64, help="replications this server runs at once"),
+        Key("scrub_mb_s", "float", 8.0, "MOOSENG_SCRUB_MB_S", min=0, help="background CRC check rate (MB/s; 0: off)"),
     ],
     "client": _COMMON + [
         Key("master_endpoints", "addrs", None, "MOOSENG_MASTER_ENDPOINTS"),
@@ -131,6 +149,15 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("readahead_mb", "int", 16, "MOOSENG_READAHEAD_MB", min=0),
         Key("write_mode", "choice", "fanout", "MOOSENG_WRITE_MODE", choices=("chain", "fanout")),
         Key("master_timeout_s", "float", 30.0, "MOOSENG_MASTER_TIMEOUT_S", min=0.1, help="give up on an unreachable master after this"),
+    ],
+    "dashboard": _COMMON + [
+        Key("listen", "addr", "127.0.0.1:8080", "MOOSENG_LISTEN", help="HTTP address; loopback unless set (Compose: 0.0.0.0:8080)"),
+        Key("master_endpoints", "addrs", ["127.0.0.1:9421"], "MOOSENG_MASTER_ENDPOINTS", help="masters' client API, for status and raft_status"),
+        Key("master_metrics", "addrs", ["127.0.0.1:9423"], "MOOSENG_MASTER_METRICS", help="masters' /metrics, for throughput and op rates"),
+        Key("sample_interval_s", "float", 5.0, "MOOSENG_SAMPLE_INTERVAL_S", min=0.2, max=60, help="how often the cluster is sampled (each sample: one status and one /metrics per master)"),
+        Key("history_points", "int", 300, "MOOSENG_HISTORY_POINTS", min=10, max=100_000, help="samples kept for the charts"),
+        Key("prometheus_url", "url", "", "MOOSENG_PROMETHEUS_URL", help="link shown on the page; empty: none"),
+        Key("grafana_url", "url", "", "MOOSENG_GRAFANA_URL", help="link shown on the page; empty: none"),
     ],
 }
 

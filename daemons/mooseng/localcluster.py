@@ -162,6 +162,18 @@ class LocalCluster:
                 return node
         raise ValueError(f"no node {name!r} in this cluster ({', '.join(n.name for n in self.nodes)})")
 
+    def leader(self, timeout_s: float = 10.0) -> str:
+        """The name of the master that leads now, as the running masters report it (waits for an
+        election if need be; ClusterError after timeout_s)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for node in self._of("master"):
+                if self._alive(node) and probe_master(node.addr("api"), timeout_s=0.5)[0]["role"] == "leader":
+                    return node.name
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no master leads after {timeout_s:g} s")
+            time.sleep(0.05)
+
     def start(self) -> None:
         """Start masters, then chunkservers, then clients, each phase waiting until it is usable.
 
@@ -179,6 +191,8 @@ class LocalCluster:
         try:
             for kind in KINDS:
                 nodes = self._of(kind)
+                if not nodes:  # clients=0: tests that use the client library only
+                    continue
                 for node in nodes:
                     self._spawn(node)
                 self._wait_ready(nodes)
@@ -329,6 +343,8 @@ class LocalCluster:
         """Wait until the nodes are usable: masters answer `status`, chunkservers listen, clients have a
         live mount; after masters or chunkservers (re)start, until the master counts every running
         chunkserver alive (a restarted master serves no data before they register again)."""
+        if not nodes:
+            return
         for node in nodes:
             self._wait(nodes, node, *_readiness(node))
         running = [n for n in self._of("chunkserver") if self._alive(n)]

@@ -361,6 +361,8 @@ def test_no_master_is_logged_once(servers):
     time.sleep(1.5)  # several heartbeat intervals of 0.2 s
     text = servers[0].log.read_text()
     assert text.count("no master accepts this chunkserver") == 1
+    [line] = [line for line in text.splitlines() if "no master accepts" in line]
+    assert " ERROR node=" in line  # a chunkserver that serves nothing is an error for `grep -i error`
     assert "Traceback" not in text
 
 

@@ -69,9 +69,11 @@ def free_port() -> int:
 
 def test_status_json(cluster, master, tree):
     status = json.loads(ok(mooseng("status", "--json", master=master)))
-    assert status["masters"] == [
-        {"endpoint": cluster.master_endpoints[0], "role": "leader", "node_id": "master-1"}
-    ]
+    [m] = status["masters"]
+    assert {k: m[k] for k in ("endpoint", "role", "node_id", "leader", "lag")} == {
+        "endpoint": cluster.master_endpoints[0], "role": "leader", "node_id": "master-1", "leader": "master-1", "lag": 0
+    }
+    assert m["term"] >= 1 and m["applied"] == m["commit"] >= 1
     servers = status["chunkservers"]
     assert [s["address"] for s in servers] == [n.addr("api") for n in cluster.nodes if n.kind == "chunkserver"]
     assert all(s["state"] == "alive" for s in servers)
@@ -120,7 +122,7 @@ def test_status_shows_a_dead_chunkserver_and_undergoal_chunks(cluster_factory):
         time.sleep(0.2)
     assert [s["state"] for s in status["chunkservers"]] == ["down", "alive", "alive"]
     default = status["chunks"]["by_class"]["default"]
-    assert default["missing"] == 0 and default["stable"] + default["undergoal"] == 2
+    assert default["missing"] == 0 and default["stable"] + default["endangered"] == 2
     out = ok(mooseng("status", master=master))
     assert "chunkservers: 2 alive, 1 down" in out
 

@@ -388,6 +388,10 @@ GOOD_HEARTBEAT = {"server_id": 7, "session": 1, "disks": [disk()], "added": [ref
         ("heartbeat", {"removed": None}, "'removed' must be a list of"),
         ("heartbeat", {"bytes_read": True}, "'bytes_read' must be an unsigned integer"),
         ("heartbeat", {"disks": [{**disk(), "state": 1}]}, "'disks' must be a list of"),
+        ("heartbeat", {"damaged": [{**ref(1, 1), "damaged": "yes"}]}, "'damaged' must be a list of"),
+        ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5}]}, "'replicated' must be a list of"),
+        ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5, "error": 0}]},
+         "'replicated' must be a list of"),
     ],
 )
 def test_malformed_chunkserver_reports_are_invalid_argument(shared_master, method, change, fragment):
@@ -451,7 +455,8 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     status = master.ok("status")
     assert status["master"]["role"] == "leader"
     assert [s["state"] for s in status["chunkservers"]] == ["alive"] * 3
-    assert status["chunks"]["by_class"]["fast"] == {"stable": 0, "undergoal": 1, "missing": 1}
+    assert status["chunks"]["by_class"]["fast"] == {
+        "stable": 0, "undergoal": 0, "endangered": 1, "missing": 1, "overgoal": 0, "deleting": 0}
     statfs = master.ok("statfs")
     assert statfs["total_bytes"] == 3 * 100 * GiB and statfs["free_bytes"] == 3 * 50 * GiB
 
@@ -485,7 +490,8 @@ def test_abandoned_write_session_leaves_the_chunk_readable(master, fakes):
     for sid, fake in fakes.items():
         added = [(chunk_id, fake.version(chunk_id))] if chunk_id in fake.copies else []
         assert heartbeat(master, sid, sessions[sid], added=added) == (False, []), "no copy is stale"
-    assert master.ok("status")["chunks"]["by_class"]["default"] == {"stable": 1, "undergoal": 0, "missing": 0}
+    assert master.ok("status")["chunks"]["by_class"]["default"] == {
+        "stable": 1, "undergoal": 0, "endangered": 0, "missing": 0, "overgoal": 0, "deleting": 0}
     # The next session carries on from there.
     w = master.ok("write_chunk", ino=ino, index=0)
     assert (w["version"], w["expect_version"]) == (3, 3) and [f.version(chunk_id) for f in holders] == [3, 3]
@@ -565,7 +571,8 @@ def test_silent_chunkserver_goes_down(masters):
     assert states == {1: "alive", 2: "down"}
     text = m.scrape()
     assert 'mooseng_chunkservers{state="down"} 1.0' in text
-    assert 'mooseng_chunkservers{state="alive"} 1.0' in text
+    assert 'mooseng_chunkservers{state="up"} 1.0' in text
+    assert 'mooseng_disks{state="ok"} 1.0' in text
     assert "chunkserver 2 at 127.0.0.1:9402 is down" in m.log.read_text()
 
 
@@ -631,15 +638,30 @@ def test_metrics_endpoint(master):
     session = register(master, 1)
     heartbeat(master, 1, session, read=10, written=100)
     heartbeat(master, 1, session, read=15, written=400)
+    before = _metric(master.scrape(), "mooseng_raft_applied_index")
     master.ok("mkdir", parent=1, name=b"m", mode=0o755)
     text = master.scrape()
     assert "mooseng_raft_leader 1.0" in text
     assert 'mooseng_client_operations_total{op="mkdir"} 1.0' in text
     assert 'mooseng_operation_duration_seconds_count{op="mkdir"} 1.0' in text
-    assert "mooseng_metadata_log_index 1.0" in text
+    # One master is a Raft group of one: every mutation is one more committed, applied entry.
+    applied = _metric(text, "mooseng_raft_applied_index")
+    assert applied == before + 1 == _metric(text, "mooseng_raft_commit_index")
+    assert _metric(text, "mooseng_metadata_log_index") == applied
+    assert _metric(text, "mooseng_raft_term") >= 1 and _metric(text, "mooseng_raft_elections_total") >= 1
+    for name in ("mooseng_raft_log_entries", "mooseng_raft_snapshot_index", "mooseng_raft_leader_changes_total",
+                 "mooseng_raft_last_snapshot_timestamp_seconds"):
+        assert _metric(text, name) >= 0
     assert "mooseng_bytes_written_total 300.0" in text and "mooseng_bytes_read_total 5.0" in text
     assert 'mooseng_disk_bytes{disk="/d0",kind="free",server="1"}' in text
-    assert 'mooseng_chunks{state="missing"} 0.0' in text
+    assert 'mooseng_chunks{sclass="default",state="missing"} 0.0' in text
+    assert 'mooseng_chunks{sclass="fast",state="endangered"} 0.0' in text
+    assert "mooseng_replication_chunks_total 0.0" in text and "mooseng_replication_failures_total 0.0" in text
+
+
+def _metric(text: str, name: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 def test_port_in_use_is_one_line_and_exit_1(master, tmp_path):
@@ -670,3 +692,38 @@ def test_config_error_is_exit_2(tmp_path):
             proc.kill()
             proc.wait()
     assert (tmp_path / "bad.log").read_text().strip() == "config error: listen = 'nowhere': not host:port: 'nowhere'"
+
+
+def test_a_retried_rewrite_moves_the_version_once_and_gets_the_first_reply(master, fakes):
+    for sid, fake in fakes.items():
+        register(master, sid, address=fake.address)
+    by_address = {fake.address: sid for sid, fake in fakes.items()}
+    ino = master.ok("mknod", parent=1, name=b"retried", mode=S_IFREG | 0o644)["ino"]
+    w = master.ok("write_chunk", ino=ino, index=0)
+    for address in w["servers"]:
+        fakes[by_address[address]].copies[w["chunk_id"]] = [1, b"v1"]
+    master.ok("commit_write", ino=ino, size=10, chunks=[report(w["chunk_id"], 1, w["servers"])])
+
+    def rewrite():  # the same call twice, as a client does when the first reply was lost
+        params = {"op": "write_chunk", "args": {"ino": ino, "index": 0}, "client_id": 42, "seq": 7}
+        reply = master.call("meta", params)
+        assert reply["errno"] == 0, reply
+        return reply["result"]
+
+    first, retry = rewrite(), rewrite()
+    assert (first["version"], retry["version"]) == (2, 2) and retry["expect_version"] == 2
+    assert sorted(retry["servers"]) == sorted(first["servers"])
+    assert [fakes[by_address[a]].version(w["chunk_id"]) for a in first["servers"]] == [2, 2]
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["version"] == 2
+
+
+def test_a_mutation_retried_after_a_lost_reply_is_applied_once(master):
+    params = {"op": "mknod", "args": {"parent": 1, "name": b"once", "mode": S_IFREG | 0o644}, "client_id": 77, "seq": 3}
+    first = master.call("meta", params)
+    retry = master.call("meta", params)  # the client never saw `first`, and sends the same call again
+    assert first["errno"] == retry["errno"] == 0 and retry["result"] == first["result"]
+    again = master.call("meta", {**params, "seq": 4})  # a new call of the same client does run
+    assert again["errno"] == errno.EEXIST
+    restarted = master.call("meta", {**params, "client_id": 78})  # and so does another client's
+    assert restarted["errno"] == errno.EEXIST

@@ -3,8 +3,13 @@
 import pytest
 
 from mooseng.master.registry import (
+    DELETING,
+    ENDANGERED,
     MISSING,
+    NO_CLASS,
+    OVERGOAL,
     STABLE,
+    STATES,
     UNDERGOAL,
     ChunkRef,
     Disk,
@@ -126,7 +131,7 @@ def test_fenced_copies_are_invalid_and_deleted_once_a_valid_copy_exists(reg):
     versions = {5: 2}
     reg.fence_missing(5, 2, 2, [addr(1)])  # the client stored version 2 on server 1 only
     assert reg.holders(5, 2) == [server(reg, 1)]
-    assert reg.classify(5, 2, 2) == UNDERGOAL
+    assert reg.classify(5, 2, 2) == ENDANGERED
     assert reg.deletions(2, versions.get) == [ChunkRef(5, 2, 0)]
     assert reg.deletions(3, versions.get) == [ChunkRef(5, 1, 0)], "and the stale copy goes as usual"
     assert beat(reg, 2, s2, 1.0, added=[ChunkRef(5, 2, 0)])  # reported again (say it re-registered)
@@ -182,6 +187,14 @@ def test_stale_copies_are_kept_while_no_valid_copy_exists(reg):
     assert reg.deletions(2, versions.get) == [ChunkRef(5, 1, 0)]
 
 
+def test_a_returning_valid_copy_lets_kept_stale_copies_go(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    versions = {5: 2}
+    assert reg.deletions(1, versions.get) == [], "all that is left"
+    register(reg, 2, chunks=[ChunkRef(5, 2, 0)], now=1.0)
+    assert reg.deletions(1, versions.get) == [ChunkRef(5, 1, 0)]
+
+
 def test_commit_report_is_not_undone_by_an_older_heartbeat(reg):
     session = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
     reg.record_copies(5, 2, [addr(1)])
@@ -207,23 +220,60 @@ def test_holders_exclude_damaged_disks_and_rotate(reg):
 
 
 def test_state_counts_per_class(reg):
-    register(reg, 1, chunks=[ChunkRef(1, 1, 0), ChunkRef(2, 1, 0), ChunkRef(3, 1, 0), ChunkRef(4, 1, 0)])
-    register(reg, 2, chunks=[ChunkRef(1, 1, 0), ChunkRef(3, 1, 0), ChunkRef(4, 1, 0)])
-    register(reg, 3, chunks=[ChunkRef(4, 1, 0)])
+    register(reg, 1, chunks=[ChunkRef(c, 1, 0) for c in (1, 2, 3, 4, 6, 7, 8)])
+    register(reg, 2, chunks=[ChunkRef(c, 1, 0) for c in (1, 3, 4, 6, 7)])
+    register(reg, 3, chunks=[ChunkRef(c, 1, 0) for c in (4, 6)])
     table = [
         (1, 1, "default"),  # 2 copies, goal 2
-        (2, 1, "default"),  # 1 copy
+        (2, 1, "default"),  # 1 copy of 2: endangered
         (3, 2, "default"),  # copies are version 1: stale
         (4, 1, "fast"),  # 3 copies, goal 3
         (5, 1, "fast"),  # no copy at all
-    ]
+        (6, 1, "default"),  # 3 copies, goal 2
+        (7, 1, "fast"),  # 2 copies of 3
+    ]  # chunk 8: copies but in no file any more
     counts = reg.count_states(table, {"default": 2, "fast": 3})
+    zero = dict.fromkeys(STATES, 0)
     assert counts == {
-        "default": {STABLE: 1, UNDERGOAL: 1, MISSING: 1},
-        "fast": {STABLE: 1, UNDERGOAL: 0, MISSING: 1},
+        "default": zero | {STABLE: 1, ENDANGERED: 1, MISSING: 1, OVERGOAL: 1},
+        "fast": zero | {STABLE: 1, UNDERGOAL: 1, MISSING: 1},
+        NO_CLASS: zero | {DELETING: 1},
     }
     reg.expire(TIMEOUT + 1)
     assert reg.classify(1, 1, 2) == MISSING
+
+
+def test_damaged_copies_are_invalid_and_left_to_the_replication_manager(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
+    versions = {5: 1}
+    reg.deletions(1, versions.get)
+    assert reg.heartbeat(1, s1, [], [], [], 0, 0, 1.0, damaged=[ChunkRef(5, 1, 0)])
+    assert [s.server_id for s in reg.holders(5, 1)] == [2]
+    assert reg.classify(5, 1, 2) == ENDANGERED
+    assert reg.deletions(1, versions.get) == [], "kept until the chunk is at goal without it"
+    assert reg.copies(5)[0][1].damaged
+    del versions[5]
+    reg.recheck([5])
+    assert reg.deletions(1, versions.get) == [ChunkRef(5, 1, 0)], "a chunk in no file goes anyway"
+
+
+def test_a_damaged_only_copy_is_kept(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(5, 1, 0, damaged=True)])
+    assert reg.classify(5, 1, 1) == MISSING
+    assert reg.deletions(1, {5: 1}.get) == []
+    assert beat(reg, 1, s1, 1.0)
+
+
+def test_ordered_deletions_leave_at_once_and_go_out_with_the_next_reply(reg):
+    register(reg, 1, chunks=[ChunkRef(5, 1, 2)])
+    register(reg, 2, chunks=[ChunkRef(5, 1, 0)])
+    reg.deletions(1, {5: 1}.get)
+    assert reg.order_delete(1, 5)
+    assert not reg.order_delete(1, 5), "nothing left to delete"
+    assert [s.server_id for s in reg.holders(5, 1)] == [2]
+    assert reg.deletions(1, {5: 1}.get) == [ChunkRef(5, 1, 2)]
+    assert reg.deletions(1, {5: 1}.get) == []
 
 
 def test_capacity_counts_alive_servers_and_healthy_disks(reg):
@@ -241,3 +291,18 @@ def test_byte_counters_add_growth_and_survive_a_chunkserver_restart(reg):
     session = register(reg, 1, now=3.0)  # the process restarted: counters start again from zero
     assert beat(reg, 1, session, 4.0, read=10, written=20)
     assert (reg.bytes_read, reg.bytes_written) == (60, 620)
+
+
+def test_survey_agrees_with_is_valid(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(c, 2, 0) for c in (1, 2, 3, 4)])
+    register(reg, 2, chunks=[ChunkRef(1, 2, 0), ChunkRef(2, 1, 0), ChunkRef(3, 2, 0)], state="damaged")
+    register(reg, 3, chunks=[ChunkRef(1, 2, 0), ChunkRef(4, 2, 0)])
+    reg.fence(4, 2, [3])
+    assert reg.heartbeat(1, s1, [], [], [], 0, 0, 1.0, damaged=[ChunkRef(3, 2, 0)])
+    table = [(1, 2), (2, 2), (3, 2), (4, 2), (5, 1)]
+    surveyed = list(reg.survey(table))
+    assert [valid for valid, _ in surveyed] == [reg.valid_servers(c, v) for c, v in table]
+    assert [valid for valid, _ in surveyed] == [[1, 3], [1], [], [1], []]
+    assert sorted(surveyed[0][1]) == [1, 2, 3]
+    reg.expire(TIMEOUT + 2)
+    assert [valid for valid, _ in reg.survey(table)] == [[]] * 5

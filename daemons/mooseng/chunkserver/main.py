@@ -10,6 +10,8 @@ import threading
 from mooseng import config, logsetup, metrics, rpc
 from mooseng.chunkserver.masterlink import MasterLink
 from mooseng.chunkserver.metrics import ChunkserverMetrics
+from mooseng.chunkserver.replicator import Replicator
+from mooseng.chunkserver.scrubber import Scrubber
 from mooseng.chunkserver.service import ChunkServerService
 from mooseng.chunkserver.store import ChunkStore
 from mooseng.errors import ConfigError, QuietError
@@ -41,7 +43,9 @@ def run(cfg) -> None:
             log.error("cannot create data dir %s: %s (it will be reported damaged)", path, exc.strerror)
     store = ChunkStore(cfg.data_dirs, cfg.leave_free_mb << 20)
     advertise = cfg.advertise or cfg.listen
-    service = ChunkServerService(store, advertise, ChunkserverMetrics(store))
+    replicator = Replicator(store, cfg.replication_workers, cfg.replication_mb_s * 1e6)
+    scrubber = Scrubber(store, cfg.scrub_mb_s * 1e6) if cfg.scrub_mb_s > 0 else None
+    service = ChunkServerService(store, advertise, ChunkserverMetrics(store, scrubber), replicator=replicator)
     handlers.update(service.handlers())
     server.start()
     link = MasterLink(
@@ -51,12 +55,19 @@ def run(cfg) -> None:
         address=advertise,
         master_addrs=cfg.master_addrs,
         interval_s=cfg.heartbeat_interval_s,
+        replicator=replicator,
     )
+    replicator.on_done = link.wake
     link.start()
+    if scrubber is not None:
+        scrubber.start()
     log.info("serving on %s (advertised as %s), metrics on %s", cfg.listen, advertise, cfg.metrics_listen)
     stop.wait()
     log.info("stopping")
+    if scrubber is not None:
+        scrubber.stop()
     link.stop()
+    replicator.close()
     server.stop(STOP_GRACE_S)
     service.close()
     store.close()

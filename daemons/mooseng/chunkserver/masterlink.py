@@ -1,8 +1,10 @@
-"""Register with the master, then heartbeat: disks, chunk deltas, byte counters; run its deletes.
+"""Register with the master, then heartbeat: disks, chunk deltas, byte counters; run its orders.
 
 The master speaks rpc.py (docs/DESIGN.md "Transport"): `register{cluster_id, server_id, address,
-disks, chunks} -> {session}` and `heartbeat{server_id, session, disks, added, removed, bytes_read,
-bytes_written} -> {reregister, delete}`.
+disks, chunks} -> {session}` and `heartbeat{server_id, session, disks, added, removed, damaged,
+replicated, bytes_read, bytes_written} -> {reregister, delete, replicate}`. Deletes run at once;
+replications go to the Replicator, whose outcomes ride on a later heartbeat; a finished
+replication sends that heartbeat at once (wake()) rather than at the next interval.
 
 Any failure (master down, not the leader, refused, lost session) drops the session, and the next
 contact is a full register, with every chunk held, to the next address in master_addrs. So change
@@ -15,6 +17,7 @@ import threading
 import time
 
 from mooseng import rpc
+from mooseng.chunkserver.replicator import Replicator
 from mooseng.chunkserver.store import ChunkInfo, ChunkStore, DiskStat
 from mooseng.errors import FsError
 
@@ -25,7 +28,10 @@ CONNECT_TIMEOUT_S = 2.0
 
 
 def _ref(chunk: ChunkInfo) -> dict:
-    return {"chunk_id": chunk.chunk_id, "version": chunk.version, "disk": chunk.disk, "length": chunk.length}
+    ref = {"chunk_id": chunk.chunk_id, "version": chunk.version, "disk": chunk.disk, "length": chunk.length}
+    if chunk.damaged:
+        ref["damaged"] = True
+    return ref
 
 
 def _disk(disk: DiskStat) -> dict:
@@ -39,8 +45,9 @@ class MasterLink:
     """The chunkserver's side of register/heartbeat, in its own thread (start/stop)."""
 
     def __init__(self, store: ChunkStore, *, cluster_id: str, server_id: int, address: str,
-                 master_addrs: list[str], interval_s: float):
+                 master_addrs: list[str], interval_s: float, replicator: Replicator | None = None):
         self._store = store
+        self._replicator = replicator
         self._cluster_id = cluster_id
         self._server_id = server_id
         self._address = address
@@ -53,13 +60,19 @@ class MasterLink:
         self._session: int | None = None
         self._state = ""  # the state last logged, e.g. "registered 127.0.0.1:9421" or "down"
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="masterlink", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """Send the next heartbeat now."""
+        self._wake.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         for master in self._masters:
@@ -73,7 +86,8 @@ class MasterLink:
             except Exception:  # a bug here must not end the reporting for good
                 log.exception("heartbeat failed unexpectedly")
                 self._session = None
-            self._stop.wait(max(0.0, self._interval - (time.monotonic() - started)))
+            self._wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
+            self._wake.clear()
 
     def _beat(self) -> None:
         """One round: a heartbeat if registered (then run the master's deletes), else register."""
@@ -84,11 +98,15 @@ class MasterLink:
 
     def _heartbeat(self) -> bool:
         master = self._masters[self._current]
+        # Outcomes before changes: a replication reported done must have its new copy in `added`.
+        replicated = self._replicator.take_results() if self._replicator else []
         added, removed = self._store.take_changes()
         params = {
             "server_id": self._server_id, "session": self._session,
             "disks": [_disk(d) for d in self._store.disk_stats()],
             "added": [_ref(c) for c in added], "removed": [_ref(c) for c in removed],
+            "damaged": [_ref(c) for c in self._store.take_damaged()],
+            "replicated": replicated,
             "bytes_read": self._store.bytes_read, "bytes_written": self._store.bytes_written,
         }  # fmt: skip
         try:
@@ -106,6 +124,9 @@ class MasterLink:
                     log.info("deleted chunk %016X version %d as the master asked", ref["chunk_id"], ref["version"])
             except FsError as exc:
                 log.warning("could not delete chunk %016X: %s", ref["chunk_id"], exc)
+        orders = reply.get("replicate") or []
+        if orders and self._replicator is not None:
+            self._replicator.submit(orders)
         return True
 
     def _register(self) -> None:
@@ -133,7 +154,7 @@ class MasterLink:
                 f"registered with master {master.addr} (session {self._session}, {len(chunks)} chunks)",
             )  # fmt: skip
             return
-        self._log_state("down", logging.WARNING, f"no master accepts this chunkserver, retrying: {'; '.join(failures)}")
+        self._log_state("down", logging.ERROR, f"no master accepts this chunkserver, retrying: {'; '.join(failures)}")
 
     def _log_state(self, state: str, level: int, message: str) -> None:
         if state != self._state and not self._stop.is_set():

@@ -7,6 +7,7 @@ updates, and the heartbeat reports the very same numbers.
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from mooseng.chunkserver.scrubber import Scrubber
 from mooseng.chunkserver.store import DAMAGED, ChunkStore
 from mooseng.metrics import latency_histogram
 
@@ -14,19 +15,20 @@ from mooseng.metrics import latency_histogram
 class ChunkserverMetrics:
     """Create once per process: the metrics go into the default registry that metrics.serve exposes."""
 
-    def __init__(self, store: ChunkStore):
+    def __init__(self, store: ChunkStore, scrubber: Scrubber | None = None):
         self.duration = latency_histogram(
             "mooseng_operation_duration_seconds", "Time to serve a chunkserver request (a write: one piece; commit: the durable end of a session)"
         )
-        REGISTRY.register(_StoreCollector(store))
+        REGISTRY.register(_StoreCollector(store, scrubber))
 
     def observe(self, op: str, seconds: float) -> None:
         self.duration.labels(op).observe(seconds)
 
 
 class _StoreCollector:
-    def __init__(self, store: ChunkStore):
+    def __init__(self, store: ChunkStore, scrubber: Scrubber | None):
         self._store = store
+        self._scrubber = scrubber
 
     def describe(self):
         return []  # computed at scrape time; nothing to check at registration
@@ -37,6 +39,11 @@ class _StoreCollector:
         yield CounterMetricFamily("mooseng_bytes_read", "Chunk data bytes read", value=store.bytes_read)
         yield CounterMetricFamily("mooseng_bytes_written", "Chunk data bytes written", value=store.bytes_written)
         yield CounterMetricFamily("mooseng_crc_errors", "Blocks that failed their CRC check", value=store.crc_errors)
+        scrub = self._scrubber
+        yield CounterMetricFamily("mooseng_scrub_bytes", "Bytes checked by the background scrubber",
+                                  value=scrub.bytes if scrub else 0)
+        yield CounterMetricFamily("mooseng_scrub_errors", "Copies the background scrubber found damaged",
+                                  value=scrub.errors if scrub else 0)
         space = GaugeMetricFamily("mooseng_disk_bytes", "Data dir space (free: usable by new chunks)", labels=["disk", "kind"])
         damaged = GaugeMetricFamily("mooseng_disk_damaged", "1 if the data dir is damaged", labels=["disk"])
         for disk in store.disk_stats():

@@ -5,6 +5,8 @@
     commit{chunk_id, version, chain} -> {ok, failed}
     truncate{chunk_id, version, expect_version, length} -> {}
     set_version{chunk_id, expect_version, version} -> {}
+    crc_table{chunk_id, version} -> {length, crcs} (the CRC entries of the blocks holding data)
+    replicate{chunk_id, version, source} -> {bytes}: pull the copy from `source` (replicator.py)
 
 A write session is (chunk_id, version): the master hands out a new version for every session, so
 the pieces of one can arrive on several connections at once (a client keeps several in flight)
@@ -32,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mooseng import rpc
 from mooseng.chunkserver.metrics import ChunkserverMetrics
+from mooseng.chunkserver.replicator import Replicator
 from mooseng.chunkserver.store import ChunkStore, CrcError, StaleChunk, WriteSession
 from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
@@ -62,6 +65,7 @@ _ERRNO_STATUS = {
     errno.EINVAL: rpc.INVALID_ARGUMENT,
     errno.EBUSY: rpc.UNAVAILABLE,
     errno.ENOSPC: rpc.UNAVAILABLE,
+    errno.EEXIST: rpc.ALREADY_EXISTS,
 }
 
 
@@ -99,6 +103,7 @@ _FIELDS = {
     "offset": (lambda v: type(v) is int and 0 <= v <= CHUNK_SIZE, f"an offset in a chunk (0..{CHUNK_SIZE})"),
     "length": (lambda v: type(v) is int and 0 <= v <= CHUNK_SIZE, f"a length (0..{CHUNK_SIZE})"),
     "chain": (_chain, f"a list of at most {MAX_CHAIN} distinct host:port"),
+    "source": (_is_addr, "host:port"),
 }
 
 
@@ -138,8 +143,9 @@ class ChunkServerService:
     """The handlers for rpc.Server (handlers()); close() after the server has stopped."""
 
     def __init__(self, store: ChunkStore, advertise: str, metrics: ChunkserverMetrics,
-                 session_timeout_s: float = SESSION_TIMEOUT_S):
+                 session_timeout_s: float = SESSION_TIMEOUT_S, replicator: Replicator | None = None):
         self._store = store
+        self._replicator = replicator
         self._advertise = advertise
         self._metrics = metrics
         self._session_timeout = session_timeout_s
@@ -161,6 +167,8 @@ class ChunkServerService:
             "commit": self._handler("commit", self._commit),
             "truncate": self._handler("truncate", self._truncate),
             "set_version": self._handler("set_version", self._set_version),
+            "crc_table": self._handler("crc_table", self._crc_table),
+            "replicate": self._handler("replicate", self._replicate),
         }
 
     def _handler(self, op: str, method):
@@ -211,6 +219,21 @@ class ChunkServerService:
             self._end(session, rpc.RpcError(rpc.FAILED_PRECONDITION, f"superseded by version {version}"))
         self._store.set_version(chunk_id, expect, version)
         return {}
+
+    # --- replication ------------------------------------------------------------------------------
+
+    def _crc_table(self, params: dict, data) -> dict:
+        chunk_id, version = _params("crc_table", params, data, ("chunk_id", "version"))
+        length, crcs = self._store.crc_table(chunk_id, version)
+        return {"length": length, "crcs": crcs}
+
+    def _replicate(self, params: dict, data) -> dict:
+        chunk_id, version, source = _params("replicate", params, data, ("chunk_id", "version", "source"))
+        if source == self._advertise:
+            raise _bad(f"replicate: source {source} is this server")
+        if self._replicator is None:
+            raise rpc.RpcError(rpc.UNAVAILABLE, "replicate: this server runs no replicator")
+        return {"bytes": self._replicator.replicate(chunk_id, version, source)}
 
     # --- write sessions ---------------------------------------------------------------------------
 

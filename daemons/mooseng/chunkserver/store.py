@@ -16,6 +16,13 @@ Errors are FsError subclasses so the service can map them: ChunkNotFound, StaleC
 and FsError(EINVAL / ENOSPC / EBUSY / EIO). An I/O error that means the disk is broken (EIO, a
 vanished directory...) marks the disk damaged: its chunks leave the index (the master sees them
 removed and re-replicates) and it takes no new chunks until the chunkserver restarts.
+
+A copy whose block fails its CRC check in the scrubber's pass (chunkserver/scrubber.py) is marked damaged:
+it stays where it is, is reported in the next heartbeat, and the master stops handing it out,
+copies the chunk from a good copy and then deletes this one (if it was the last copy, it waits).
+A copy pulled from another server (replication) is written to `<name>.tmp` and renamed into
+place only once complete, checked against the source's CRCs and synced: a source failing
+mid-copy leaves no file that a restart would take for a chunk (leftover .tmp files are removed).
 """
 
 import errno
@@ -53,6 +60,7 @@ FD_CACHE_SIZE = 256
 # +50%). Smaller writes leave it to the commit: they may rewrite the same pages again.
 WRITEBACK_MIN = 1 << 20
 _NAME = re.compile(r"chunk_([0-9A-F]{16})\.mng")
+TMP_SUFFIX = ".tmp"
 _MAX_ID = (1 << 64) - 1
 # OSError numbers that say the disk or its file system is broken, not the request.
 _DISK_ERRNOS = frozenset(
@@ -96,6 +104,7 @@ class ChunkInfo:
     version: int
     disk: int
     length: int
+    damaged: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,7 @@ class _Disk:
 class _Chunk:
     """Index entry. `lock` serialises I/O on the chunk; `gone` is set once it leaves the index."""
 
-    __slots__ = ("id", "disk", "version", "length", "lock", "writer", "gone")
+    __slots__ = ("id", "disk", "version", "length", "lock", "writer", "gone", "damaged")
 
     def __init__(self, chunk_id: int, disk: _Disk, version: int, length: int):
         self.id = chunk_id
@@ -154,9 +163,10 @@ class _Chunk:
         self.lock = threading.Lock()
         self.writer: int | None = None  # target version of the open write session
         self.gone = False
+        self.damaged = False  # a block failed its CRC check
 
     def info(self) -> ChunkInfo:
-        return ChunkInfo(self.id, self.version, self.disk.index, self.length)
+        return ChunkInfo(self.id, self.version, self.disk.index, self.length, self.damaged)
 
 
 class _Handle:
@@ -254,6 +264,66 @@ class WriteSession:
         self.abort()
 
 
+class ReplicaWriter:
+    """A copy being pulled from another server: write() its data in order, then finish() with the
+    source's CRC entries, or abort(). Until finish() it is a .tmp file outside the index."""
+
+    def __init__(self, store: "ChunkStore", chunk_id: int, version: int, disk: _Disk, path: str, fd: int):
+        self._store = store
+        self.chunk_id = chunk_id
+        self.version = version
+        self.disk = disk
+        self.path = path
+        self._fd = fd
+        self._table = bytearray(EMPTY_TABLE)
+        self.length = 0
+
+    def write(self, data) -> None:
+        """Append data; every piece but the last is a whole number of blocks."""
+        if self.length % BLOCK_SIZE or self.length + len(data) > CHUNK_SIZE:
+            raise FsError(errno.EINVAL, f"replica of chunk {self.chunk_id:016X}: piece out of order")
+        first = self.length // BLOCK_SIZE
+        blocks = -(-len(data) // BLOCK_SIZE)
+        chunkio.crc32_blocks(data, memoryview(self._table)[4 * first:4 * (first + blocks)])
+        try:
+            os.pwrite(self._fd, data, HEADER_SIZE + self.length)
+        except OSError as exc:
+            raise FsError(errno.EIO, f"writing {self.path}: {exc.strerror}") from None
+        self.length += len(data)
+
+    def finish(self, length: int, crcs: bytes) -> None:
+        """Check length and CRCs against the source's, write the header, sync, move into place."""
+        if length != self.length:
+            raise FsError(errno.EIO, f"replica of chunk {self.chunk_id:016X}: got {self.length} of {length} bytes")
+        mine = bytes(self._table[: len(crcs)])
+        if mine != crcs:
+            block = next(i for i in range(0, len(crcs), 4) if mine[i:i + 4] != crcs[i:i + 4]) // 4
+            raise FsError(errno.EIO, f"replica of chunk {self.chunk_id:016X}: CRC of block {block} differs from the source's")
+        try:
+            os.pwrite(self._fd, _IDENT.pack(MAGIC, self.chunk_id, self.version) + bytes(TABLE_OFFSET - _IDENT.size)
+                      + self._table, 0)
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise FsError(errno.EIO, f"writing {self.path}: {exc.strerror}") from None
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            self._store._adopt(self)
+        except OSError as exc:
+            raise FsError(errno.EIO, f"renaming {self.path}: {exc.strerror}") from None
+
+    def abort(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", self.path, exc.strerror)
+
+
 class ChunkStore:
     """Every chunk on this server's data dirs, indexed in memory (id -> disk, version, length)."""
 
@@ -265,6 +335,7 @@ class ChunkStore:
         self._chunks: dict[int, _Chunk] = {}
         self._added: dict[int, ChunkInfo] = {}
         self._removed: dict[int, ChunkInfo] = {}
+        self._damaged: dict[int, ChunkInfo] = {}  # found damaged since the last take_damaged()
         self._fds = _HandleCache(fd_cache_size)
         self._stats_lock = threading.Lock()
         self.bytes_read = 0
@@ -300,6 +371,10 @@ class ChunkStore:
 
     def _scan_file(self, disk: _Disk, sub: str, name: str) -> None:
         path = os.path.join(disk.chunks_dir, sub, name)
+        if name.endswith(TMP_SUFFIX) and _NAME.fullmatch(name[: -len(TMP_SUFFIX)]):
+            log.info("removing %s: a replication that never completed", path)
+            os.unlink(path)
+            return
         match = _NAME.fullmatch(name)
         if match is None:
             self._refuse(path, "not a chunk file name")
@@ -508,6 +583,81 @@ class ChunkStore:
                 chunk.version = version
                 self._changed(chunk)
 
+    # --- replication and scrubbing ------------------------------------------------------------
+
+    def crc_table(self, chunk_id: int, version: int) -> tuple[int, bytes]:
+        """(data length, CRC entries of the blocks holding data) of the copy at `version`: what
+        a server pulling this copy checks its own against."""
+        chunk = self._find(chunk_id)
+        with chunk.lock:
+            self._check_alive(chunk)
+            if version != chunk.version:
+                raise StaleChunk(chunk_id, chunk.version, f"version {version}")
+            with self._io(chunk) as handle:
+                return chunk.length, bytes(handle.table[: 4 * -(-chunk.length // BLOCK_SIZE)])
+
+    def open_replica(self, chunk_id: int, version: int) -> "ReplicaWriter":
+        """Start receiving a copy pulled from another server (FsError(EEXIST) if one is here)."""
+        _check_ids(chunk_id, version)
+        with self._lock:
+            if chunk_id in self._chunks:
+                raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} is already here")
+        disk = self._choose_disk()
+        path = chunk_path(disk.path, chunk_id) + TMP_SUFFIX
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise FsError(errno.EIO, f"cannot create {path}: {exc.strerror}") from None
+        return ReplicaWriter(self, chunk_id, version, disk, path, fd)
+
+    def _adopt(self, replica: "ReplicaWriter") -> None:
+        """Put a complete, synced replica into place and into the index (reported as added)."""
+        final = chunk_path(replica.disk.path, replica.chunk_id)
+        chunk = _Chunk(replica.chunk_id, replica.disk, replica.version, replica.length)
+        with self._lock:
+            if replica.chunk_id in self._chunks:
+                raise FsError(errno.EEXIST, f"chunk {replica.chunk_id:016X} appeared meanwhile")
+            if replica.disk.state != OK:
+                raise FsError(errno.EIO, f"disk {replica.disk.path} was marked damaged")
+            os.rename(replica.path, final)
+            self._chunks[chunk.id] = chunk
+            replica.disk.used += HEADER_SIZE + chunk.length
+            replica.disk.count += 1
+            self._added[chunk.id] = chunk.info()
+            self._removed.pop(chunk.id, None)
+        dir_fd = os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def scrub(self, chunk_id: int, buffer: bytearray) -> int:
+        """Check every block of the copy against its CRC; returns the bytes checked (0: no such
+        copy any more, or already known damaged). A mismatch marks the copy damaged. The chunk
+        is locked one buffer at a time, so writes and reads wait for one buffer at most."""
+        with self._lock:
+            chunk = self._chunks.get(chunk_id)
+        if chunk is None or chunk.damaged:
+            return 0
+        checked = offset = 0
+        while True:
+            with chunk.lock:
+                if chunk.gone or chunk.damaged or chunk.writer is not None or offset >= chunk.length:
+                    return checked
+                length = min(len(buffer), chunk.length - offset)
+                try:
+                    with self._io(chunk) as handle:
+                        chunkio.pread_verify(handle.fd, memoryview(buffer)[:length], HEADER_SIZE, offset,
+                                             chunk.length, handle.table)
+                except CrcError:
+                    self._mark_chunk_damaged(chunk)
+                    return checked + length
+                except FsError as exc:
+                    log.warning("scrub of chunk %016X stopped: %s", chunk_id, exc)
+                    return checked
+            offset += length
+            checked += length
+
     # --- truncate / delete --------------------------------------------------------------------
 
     def truncate(self, chunk_id: int, version: int, expect_version: int, length: int) -> None:
@@ -600,6 +750,12 @@ class ChunkStore:
             added, self._added = list(self._added.values()), {}
             removed, self._removed = list(self._removed.values()), {}
         return added, removed
+
+    def take_damaged(self) -> list[ChunkInfo]:
+        """Copies found damaged since the last call, for the heartbeat."""
+        with self._lock:
+            damaged, self._damaged = list(self._damaged.values()), {}
+        return damaged
 
     def check_disks(self) -> None:
         """Mark damaged any disk whose chunk directory vanished or was replaced."""
@@ -708,6 +864,15 @@ class ChunkStore:
                 return ChunkNotFound(chunk.id, "chunk file vanished")
             self._mark_damaged(disk, f"chunk {chunk.id:016X}: {exc.strerror}")
         return FsError(errno.EIO, f"chunk {chunk.id:016X} on {disk.path}: {exc.strerror}")
+
+    def _mark_chunk_damaged(self, chunk: _Chunk) -> None:
+        with self._lock:
+            if chunk.damaged or chunk.gone:
+                return
+            chunk.damaged = True
+            self._damaged[chunk.id] = chunk.info()
+        log.error("chunk %016X version %d on %s is damaged: reported to the master", chunk.id, chunk.version,
+                  chunk.disk.path)
 
     def _mark_damaged(self, disk: _Disk, reason: str) -> None:
         with self._lock:

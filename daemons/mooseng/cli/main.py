@@ -128,10 +128,19 @@ def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
     # The leader's answer if a probe reached it; else MasterClient finds it (or says none answers).
     status = next((s for _, s in probes if s is not None), None) or master.call("status")
     result = {"masters": masters, **status}
-    lines = ["masters:"]
+    # Lag: how far each master's applied index is behind the highest commit index any reports.
+    commit = max((m["commit"] for m in masters if "commit" in m), default=0)
     for m in masters:
-        role = m["role"] + (f" (leader: {m['leader']})" if m.get("leader") else "")
-        lines.append(f"  {m['endpoint']:<21} {m.get('node_id', '-'):<12} {role}")
+        if "applied" in m:
+            m["lag"] = max(0, commit - m["applied"])
+    lines = ["masters:", f"  {'ENDPOINT':<21} {'NODE':<12} {'ROLE':<10} {'TERM':>6} {'APPLIED':>9} {'LAG':>6}"]
+    for m in masters:
+        if m["role"] == "unreachable":
+            lines.append(f"  {m['endpoint']:<21} {'-':<12} unreachable")
+            continue
+        lines.append(
+            f"  {m['endpoint']:<21} {m['node_id']:<12} {m['role']:<10} {m['term']:>6} {m['applied']:>9} {m['lag']:>6}"
+        )
     servers = status["chunkservers"]
     alive = sum(1 for s in servers if s["state"] == "alive")
     lines.append(f"chunkservers: {alive} alive, {len(servers) - alive} down")
@@ -150,18 +159,33 @@ def cmd_status(master: Master, args) -> tuple[dict, list[str]]:
                 f"        disk {d['index']}: {d['path']}  {d['state']}  {d['chunks']} chunks  "
                 f"{human(d['used_bytes'])} / {human(d['total_bytes'])}"
             )
-    chunks = status["chunks"]
-    lines.append(f"chunks: {chunks['total']} total")
-    if chunks["by_class"]:
-        lines.append(f"  {'CLASS':<10} {'STABLE':>8} {'UNDERGOAL':>10} {'MISSING':>8}")
-    for name, states in sorted(chunks["by_class"].items()):
-        lines.append(f"  {name:<10} {states['stable']:>8} {states['undergoal']:>10} {states['missing']:>8}")
+    lines += chunk_matrix(status["chunks"])
     space = status["space"]
     lines.append(
         f"space: {human(space['used_bytes'])} used, {human(space['free_bytes'])} free "
         f"of {human(space['total_bytes'])}; {status['inodes']} inodes"
     )
     return result, lines
+
+
+# The chunk matrix's columns: (state in the master's status, heading), worst first as mfscli.
+MATRIX = (("missing", "MISSING"), ("endangered", "ENDANGERED"), ("undergoal", "UNDERGOAL"),
+          ("stable", "STABLE"), ("overgoal", "OVERGOAL"), ("deleting", "DELETING"))
+
+
+def chunk_matrix(chunks: dict) -> list[str]:
+    """Chunks by class and state (endangered: one valid copy left; deleting: in no file any
+    more, copies not yet removed), then the replication counters."""
+    lines = [f"chunks: {chunks['total']} total"]
+    if chunks["by_class"]:
+        lines.append(f"  {'CLASS':<10}" + "".join(f" {head:>10}" for _, head in MATRIX))
+    for name, states in sorted(chunks["by_class"].items()):
+        lines.append(f"  {name:<10}" + "".join(f" {states.get(state, 0):>10}" for state, _ in MATRIX))
+    rep = chunks.get("replication")
+    if rep:
+        lines.append(f"replication: {rep['chunks']} chunks ({human(rep['bytes'])}) copied, {rep['failures']} failed, "
+                     f"{rep['in_progress']} in progress")
+    return lines
 
 
 def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
@@ -179,7 +203,8 @@ def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
             lines.append("\t\tno valid copies !!!")
         for n, copy in enumerate(chunk["copies"], 1):
             disk = "?" if copy["disk"] is None else copy["disk"]
-            state = "VALID" if copy["valid"] else f"INVALID (version {copy['version']})"
+            why = copy.get("state", "invalid").upper()
+            state = "VALID" if copy["valid"] else f"INVALID: {why} (version {copy['version']})"
             lines.append(f"\t\tcopy {n}: {copy['address']} (chunkserver {copy['server_id']}, disk {disk}): {state}")
     if not info["chunks"]:
         lines.append("\tno chunks")
@@ -218,8 +243,33 @@ def cmd_classes(master: Master, args) -> tuple[list, list[str]]:
     return classes, lines
 
 
+def cmd_master(master: Master, args) -> tuple[dict, list[str]]:
+    """master add NAME=HOST:PORT | remove NAME | transfer-leader NAME: sent to the leader."""
+    if args.action == "add":
+        name, sep, address = args.node.partition("=")
+        if not sep or not name:
+            raise QuietError(f"master add: expected NAME=HOST:PORT (the new master's raft address), got {args.node!r}", 2)
+    else:
+        name, address = args.node, ""
+    action = {"add": "add", "remove": "remove", "transfer-leader": "transfer"}[args.action]
+    leader = next((s for s, _ in (probe_master(ep) for ep in master.endpoints) if s["role"] == "leader"), None)
+    if leader is None:
+        raise QuietError(f"no master among {','.join(master.endpoints)} leads right now; retry")
+    client = rpc.Client(leader["endpoint"], timeout_s=max(args.timeout, 15.0))
+    try:
+        client.call("raft_admin", {"action": action, "node_id": name, "address": address})
+    except rpc.RpcError as exc:
+        raise QuietError(f"master {args.action} {args.node}: {exc.message}") from None
+    finally:
+        client.close()
+    done = {"add": f"added {name} ({address})", "remove": f"removed {name}",
+            "transfer-leader": f"{name} leads now"}[args.action]  # fmt: skip
+    return {"action": args.action, "node_id": name, "address": address, "leader_was": leader["node_id"]}, [done]
+
+
 COMMANDS = {
     "status": cmd_status,
+    "master": cmd_master,
     "fileinfo": cmd_fileinfo,
     "getclass": cmd_getclass,
     "setclass": cmd_setclass,
@@ -232,20 +282,22 @@ COMMANDS = {
 
 def probe_master(endpoint: str, timeout_s: float = 2.0) -> tuple[dict, dict | None]:
     """Ask one master directly, without following a redirect (MasterClient would, and hide the
-    follower): ({endpoint, role: leader | follower | unreachable, ...}, its status or None)."""
+    follower): ({endpoint, node_id, role: leader | follower | ... | unreachable, term, commit,
+    applied, leader}, its `status` if it is the leader, else None)."""
     client = rpc.Client(endpoint, timeout_s=timeout_s, connect_timeout_s=timeout_s)
     try:
-        reply, _ = client.call("meta", {"op": "status", "args": {}})
+        raft, _ = client.call("raft_status", {})
+        status = None
+        if raft["role"] == "leader":
+            reply, _ = client.call("meta", {"op": "status", "args": {}})
+            status = reply["result"] if not reply["errno"] and not reply["leader"] else None
     except rpc.RpcError:
         return {"endpoint": endpoint, "role": "unreachable"}, None
     finally:
         client.close()
-    if reply["leader"]:
-        return {"endpoint": endpoint, "role": "follower", "leader": reply["leader"]}, None
-    if reply["errno"]:
-        return {"endpoint": endpoint, "role": f"error: {reply['message']}"}, None
-    status = reply["result"]
-    return {"endpoint": endpoint, "role": status["master"]["role"], "node_id": status["master"]["node_id"]}, status
+    summary = {"endpoint": endpoint, "node_id": raft["node_id"], "role": raft["role"], "term": raft["term"],
+               "commit": raft["commit"], "applied": raft["applied"], "leader": raft["leader_id"]}
+    return summary, status
 
 
 def human(n: float) -> str:
@@ -281,6 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("sclass", metavar="CLASS")
     p.add_argument("path", metavar="PATH")
     sub.add_parser("classes", parents=[common], help="the storage classes")
+    p = sub.add_parser("master", parents=[common], help="change the Raft group: add/remove a master, move leadership")
+    p.add_argument("action", choices=("add", "remove", "transfer-leader"))
+    p.add_argument("node", metavar="NAME[=HOST:PORT]", help="master node id; for add, =its raft address")
     args = parser.parse_args(argv)
     endpoints = [e.strip() for e in args.master.split(",") if e.strip()]
     for endpoint in endpoints:

@@ -18,12 +18,15 @@ class Gauges:
     leader: bool
     log_index: int
     chunks_total: int
-    chunk_states: dict[str, int]  # stable / undergoal / missing
-    chunkservers: dict[str, int]  # alive / down
+    chunk_states: dict[str, dict[str, int]]  # class -> state -> chunks (registry.STATES)
+    chunkservers: dict[str, int]  # up / down
     bytes_read: int
     bytes_written: int
     # (server label, disk label, kind, bytes), kind in total / used / free
     disk_bytes: list[tuple[str, str, str, int]] = field(default_factory=list)
+    raft: dict = field(default_factory=dict)  # RaftNode.status(); empty without raft
+    disks: dict[str, int] = field(default_factory=dict)  # ok / damaged, over the live chunkservers
+    replication: dict[str, int] = field(default_factory=dict)  # chunks, bytes, failures (counters)
 
 
 class MasterMetrics:
@@ -48,6 +51,20 @@ class MasterMetrics:
         children[1].observe(seconds)
 
 
+_RAFT_GAUGES = [
+    ("term", "mooseng_raft_term", "Current Raft term"),
+    ("commit", "mooseng_raft_commit_index", "Highest log index known to be committed"),
+    ("applied", "mooseng_raft_applied_index", "Highest log index applied to the namespace"),
+    ("log_entries", "mooseng_raft_log_entries", "Entries in the Raft log after the snapshot"),
+    ("snapshot_index", "mooseng_raft_snapshot_index", "Log index of the newest snapshot"),
+    ("snapshot_time", "mooseng_raft_last_snapshot_timestamp_seconds", "Wall clock of the newest snapshot (0: none)"),
+]
+_RAFT_COUNTERS = [
+    ("elections", "mooseng_raft_elections", "Elections this master started (as candidate)"),
+    ("leader_changes", "mooseng_raft_leader_changes", "Times this master saw a new leader"),
+]
+
+
 class _GaugeCollector:
     def __init__(self, gauges: Callable[[], Gauges]):
         self._gauges = gauges
@@ -58,14 +75,30 @@ class _GaugeCollector:
     def collect(self):
         g = self._gauges()
         yield GaugeMetricFamily("mooseng_raft_leader", "1 if this master is the leader", value=int(g.leader))
+        raft = g.raft
+        if raft:
+            for key, name, what in _RAFT_GAUGES:
+                yield GaugeMetricFamily(name, what, value=raft[key] or 0)
+            for key, name, what in _RAFT_COUNTERS:
+                yield CounterMetricFamily(name, what, value=raft[key])
         yield GaugeMetricFamily(
-            "mooseng_metadata_log_index", "Index of the last applied changelog entry", value=g.log_index
+            "mooseng_metadata_log_index", "Index of the last applied Raft log entry", value=g.log_index
         )
         yield GaugeMetricFamily("mooseng_chunks_total", "Chunks in the namespace", value=g.chunks_total)
-        states = GaugeMetricFamily("mooseng_chunks", "Chunks by replication state", labels=["state"])
-        for state, n in g.chunk_states.items():
-            states.add_metric([state], n)
+        states = GaugeMetricFamily("mooseng_chunks", "Chunks by storage class and replication state",
+                                   labels=["sclass", "state"])
+        for sclass, counts in sorted(g.chunk_states.items()):
+            for state, n in counts.items():
+                states.add_metric([sclass, state], n)
         yield states
+        disk_states = GaugeMetricFamily("mooseng_disks", "Data dirs of the live chunkservers by state", labels=["state"])
+        for state, n in g.disks.items():
+            disk_states.add_metric([state], n)
+        yield disk_states
+        for name, key, what in (("mooseng_replication_chunks", "chunks", "Chunk copies made by replication"),
+                                ("mooseng_replication_bytes", "bytes", "Bytes copied by replication"),
+                                ("mooseng_replication_failures", "failures", "Replications that failed or timed out")):
+            yield CounterMetricFamily(name, what, value=g.replication.get(key, 0))
         servers = GaugeMetricFamily("mooseng_chunkservers", "Registered chunkservers by state", labels=["state"])
         for state, n in g.chunkservers.items():
             servers.add_metric([state], n)

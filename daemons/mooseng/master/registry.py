@@ -5,23 +5,31 @@ with its full chunk list. Pure logic: the caller passes the time (monotonic seco
 namespace's view of chunk versions, and serializes calls (one lock around the registry).
 
 A copy is *valid* when its server is alive, its disk is healthy (or not yet known), its version is
-at least the namespace's current version of the chunk, and it is not fenced. A copy is ahead of
+at least the namespace's current version of the chunk, it is not fenced and its chunkserver has not
+reported it damaged (a block failed its CRC check). A copy is ahead of
 the namespace only if the master stopped between asking the copies to take a new version and
 logging it: nothing was written at that version, so its data is the same. A fenced copy has the
 current version but lacks data written at it (see fence()). Copies the namespace no longer wants
-(unknown chunk, older version, fenced) go back to their server as delete commands in heartbeat
+(unknown chunk, older version, fenced, damaged) go back to their server as delete commands in heartbeat
 replies; to keep that cheap, only chunks marked dirty (reported, written, freed) are checked, not
-the whole list.
+the whole list. The replication manager (master/healing.py) adds its own deletions of
+over-goal copies through order_delete().
+
+Chunk states (per class, as mfscli's matrix): stable (valid copies == goal), overgoal (more),
+undergoal (fewer, at least 2), endangered (exactly 1 of a goal above 1), missing (none), and
+deleting: chunks no file refers to any more whose copies are still on chunkservers.
 """
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-STABLE, UNDERGOAL, MISSING = "stable", "undergoal", "missing"
-STATES = (STABLE, UNDERGOAL, MISSING)
+STABLE, UNDERGOAL, ENDANGERED, MISSING = "stable", "undergoal", "endangered", "missing"
+OVERGOAL, DELETING = "overgoal", "deleting"
+STATES = (STABLE, UNDERGOAL, ENDANGERED, MISSING, OVERGOAL, DELETING)
+NO_CLASS = "-"  # the class column of chunks being deleted: no file, so no class any more
 
 
 class RegistryError(Exception):
@@ -58,12 +66,17 @@ class ChunkRef:
     chunk_id: int
     version: int
     disk: int | None = None
+    length: int = 0  # data bytes, where known (heartbeats report it; deletions do not need it)
+    damaged: bool = False  # its chunkserver found a block failing its CRC check
 
 
 @dataclass(frozen=True)
 class Copy:
     version: int
     disk: int | None  # None: recorded from a client's commit, disk known at the next heartbeat
+    length: int = 0
+    damaged: bool = False
+    returned: bool = False  # came with its server's registration, not from a write or replication
 
 
 @dataclass
@@ -80,6 +93,9 @@ class Server:
     dirty: set[int] = field(default_factory=set)
     # Last byte counters the server reported (counted since it started); None until a heartbeat.
     counters: tuple[int, int] | None = None
+    # Copies the replication manager ordered deleted (already out of the registry); sent with
+    # the next heartbeat reply by deletions().
+    ordered: list[ChunkRef] = field(default_factory=list)
 
     def disk(self, index: int | None) -> Disk | None:
         return next((d for d in self.disks if d.index == index), None)
@@ -144,8 +160,8 @@ class Registry:
         self._next_session += 1
         self._servers[server_id] = server
         for ref in chunks:
-            self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk))
-        server.dirty = set(server.chunks)
+            self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk, ref.length, ref.damaged, returned=True))
+        self.recheck(server.chunks)  # its copies may make others' stale copies deletable, and be stale
         return server.session
 
     def heartbeat(
@@ -158,12 +174,15 @@ class Registry:
         bytes_read: int,
         bytes_written: int,
         now: float,
+        damaged: Iterable[ChunkRef] = (),
     ) -> bool:
         """Apply a heartbeat; False means the session is unknown and the server must re-register.
 
         `disks` replaces the disk list (an empty list leaves it as it was). A reported version
         older than the one recorded is ignored: it can only be a heartbeat overtaken by a client's
-        commit report of a newer write.
+        commit report of a newer write. `damaged` copies failed a CRC check there: they stop being
+        valid, and the replication manager deletes them once the chunk is at its goal without them
+        (until then their good blocks are better than nothing).
         """
         server = self._servers.get(server_id)
         if server is None or not server.alive or server.session != session:
@@ -178,8 +197,12 @@ class Registry:
         for ref in added:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
             if copy is None or copy.version <= ref.version:
-                self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk))
+                self._add_copy(server, ref.chunk_id, Copy(ref.version, ref.disk, ref.length))
                 self.recheck([ref.chunk_id])  # a new version may make the other copies stale
+        for ref in damaged:
+            copy = self._copies.get(ref.chunk_id, {}).get(server_id)
+            if copy is not None and copy.version == ref.version:
+                self._add_copy(server, ref.chunk_id, Copy(copy.version, copy.disk, copy.length, True, copy.returned))
         self._count_bytes(server, bytes_read, bytes_written)
         return True
 
@@ -199,18 +222,19 @@ class Registry:
         return down
 
     def deletions(self, server_id: int, version_of: Callable[[int], int | None]) -> list[ChunkRef]:
-        """Copies the server must delete among its dirty chunks; they leave the registry at once.
+        """Copies the server must delete among its dirty chunks, and those order_delete() chose;
+        they leave the registry at once.
 
         `version_of(chunk_id)` is the namespace's current version, None for an unknown chunk
-        (always deleted). A copy older than that, or fenced, is stale, but is kept while the chunk
-        has no valid copy at all: then the stale copies are all the data left, so they wait for a
-        valid copy to appear, which marks the chunk dirty again.
+        (always deleted). A copy older than that, or fenced, is stale, but is kept while the
+        chunk has no valid copy at all: then the stale copies are all the data left, so they
+        wait for a valid copy to appear, which marks the chunk dirty again.
         """
         server = self._servers.get(server_id)
         if server is None:
             return []
         dirty, server.dirty = server.dirty, set()
-        out = []
+        out, server.ordered = server.ordered, []
         for chunk_id in dirty:
             copy = self._copies.get(chunk_id, {}).get(server_id)
             if copy is None:
@@ -220,8 +244,8 @@ class Registry:
             if fence is not None and (current is None or fence[0] < current):
                 del self._fences[chunk_id]  # superseded: copies up to its version are stale anyway
             if current is not None:
-                if copy.version >= current and not self._fenced(chunk_id, server_id, copy.version):
-                    continue
+                if copy.version >= current and (copy.damaged or not self._fenced(chunk_id, server_id, copy.version)):
+                    continue  # current, or damaged: the replication manager deletes it once at goal
                 if not any(self.is_valid(chunk_id, s, c, current) for s, c in self.copies(chunk_id)):
                     continue
             out.append(ChunkRef(chunk_id, copy.version, copy.disk))
@@ -244,9 +268,20 @@ class Registry:
                 continue
             copy = self._copies.get(chunk_id, {}).get(server.server_id)
             if copy is None or copy.version <= version:
-                self._add_copy(server, chunk_id, Copy(version, copy.disk if copy else None))
+                self._add_copy(server, chunk_id, Copy(version, copy.disk if copy else None, copy.length if copy else 0))
         self.recheck([chunk_id])
         return unknown
+
+    def order_delete(self, server_id: int, chunk_id: int) -> bool:
+        """Take the server's copy out of the registry now and have it deleted at its next
+        heartbeat (an over-goal copy the replication manager chose). False if there is none."""
+        server = self._servers.get(server_id)
+        copy = self._copies.get(chunk_id, {}).get(server_id)
+        if server is None or copy is None:
+            return False
+        server.ordered.append(ChunkRef(chunk_id, copy.version, copy.disk))
+        self._remove_copy(server, chunk_id)
+        return True
 
     def fence(self, chunk_id: int, version: int, server_ids: Iterable[int]) -> None:
         """Never trust these servers' copies of the chunk up to `version`, the current one.
@@ -292,10 +327,28 @@ class Registry:
         return [(self._servers[sid], held[sid]) for sid in sorted(held)]
 
     def is_valid(self, chunk_id: int, server: Server, copy: Copy, version: int) -> bool:
-        if not server.alive or copy.version < version or self._fenced(chunk_id, server.server_id, copy.version):
+        if (not server.alive or copy.version < version or copy.damaged
+                or self._fenced(chunk_id, server.server_id, copy.version)):
             return False
         disk = server.disk(copy.disk)
         return disk is None or disk.healthy
+
+    def survey(self, chunks: Iterable[tuple[int, int]]) -> Iterator[tuple[list[int], dict[int, Copy]]]:
+        """For each (chunk_id, version): (ids of the servers with a valid copy, every copy by
+        server id). What is_valid() says copy by copy, with the per-server part worked out once,
+        for the replication manager's pass over every chunk."""
+        usable = {s.server_id: {d.index for d in s.disks if not d.healthy} for s in self._servers.values() if s.alive}
+        for chunk_id, version in chunks:
+            held = self._copies.get(chunk_id, {})
+            fence = self._fences.get(chunk_id)
+            valid = []
+            for sid, copy in held.items():
+                bad = usable.get(sid)
+                if (bad is None or copy.version < version or copy.damaged or copy.disk in bad
+                        or (fence is not None and copy.version <= fence[0] and sid in fence[1])):
+                    continue
+                valid.append(sid)
+            yield sorted(valid), held
 
     def holders(self, chunk_id: int, version: int) -> list[Server]:
         """Servers with a valid copy for namespace version `version`, best first.
@@ -309,18 +362,27 @@ class Registry:
         shift = chunk_id % len(valid)
         return valid[shift:] + valid[:shift]
 
+    def valid_servers(self, chunk_id: int, version: int) -> list[int]:
+        """Ids of the servers holding a valid copy, ascending."""
+        return [s.server_id for s, c in self.copies(chunk_id) if self.is_valid(chunk_id, s, c, version)]
+
     def classify(self, chunk_id: int, version: int, goal: int) -> str:
-        valid = sum(1 for s, c in self.copies(chunk_id) if self.is_valid(chunk_id, s, c, version))
-        return STABLE if valid >= goal else UNDERGOAL if valid else MISSING
+        return state_of(len(self.valid_servers(chunk_id, version)), goal)
 
     def count_states(
         self, chunks: Iterable[tuple[int, int, str]], goals: Mapping[str, int]
     ) -> dict[str, dict[str, int]]:
-        """Count chunks per class and state from (chunk_id, version, class name) triples."""
+        """Count chunks per class and state from (chunk_id, version, class name) triples; chunks
+        with copies but in no file are counted as deleting under NO_CLASS."""
         counts: dict[str, dict[str, int]] = {}
+        known = set()
         for chunk_id, version, sclass in chunks:
+            known.add(chunk_id)
             per_class = counts.setdefault(sclass, dict.fromkeys(STATES, 0))
             per_class[self.classify(chunk_id, version, goals[sclass])] += 1
+        deleting = len(self._copies.keys() - known)
+        if deleting:
+            counts.setdefault(NO_CLASS, dict.fromkeys(STATES, 0))[DELETING] = deleting
         return counts
 
     def capacity(self) -> Capacity:
@@ -362,3 +424,14 @@ class Registry:
     def _forget_server(self, server: Server) -> None:
         self._drop_copies(server)
         del self._servers[server.server_id]
+
+
+def state_of(valid: int, goal: int) -> str:
+    """The state of a chunk with `valid` valid copies and this goal (not DELETING)."""
+    if valid == 0:
+        return MISSING
+    if valid > goal:
+        return OVERGOAL
+    if valid == goal:
+        return STABLE
+    return ENDANGERED if valid == 1 else UNDERGOAL

@@ -1,9 +1,11 @@
 """The master's rpc handlers: `meta` (namespace ops), `register` and `heartbeat` (chunkservers).
 
 Every request is checked against a schema before anything runs, so a malformed one (unknown op,
-missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the changelog.
-Mutations become log entries {"op", "args", "ctx", "ts"} that the metastore applies and makes
-durable; queries read the namespace under the metastore's lock. A few ops also need the
+missing, unknown or mistyped field) gets INVALID_ARGUMENT and never reaches the Raft log.
+Only the Raft leader serves them (followers redirect, see DESIGN.md). Mutations become entries
+{"op", "args", "ctx", "ts", "client_id", "seq"} that the metastore replicates through Raft and
+applies once committed (a retried (client_id, seq) gets its first result); queries read the
+namespace under the state lock once the read is known linearizable. A few ops also need the
 chunkserver registry (soft state): they are composed here from namespace results and registry
 lookups.
 
@@ -31,11 +33,12 @@ from dataclasses import dataclass, field
 from mooseng import rpc, wire
 from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
-from mooseng.master import placement
+from mooseng.master import healer, placement
 from mooseng.master.classes import CLASSES
+from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
-from mooseng.master.registry import ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server, STATES
+from mooseng.master.registry import STATES, ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +104,16 @@ DISKS = Kind(
               "state": STR, "chunks": UINT}),
 )  # fmt: skip
 CHUNK_REFS = Kind(
-    "a list of {chunk_id, version, disk, length?}",
-    _records({"chunk_id": UINT, "version": UINT, "disk": U32}, {"length": UINT}),
+    "a list of {chunk_id, version, disk, length?, damaged?}",
+    _records({"chunk_id": UINT, "version": UINT, "disk": U32}, {"length": UINT, "damaged": BOOL}),
+)
+REPLICATED = Kind(
+    "a list of {chunk_id, version, bytes, error}",
+    _records({"chunk_id": UINT, "version": UINT, "bytes": UINT, "error": STR}),
 )
 
 QUERY, MUTATION = "query", "mutation"
+_VERSION_OPS = ("write_chunk", "setattr")  # ops that may ask chunkservers to take a new version
 
 
 @dataclass(frozen=True)
@@ -153,10 +161,12 @@ META = Op(QUERY, {"op": STR, "args": ANY}, {"client_id": UINT, "seq": UINT, "uid
 REGISTER = Op(
     QUERY, {"cluster_id": STR, "server_id": U32, "address": STR, "disks": DISKS, "chunks": CHUNK_REFS}
 )
+RAFT_ADMIN = Op(QUERY, {"action": STR, "node_id": STR}, {"address": STR})
 HEARTBEAT = Op(
     QUERY,
     {"server_id": U32, "session": UINT, "disks": DISKS, "added": CHUNK_REFS, "removed": CHUNK_REFS,
      "bytes_read": UINT, "bytes_written": UINT},
+    {"damaged": CHUNK_REFS, "replicated": REPLICATED},
 )  # fmt: skip
 
 
@@ -226,18 +236,28 @@ class MasterService:
         metrics: MasterMetrics,
         node_id: str,
         rng: random.Random | None = None,
+        raft_status: Callable[[], dict] | None = None,
+        raft_admin: Callable[[str, str, str], None] | None = None,
+        healing: healer.Settings | None = None,
     ):
         self._store = store
+        self._raft_status = raft_status
+        self._raft_admin = raft_admin
         self._registry = registry
         self._metrics = metrics
         self._node_id = node_id
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
+        self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
+        self.healer = healer.Healer(
+            registry, self._lock, self._chunk_goals, self.is_leader,
+            healing or healer.Settings(start_delay_s=registry.timeout_s),
+        )  # fmt: skip
         self._ops = {
             "write_chunk": self._write_chunk,
             "commit_write": self._commit_write,
@@ -254,20 +274,58 @@ class MasterService:
             "meta": self._meta,
             "register": self._register,
             "heartbeat": self._heartbeat,
+            "raft_status": self._raft_status_rpc,
+            "raft_admin": self._raft_admin_rpc,
         }
+
+    def is_leader(self) -> bool:
+        """Whether this master leads now; only the leader serves clients and chunkservers, and
+        components that act on the cluster (replication) gate on this."""
+        return self._store.is_leader()
+
+    def _not_leader(self, what: str, leader: str) -> rpc.RpcError:
+        where = f"; the leader is {leader}" if leader else "; no leader is known yet"
+        return rpc.RpcError(rpc.UNAVAILABLE, f"{what}: master {self._node_id} is not the leader{where}")
+
+    def _raft_admin_rpc(self, params: dict, data, peer: str) -> dict:
+        """raft_admin{action: add|remove|transfer, node_id, address?} on the leader -> {}."""
+        try:
+            _check("raft_admin", RAFT_ADMIN, params)
+            if params["action"] not in ("add", "remove", "transfer"):
+                raise ValueError(f"raft_admin: unknown action {params['action']!r:.40}")
+        except ValueError as exc:
+            raise _invalid(exc) from None
+        if self._raft_admin is None:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "this master runs without raft")
+        try:
+            self._raft_admin(params["action"], params["node_id"], params.get("address") or "")
+        except NotLeader as exc:
+            raise self._not_leader(f"raft_admin: {exc}", exc.leader) from None
+        except ValueError as exc:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, f"raft_admin: {exc}") from None
+        log.info("raft_admin %s %s %s from %s: done", params["action"], params["node_id"], params.get("address") or "", peer)
+        return {}
+
+    def _raft_status_rpc(self, params: dict, data, peer: str) -> dict:
+        """raft_status{} -> node id, role, term, commit, applied, leader, peers (match on the leader)."""
+        if self._raft_status is None:
+            raise rpc.RpcError(rpc.FAILED_PRECONDITION, "this master runs without raft")
+        return self._raft_status()
 
     # --- lifecycle ---
 
     def start(self) -> None:
-        """Start the thread that marks silent chunkservers down."""
+        """Start the threads that mark silent chunkservers down and keep chunks at their goal."""
         self._expiry = threading.Thread(target=self._expire_loop, name="cs-expiry", daemon=True)
         self._expiry.start()
+        self.healer.start()
 
     def stop(self) -> None:
         """After the rpc server stopped (and let its running calls finish)."""
         self._stop.set()
         if self._expiry is not None:
             self._expiry.join()
+        self.healer.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             clients, self._chunkservers = list(self._chunkservers.values()), {}
@@ -280,8 +338,8 @@ class MasterService:
             now = time.monotonic()
             with self._lock:
                 down = [(s, now - s.last_seen) for s in self._registry.expire(now)]
-            for server, silent in down:
-                log.warning(
+            for server, silent in down:  # an error: its copies no longer count, chunks go under goal
+                log.error(
                     "chunkserver %d at %s is down: no heartbeat for %.1f s (timeout %g s)",
                     server.server_id, server.address, silent, self._registry.timeout_s,
                 )  # fmt: skip
@@ -306,7 +364,17 @@ class MasterService:
         op = params["op"]
         args = {k: v for k, v in params["args"].items() if v is not None}  # nil optional args: the default
         ctx = {"uid": params.get("uid") or 0, "gid": params.get("gid") or 0, "gids": params.get("gids") or []}
+        if not self._store.is_leader():
+            return self._redirect(self._store.leader_address())
+        self._request.client_id, self._request.seq = params.get("client_id") or 0, params.get("seq") or 0
         try:
+            if op in _VERSION_OPS and self._request.client_id:
+                # A retry of an op that moves chunk versions must not move them again.
+                done = self._store.recorded(self._request.client_id, self._request.seq)
+                if done is not None:
+                    if done[0]:
+                        return {"errno": done[0], "message": done[1], "result": None, "leader": ""}
+                    return {"errno": 0, "message": "", "result": self._replayed(args, done[1]), "leader": ""}
             handler = self._ops.get(op)
             if handler is not None:
                 result = handler(args, ctx)
@@ -314,6 +382,8 @@ class MasterService:
                 result = self._submit(op, args, ctx)
             else:
                 result = self._store.query(op, args, ctx)
+        except NotLeader as exc:
+            return self._redirect(exc.leader)
         except FsError as exc:
             return {"errno": exc.errno, "message": exc.message, "result": None, "leader": ""}
         except Exception:
@@ -321,9 +391,40 @@ class MasterService:
             raise rpc.RpcError(rpc.INTERNAL, f"{op}: internal error in the master (see its log)") from None
         return {"errno": 0, "message": "", "result": result, "leader": ""}
 
+    def _replayed(self, args: dict, result: dict) -> dict:
+        """The first result of a retried write_chunk/setattr, with the copies to write to now
+        (those holding the version it made; for a new chunk, a fresh placement)."""
+        result = dict(result)
+        if "chunk_id" in result:
+            ref = result
+        elif result.get("tail"):
+            ref = result["tail"] = dict(result["tail"])
+        else:
+            return result
+        if ref.get("new"):
+            with self._store.view() as ns:
+                goal = GOALS[ns.query("getattr", {"ino": args["ino"]}, ROOT_CTX)["sclass"]]
+            with self._lock:
+                targets = placement.choose(self._registry.servers(), goal, self._rng)
+        else:
+            ref["expect_version"] = ref["version"]
+            with self._lock:
+                targets = self._registry.holders(ref["chunk_id"], ref["version"])
+        ref["servers"] = [s.address for s in targets]
+        return result
+
+    def _redirect(self, leader: str) -> dict:
+        """Send the client to the leader; with none known, UNAVAILABLE makes it try the others."""
+        if leader:
+            return {"errno": 0, "message": "", "result": None, "leader": leader}
+        raise self._not_leader("meta", "")
+
     def _submit(self, op: str, args: dict, ctx: dict):
-        """Log and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
-        result = self._store.submit({"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()})
+        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
+        entry = {"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()}
+        if self._request.client_id:
+            entry["client_id"], entry["seq"] = self._request.client_id, self._request.seq
+        result = self._store.submit(entry)
         if type(result) is dict and result.get("freed"):
             with self._lock:
                 self._registry.recheck(result["freed"])
@@ -368,6 +469,7 @@ class MasterService:
         undefined on every copy alike. Only a report of the current version records copies.
         """
         with self._inodes.hold(args["ino"]):
+            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             reports = [r for r in args.get("chunks") or [] if r["ok"]]
             if reports:
                 with self._store.view() as ns:
@@ -425,6 +527,7 @@ class MasterService:
 
         Returns the op's result and the copies at the new version.
         """
+        self.healer.note_write(chunk_id)
         with self._lock:
             holders = self._registry.holders(chunk_id, version)
         if not holders:
@@ -491,7 +594,8 @@ class MasterService:
         return refs
 
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
-        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}."""
+        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
+        copy says whether it is valid and its state (see _copy_state)."""
         with self._store.view() as ns:
             attr = ns.query("getattr", args, ctx)
             refs = []
@@ -503,16 +607,17 @@ class MasterService:
             for ref in refs:
                 if not ref["chunk_id"]:
                     continue
-                copies = [
-                    {
+                copies = []
+                for server, copy in self._registry.copies(ref["chunk_id"]):
+                    valid = self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"])
+                    copies.append({
                         "server_id": server.server_id,
                         "address": server.address,
                         "disk": copy.disk,
                         "version": copy.version,
-                        "valid": self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"]),
-                    }
-                    for server, copy in self._registry.copies(ref["chunk_id"])
-                ]
+                        "valid": valid,
+                        "state": _copy_state(valid, server, copy, ref["version"]),
+                    })  # fmt: skip
                 chunks.append({**ref, "copies": copies})
         return {"attr": attr, "class": CLASSES[attr["sclass"]].to_dict(), "chunks": chunks}
 
@@ -536,9 +641,10 @@ class MasterService:
             servers = [_server_status(s, now) for s in self._registry.servers()]
             cap = self._registry.capacity()
         return {
-            "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata},
+            "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata,
+                       "raft": self._raft_status() if self._raft_status is not None else None},
             "chunkservers": servers,
-            "chunks": {"total": len(table), "by_class": by_class},
+            "chunks": {"total": len(table), "by_class": by_class, "replication": self.healer.snapshot()},
             "inodes": inodes,
             "space": {"total_bytes": cap.total, "used_bytes": cap.used, "free_bytes": cap.free},
         }
@@ -563,6 +669,8 @@ class MasterService:
         index = self._store.last_index
         with self._lock:
             by_class = self._registry.count_states(table, GOALS)
+            for name in GOALS:  # every class has its series, also before it has chunks
+                by_class.setdefault(name, dict.fromkeys(STATES, 0))
             servers = self._registry.servers()
             disk_bytes = [
                 (str(s.server_id), d.path, kind, value)
@@ -573,21 +681,30 @@ class MasterService:
             ]
             bytes_read, bytes_written = self._registry.bytes_read, self._registry.bytes_written
             alive = sum(1 for s in servers if s.alive)
+            disks = [d for s in servers if s.alive for d in s.disks]
+            damaged = sum(1 for d in disks if not d.healthy)
+        replication = self.healer.snapshot()
+        raft = self._raft_status() if self._raft_status is not None else {}
         return Gauges(
-            leader=True,
+            leader=self._store.is_leader(),
             log_index=index,
+            raft=raft,
             chunks_total=len(table),
-            chunk_states={state: sum(c[state] for c in by_class.values()) for state in STATES},
-            chunkservers={"alive": alive, "down": len(servers) - alive},
+            chunk_states=by_class,
+            chunkservers={"up": alive, "down": len(servers) - alive},
             bytes_read=bytes_read,
             bytes_written=bytes_written,
             disk_bytes=disk_bytes,
+            disks={"ok": len(disks) - damaged, "damaged": damaged},
+            replication=replication,
         )
 
     # --- chunkserver protocol ---
 
     def _register(self, params: dict, data, peer: str) -> dict:
         """register{cluster_id, server_id, address, disks, chunks} -> {session}."""
+        if not self._store.is_leader():
+            raise self._not_leader("register", self._store.leader_address())
         try:
             _check("register", REGISTER, params)
             if params["server_id"] == 0:
@@ -619,14 +736,18 @@ class MasterService:
         return {"session": session}
 
     def _heartbeat(self, params: dict, data, peer: str) -> dict:
-        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written}
-        -> {reregister, delete: [{chunk_id, version, disk (None: not known)}]}."""
+        """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written, damaged?,
+        replicated?} -> {reregister, delete: [{chunk_id, version, disk (None: not known)}],
+        replicate: [{chunk_id, version, source}]} (the healer's orders for this server)."""
+        if not self._store.is_leader():
+            raise self._not_leader("heartbeat", self._store.leader_address())
         try:
             _check("heartbeat", HEARTBEAT, params)
         except ValueError as exc:
             raise _invalid(exc) from None
         server_id = params["server_id"]
         now = time.monotonic()
+        damaged = [_ref(c) for c in params.get("damaged") or []]
         with self._lock:
             ok = self._registry.heartbeat(
                 server_id,
@@ -637,18 +758,30 @@ class MasterService:
                 params["bytes_read"],
                 params["bytes_written"],
                 now,
+                damaged,
             )
         if not ok:
             log.info("chunkserver %d has no valid session: asking it to register again", server_id)
-            return {"reregister": True, "delete": []}
+            return {"reregister": True, "delete": [], "replicate": []}
+        for ref in damaged:
+            log.warning("chunkserver %d reports its copy of chunk %d (version %d) damaged", server_id,
+                        ref.chunk_id, ref.version)
+        self.healer.report(server_id, params.get("replicated") or [])
         with self._store.view() as ns, self._lock:
             deletes = self._registry.deletions(server_id, ns.chunk_version)
         if deletes:
-            log.info("chunkserver %d: %d copies to delete (unknown or stale)", server_id, len(deletes))
+            log.info("chunkserver %d: %d copies to delete (unknown, stale, damaged or over goal)", server_id,
+                     len(deletes))
         return {
             "reregister": False,
             "delete": [{"chunk_id": c.chunk_id, "version": c.version, "disk": c.disk} for c in deletes],
+            "replicate": self.healer.take(server_id),
         }
+
+    def _chunk_goals(self) -> list[tuple[int, int, int]]:
+        """(chunk_id, version, goal) of every chunk in the namespace, for the healer."""
+        with self._store.view() as ns:
+            return [(chunk_id, version, GOALS[sclass]) for chunk_id, version, sclass in ns.iter_chunks()]
 
 
 def _expect(result, op: str, holds: bool) -> None:
@@ -662,7 +795,21 @@ def _disk(d: dict) -> Disk:
 
 
 def _ref(c: dict) -> ChunkRef:
-    return ChunkRef(c["chunk_id"], c["version"], c["disk"])
+    return ChunkRef(c["chunk_id"], c["version"], c["disk"], c.get("length") or 0, bool(c.get("damaged")))
+
+
+def _copy_state(valid: bool, server, copy, version: int) -> str:
+    """How fileinfo marks a copy: valid, or why not."""
+    if valid:
+        return "valid"
+    if copy.damaged:
+        return "damaged"
+    if not server.alive:
+        return "server down"
+    if copy.version < version:
+        return "stale"
+    disk = server.disk(copy.disk)
+    return "disk damaged" if disk is not None and not disk.healthy else "fenced"
 
 
 def _server_status(s, now: float) -> dict:

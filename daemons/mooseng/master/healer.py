@@ -1,0 +1,218 @@
+"""The replication manager's thread on the master: runs healing.plan, tracks what is under way.
+
+Every `interval_s` on the leader, and as soon as a replication ends (is_leader(): a follower neither plans nor sends), it builds the
+chunk view from the namespace and the registry, plans, takes over-goal copies out of the registry
+(they go out as heartbeat `delete`s) and queues replications for their target chunkservers,
+which get them in their next heartbeat reply as `replicate: [{chunk_id, version, source}]`. The
+target reports each one in a later heartbeat (`replicated: [{chunk_id, version, bytes, error}]`,
+the new copy itself in `added`). A replication not reported within `timeout_s`, or whose source
+or target went down, counts as failed and the chunk is planned again.
+
+A chunk being written is left alone (note_write() when the master hands out a write session or a
+cut, note_commit() when the client reports it, or WRITE_GRACE_S later): a copy pulled while a
+client still writes at the same version would lack the end of that write and could be reported
+after the client's commit, too late to be fenced.
+
+Planning starts `start_delay_s` after this master became the leader, so that chunkservers have
+re-registered (otherwise a restarted master would see every chunk under goal and copy it again).
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mooseng.master import healing
+from mooseng.master.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# A write session's chunkservers give up on it after 60 s idle (chunkserver/service.py): after that
+# no more data can land at its version, committed or not.
+WRITE_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    interval_s: float = 1.0
+    timeout_s: float = 300.0
+    start_delay_s: float = 10.0
+    limits: healing.Limits = healing.Limits()
+
+
+@dataclass
+class _Job:
+    order: healing.Replicate
+    started: float
+    sent: bool = False
+
+
+@dataclass
+class Counters:
+    chunks: int = 0
+    bytes: int = 0
+    failures: int = 0
+
+
+class Healer:
+    def __init__(self, registry: Registry, lock: threading.Lock,
+                 chunk_table: Callable[[], Iterable[tuple[int, int, int]]], is_leader: Callable[[], bool],
+                 settings: Settings, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic):
+        """`chunk_table()` -> (chunk_id, version, goal) of every chunk in the namespace; `lock`
+        guards the registry (and this object's state)."""
+        self._registry = registry
+        self._lock = lock
+        self._chunk_table = chunk_table
+        self._is_leader = is_leader
+        self.settings = settings
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._jobs: dict[tuple[int, int], _Job] = {}  # (chunk_id, target server id) -> job
+        self._leader_since: float | None = None
+        self._writing: dict[int, float] = {}  # chunk_id -> when its write session is over at the latest
+        self.counters = Counters()
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # a replication ended: plan the next ones now
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="healer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.settings.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except Exception:  # a bug here must not end healing for good
+                log.exception("replication planning failed")
+
+    # --- one round ---
+
+    def run_once(self) -> healing.Plan | None:
+        """Plan and queue one round; None when this master does not plan (follower, start delay)."""
+        now = self._clock()
+        if not self._is_leader():
+            with self._lock:
+                self._leader_since = None
+                self._jobs.clear()
+            return None
+        if self._leader_since is None:
+            self._leader_since = now
+        if now - self._leader_since < self.settings.start_delay_s:
+            return None
+        table = list(self._chunk_table())
+        with self._lock:
+            self._expire_jobs(now)
+            for chunk_id, until in list(self._writing.items()):
+                if until <= now:
+                    del self._writing[chunk_id]
+            table = [t for t in table if t[0] not in self._writing]
+            servers = self._registry.servers()
+            # In the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
+            # nothing: leave it out, so a pass over many chunks stays cheap.
+            everything = healing.needs_rebalance(servers, self.settings.limits)
+            views = []
+            surveyed = self._registry.survey((chunk_id, version) for chunk_id, version, _ in table)
+            for (chunk_id, version, goal), (valid, held) in zip(table, surveyed):
+                damaged = tuple(sorted(sid for sid, c in held.items() if c.damaged))
+                if len(valid) == goal and not damaged and not everything:
+                    continue
+                views.append(healing.ChunkView(
+                    chunk_id, version, goal, tuple(valid), tuple(sorted(held)),
+                    max((c.length for c in held.values()), default=0),
+                    tuple(sorted(sid for sid, c in held.items() if c.returned)), damaged))
+            inflight: dict[int, int] = {}
+            busy: dict[int, int] = {}
+            rebalancing: dict[int, int] = {}
+            for (chunk_id, _), job in self._jobs.items():
+                inflight[chunk_id] = inflight.get(chunk_id, 0) + 1
+                for sid in (job.order.source, job.order.target):
+                    busy[sid] = busy.get(sid, 0) + 1
+                    if job.order.rebalance:
+                        rebalancing[sid] = rebalancing.get(sid, 0) + 1
+            plan = healing.plan(views, servers, inflight=inflight, busy=busy,
+                                rebalancing=rebalancing, limits=self.settings.limits, rng=self._rng)
+            for order in plan.replicate:
+                self._jobs[(order.chunk_id, order.target)] = _Job(order, now)
+            for delete in plan.delete:
+                self._registry.order_delete(delete.server, delete.chunk_id)
+        if plan.replicate or plan.delete:
+            repairs = sum(1 for r in plan.replicate if not r.rebalance)
+            log.info("replication: %d repairs, %d rebalancing moves, %d over-goal copies to delete",
+                     repairs, len(plan.replicate) - repairs, len(plan.delete))
+        return plan
+
+    def _expire_jobs(self, now: float) -> None:
+        alive = {s.server_id for s in self._registry.servers() if s.alive}
+        for key, job in list(self._jobs.items()):
+            order = job.order
+            if order.source not in alive or order.target not in alive:
+                why = "its source or target went down"
+            elif now - job.started > self.settings.timeout_s:
+                why = f"no report within {self.settings.timeout_s:g} s"
+            else:
+                continue
+            del self._jobs[key]
+            self.counters.failures += 1
+            log.warning("replication of chunk %d from %d to %d failed: %s", order.chunk_id, order.source,
+                        order.target, why)
+
+    def note_write(self, chunk_id: int) -> None:
+        """A write session (or a cut) of the chunk starts: leave it alone until note_commit()."""
+        with self._lock:
+            self._writing[chunk_id] = self._clock() + WRITE_GRACE_S
+
+    def note_commit(self, chunk_ids: Iterable[int]) -> None:
+        """The client reported these chunks' write sessions over."""
+        with self._lock:
+            for chunk_id in chunk_ids:
+                self._writing.pop(chunk_id, None)
+
+    def snapshot(self) -> dict:
+        """Counters since this master started, and the replications under way now."""
+        with self._lock:
+            c = self.counters
+            return {"chunks": c.chunks, "bytes": c.bytes, "failures": c.failures, "in_progress": len(self._jobs)}
+
+    # --- the heartbeat's side ---
+
+    def take(self, server_id: int) -> list[dict]:
+        """The replications this server is to run, each handed out once: [{chunk_id, version, source}]."""
+        with self._lock:
+            out = []
+            servers = {s.server_id: s for s in self._registry.servers()}
+            for (_, target), job in self._jobs.items():
+                if target != server_id or job.sent:
+                    continue
+                source = servers.get(job.order.source)
+                if source is None:
+                    continue
+                job.sent = True
+                out.append({"chunk_id": job.order.chunk_id, "version": job.order.version, "source": source.address})
+            return out
+
+    def report(self, server_id: int, results: Iterable[dict]) -> None:
+        """Replications the server finished: {chunk_id, version, bytes, error ('' when it worked)}."""
+        with self._lock:
+            for r in results:
+                job = self._jobs.pop((r["chunk_id"], server_id), None)
+                if r["error"]:
+                    self.counters.failures += 1
+                    log.warning("replication of chunk %d to chunkserver %d failed: %s", r["chunk_id"], server_id,
+                                r["error"])
+                elif job is not None:
+                    self.counters.chunks += 1
+                    self.counters.bytes += r["bytes"]
+                self._wake.set()
