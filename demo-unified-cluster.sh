@@ -2,9 +2,11 @@
 # MooseNG demo cluster (the seed README's commands): start | status | urls | test | logs [-f] |
 # stop | restart | cleanup.
 #
-# Runtime: MOOSENG_RUNTIME=local, or no reachable Docker engine, runs the seed topology as local
-# processes under MOOSENG_LOCAL_ROOT (default ./.mooseng) on the seed's ports, bound to 127.0.0.1.
-# Docker mode is not available yet: with an engine reachable the script says so and runs locally.
+# Runtime: with a reachable Docker engine (DOCKER_HOST, or the default socket) or MOOSENG_RUNTIME=docker,
+# the seed topology runs in containers from docker-compose.yml (scripts/docker-demo.sh: images
+# built offline from a wheelhouse and debootstrap bases, Prometheus, the dashboard).
+# MOOSENG_RUNTIME=local, or no reachable engine, runs it as local processes under
+# MOOSENG_LOCAL_ROOT (default ./.mooseng) on the seed's ports, bound to 127.0.0.1.
 # Other knobs: MOOSENG_SKIP_INSTALL=1 skips scripts/install.sh on start; MOOSENG_PYTHON picks the
 # interpreter (default .venv/bin/python); MOOSENG_LOG_LINES sets how much `logs` shows (default 50).
 set -euo pipefail
@@ -18,6 +20,8 @@ MASTERS=3
 CHUNKSERVERS=3
 CLIENTS=3
 MiB=$((1024 * 1024))
+# shellcheck source=scripts/docker-demo.sh
+. "$REPO_DIR/scripts/docker-demo.sh"
 
 say() { printf '==> %s\n' "$*"; }
 die() {
@@ -28,33 +32,40 @@ die() {
 usage() {
     cat >&2 <<EOF
 usage: $0 start|status|urls|test|logs [-f]|stop|restart|cleanup
-  start     install (unless MOOSENG_SKIP_INSTALL=1), then start $MASTERS master(s), $CHUNKSERVERS chunkservers, $CLIENTS clients
-  status    processes, mounts and the file system's view (mooseng status)
+  start     install (unless MOOSENG_SKIP_INSTALL=1), then start the masters, $CHUNKSERVERS chunkservers, $CLIENTS clients
+            (Docker: also builds the images, and starts Prometheus and the dashboard)
+  status    processes or containers, mounts and the file system's view (mooseng status)
   urls      metrics URLs, master endpoints and mount points
   test      the seed's filesystem and performance tests, with checksums across clients
   logs      last $LOG_LINES lines of every node's log (-f: follow)
   stop      unmount the clients and stop every daemon
   restart   stop, then start (data is kept)
-  cleanup   stop, then delete $ROOT
+  cleanup   stop, then delete all state ($ROOT; Docker: containers, network, volumes)
+Runtime: Docker when an engine is reachable, else local processes; MOOSENG_RUNTIME=local|docker picks one.
 EOF
     exit 2
 }
 
-docker_reachable() {
-    command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1
-}
-
-# Tell the user which runtime this command acts on; only local processes exist so far.
+# Pick the runtime (RUNTIME=local|docker) and tell the user which one this command acts on.
 select_runtime() {
     case "${MOOSENG_RUNTIME:-}" in
-    local) say "Runtime: local processes (MOOSENG_RUNTIME=local)." ;;
-    "" | docker)
+    local)
+        RUNTIME=local
+        say "Runtime: local processes (MOOSENG_RUNTIME=local)."
+        ;;
+    docker)
+        RUNTIME=docker
+        require_engine
+        say "Runtime: Docker (MOOSENG_RUNTIME=docker, engine ${DOCKER_HOST:-unix:///var/run/docker.sock})."
+        ;;
+    "")
         if docker_reachable; then
-            say "A Docker engine is reachable, but Docker mode is not available yet: falling back to local processes."
-        elif [[ "${MOOSENG_RUNTIME:-}" == docker ]]; then
-            say "MOOSENG_RUNTIME=docker, but Docker mode is not available yet (and no engine is reachable): using local processes."
+            RUNTIME=docker
+            require_engine
+            say "Runtime: Docker (engine ${DOCKER_HOST:-unix:///var/run/docker.sock}; MOOSENG_RUNTIME=local for local processes)."
         else
-            say "No Docker engine reachable: using local processes."
+            RUNTIME=local
+            say "Runtime: local processes (no Docker engine reachable)."
         fi
         ;;
     *) die "MOOSENG_RUNTIME must be 'local' or 'docker', not '$MOOSENG_RUNTIME'" ;;
@@ -232,6 +243,22 @@ main() {
     *) usage ;;
     esac
     select_runtime
+    if [[ "$RUNTIME" == docker ]]; then
+        case "$command" in
+        start) docker_start ;;
+        status) docker_status ;;
+        urls) docker_urls ;;
+        test) docker_test ;;
+        logs) docker_logs "$@" ;;
+        stop) docker_stop ;;
+        restart)
+            docker_stop
+            docker_start
+            ;;
+        cleanup) docker_cleanup ;;
+        esac
+        return
+    fi
     case "$command" in
     start) cmd_start ;;
     status) cmd_status ;;

@@ -173,16 +173,19 @@ class Server:
                     if not stopping:
                         self._running += 1
                 if stopping:
-                    status, message, result, out = UNAVAILABLE, f"{self._name} is stopping", None, b""
-                else:
-                    try:
-                        status, message, result, out = self._dispatch(header, data, peer)
-                    finally:
-                        with self._lock:
-                            self._running -= 1
-                            if not self._running:
-                                self._idle.notify_all()
-                _send_frame(conn, msgpack.packb([status, message, result], use_bin_type=True), out)
+                    reply = msgpack.packb([UNAVAILABLE, f"{self._name} is stopping", None], use_bin_type=True)
+                    _send_frame(conn, reply, b"")
+                    continue
+                try:
+                    status, message, result, out = self._dispatch(header, data, peer)
+                    _send_frame(conn, msgpack.packb([status, message, result], use_bin_type=True), out)
+                finally:
+                    # A request counts as running until its reply is sent, so stop() cannot
+                    # close the connection between the handler's return and the reply.
+                    with self._lock:
+                        self._running -= 1
+                        if not self._running:
+                            self._idle.notify_all()
         except (ConnectionError, OSError):
             pass
         except Exception:

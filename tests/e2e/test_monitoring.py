@@ -306,39 +306,39 @@ def chromium():
 
 
 def page_view(driver) -> dict:
-    """What the page shows, read from its DOM."""
-    from selenium.webdriver.common.by import By
-
-    def text(id_: str) -> str:
-        return driver.find_element(By.ID, id_).text
-
-    servers = [(r.get_attribute("data-server-id"), r.get_attribute("data-state"))
-               for r in driver.find_elements(By.CSS_SELECTOR, "#chunkservers tr.server")]  # fmt: skip
-    classes = {}
-    for r in driver.find_elements(By.CSS_SELECTOR, "#chunk-states tr.sclass"):
-        classes[r.get_attribute("data-sclass")] = int(r.find_elements(By.TAG_NAME, "td")[-1].text)
-    masters = [(r.get_attribute("data-endpoint"), r.get_attribute("data-role"))
-               for r in driver.find_elements(By.CSS_SELECTOR, "#masters tr.master")]  # fmt: skip
-    return {
-        "masters": masters,
-        "count_masters": text("count-masters"),
-        "alive": text("count-chunkservers-alive"),
-        "down": text("count-chunkservers-down"),
-        "chunks": text("count-chunks"),
-        "servers": servers,
-        "class_totals": classes,
-    }
+    """What the page shows, read from its DOM in one script run: the page redraws every poll, so
+    element handles kept across several WebDriver calls can go stale between them."""
+    return driver.execute_script(
+        """
+        const rows = (sel) => Array.from(document.querySelectorAll(sel));
+        const text = (id) => document.getElementById(id).innerText.trim();
+        const classes = {};
+        for (const r of rows("#chunk-states tr.sclass")) {
+            const cells = r.querySelectorAll("td");
+            classes[r.dataset.sclass] = parseInt(cells[cells.length - 1].innerText, 10);
+        }
+        return {
+            masters: rows("#masters tr.master").map((r) => [r.dataset.endpoint, r.dataset.role]),
+            count_masters: text("count-masters"),
+            alive: text("count-chunkservers-alive"),
+            down: text("count-chunkservers-down"),
+            chunks: text("count-chunks"),
+            servers: rows("#chunkservers tr.server").map((r) => [r.dataset.serverId, r.dataset.state]),
+            class_totals: classes,
+        };
+        """
+    )
 
 
 def expected_view(status: dict) -> dict:
     alive = sum(1 for s in status["chunkservers"] if s["state"] == "alive")
     return {
-        "masters": [(m["endpoint"], m["role"]) for m in status["masters"]],
+        "masters": [[m["endpoint"], m["role"]] for m in status["masters"]],
         "count_masters": str(len(status["masters"])),
         "alive": str(alive),
         "down": str(len(status["chunkservers"]) - alive),
         "chunks": str(status["chunks"]["total"]),
-        "servers": [(str(s["server_id"]), s["state"]) for s in status["chunkservers"]],
+        "servers": [[str(s["server_id"]), s["state"]] for s in status["chunkservers"]],
         "class_totals": {name: sum(states.values()) for name, states in status["chunks"]["by_class"].items()},
     }
 

@@ -56,9 +56,10 @@ def test_four_clients_give_a_linearizable_history(cluster_factory):
     finally:
         for c in clients + [setup]:
             c.close()
-    # On a healthy master no namespace operation has an unknown outcome; only the data path
-    # fails (EIO: the file was unlinked meanwhile, or another client wrote the same chunk).
-    assert {o.op for o, _ in recorder.errors} <= {"write_close", "read_close"}, recorder.errors[:5]
+    # On a healthy master no operation has an unknown outcome: writers of one chunk take turns
+    # (the master's write lease) and a write to a file unlinked meanwhile succeeds, as on Linux.
+    # Before the lease, 123 of 207 write_close ended in EIO (84 "no inode", 39 another writer).
+    assert not recorder.errors, recorder.errors[:5]
     assert result.verdict == LINEARIZABLE, result.explanation
     # The history is a real test of the checker: every kind of answer occurred, concurrently.
     seen = {(o.op, "value" if o.op == "read_close" and o.result != ENOENT else o.result) for o in history}

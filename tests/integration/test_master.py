@@ -497,6 +497,38 @@ def test_abandoned_write_session_leaves_the_chunk_readable(master, fakes):
     assert (w["version"], w["expect_version"]) == (3, 3) and [f.version(chunk_id) for f in holders] == [3, 3]
 
 
+def test_one_writer_per_chunk_others_get_eagain_until_it_commits(master, fakes):
+    """The write lease (writelease.py): EAGAIN, with nothing bumped or logged, for another
+    client's write_chunk or shrink of a chunk being written; the holder itself goes on."""
+    for sid, fake in fakes.items():
+        register(master, sid, address=fake.address)
+    ino, chunk_id, holders = written_file(master, fakes)
+    seqs = {1: 0, 2: 0}
+
+    def meta(client, op, **args):
+        seqs[client] += 1
+        reply = master.call("meta", {"op": op, "args": args, "client_id": client, "seq": seqs[client]})
+        return reply["errno"], reply["result"], reply["message"]
+
+    code, first, _ = meta(1, "write_chunk", ino=ino, index=0)
+    assert code == 0 and first["version"] == 2
+    before = master.last_index()
+    code, _, message = meta(2, "write_chunk", ino=ino, index=0)
+    assert code == errno.EAGAIN and f"chunk {chunk_id} of inode {ino} is locked" in message
+    assert meta(2, "setattr", ino=ino, size=10)[0] == errno.EAGAIN  # a shrink would cut it
+    assert master.last_index() == before and [f.version(chunk_id) for f in holders] == [2, 2]
+    code, own, _ = meta(1, "write_chunk", ino=ino, index=0)  # the holder's next session
+    assert code == 0 and own["version"] == 3
+    assert meta(1, "commit_write", ino=ino, size=1000, chunks=[report(chunk_id, 3, own["servers"])])[0] == 0
+    code, second, _ = meta(2, "write_chunk", ino=ino, index=0)
+    assert code == 0 and second["version"] == 4
+    assert meta(1, "write_chunk", ino=ino, index=0)[0] == errno.EAGAIN
+    # A session that failed gives the lease back without a commit.
+    assert meta(2, "release_write", ino=ino, chunk_id=chunk_id, version=4) == (0, {}, "")
+    code, third, _ = meta(1, "write_chunk", ino=ino, index=0)
+    assert code == 0 and third["version"] == 5
+
+
 def test_no_copy_takes_the_version_is_eio_and_logs_nothing(master, fakes):
     for sid, fake in fakes.items():
         register(master, sid, address=fake.address)

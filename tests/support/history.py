@@ -18,10 +18,10 @@ a write's data is visible only once the close stores it). So each is recorded as
 operations of lincheck.FileSystemModel: open(name, handle) for the lookup, then
 write_close(handle, value) or read_close(handle) for the rest; handle is (client_id, n). Both
 halves end cleanly in ENOENT: the name was not there, or the inode was gone when the second
-half opened it. A failed write-back (at the close) is always an unknown outcome, even when the
-inode was unlinked meanwhile: readers may have seen the data on the chunkservers before the
-master refused the commit. So is any other failure (a concurrent writer of the same chunk makes
-a write fail with EIO, for one).
+half opened it. A failed write-back (at the close) is always an unknown outcome: readers may
+have seen the data on the chunkservers before the master refused the commit. (A write to an
+inode unlinked during the close succeeds, as on Linux, and concurrent writers of one chunk take
+turns, so on a healthy cluster neither fails.)
 Values must all be `value_size` bytes long, so that a write replaces the whole content without
 a separate truncation.
 """

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mooseng.client import filehandle
-from mooseng.client.chunkclient import WriteResult
+from mooseng.client.chunkclient import StaleSession, WriteResult
 from mooseng.client.filehandle import Extents, Files
 from mooseng.client.masterclient import ROOT, Attr
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
@@ -22,7 +22,8 @@ SERVERS = ["cs-a:1", "cs-b:2"]
 
 
 class FakeMaster:
-    """write_chunk / commit_write / chunks / getattr with the master's rules, and a log of ops."""
+    """write_chunk / commit_write / release_write / chunks / getattr with the master's rules, and a
+    log of ops. An inode not in `files` is gone (ENOENT, as when another client unlinked it)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -43,7 +44,9 @@ class FakeMaster:
     def call(self, op, args=None, cred=ROOT):
         with self.lock:
             self.clock += 1
-            f = self.files[args["ino"]]
+            f = self.files.get(args["ino"])
+            if f is None:
+                raise FsError(errno.ENOENT, f"no inode {args['ino']}")
             if op == "write_chunk":
                 index = args["index"]
                 chunk_id = f["chunks"].get(index)
@@ -61,6 +64,9 @@ class FakeMaster:
                 f["mtime"] = f["ctime"] = self.clock
                 self.ops.append(("commit_write", args["size"], [(c["chunk_id"], c["version"]) for c in args["chunks"]]))
                 return self.attr(args["ino"])._asdict()
+            if op == "release_write":
+                self.ops.append(("release_write", args["chunk_id"], args["version"]))
+                return {}
             if op == "chunks":
                 out = []
                 for i in range(args["index"], args["index"] + args["count"]):
@@ -84,6 +90,7 @@ class FakeChunks:
         self.gate = threading.Event()
         self.gate.set()
         self.fail = False
+        self.stale = 0  # this many writes raise StaleSession (a newer session moved the copies)
         self.writing = threading.Event()  # set while a write waits at the gate
 
     def read(self, chunk_id, version, offset, length, servers):
@@ -103,6 +110,11 @@ class FakeChunks:
         assert self.gate.wait(10), "test gate never opened"
         if self.fail:
             raise FsError(errno.EIO, f"chunk {chunk_id}: no copy stored the data")
+        if self.stale:
+            self.stale -= 1
+            with self.lock:  # the copies moved on, as the next write_chunk's bump does
+                self.versions[chunk_id] = version
+            raise StaleSession(f"chunk {chunk_id}: every copy is at another version")
         with self.lock:
             assert self.versions.get(chunk_id, 0) == expect_version, "writes to one chunk must not overlap"
             chunk = self.data.setdefault(chunk_id, bytearray())
@@ -352,6 +364,50 @@ def test_fsync_reports_an_error_that_a_close_already_reported(env):
     h.inode.flush(h, fsync=True)  # reported once: the next fsync has nothing new to say
     chunks.fail = False
     files.release(h.fh)
+
+
+def test_a_failed_session_gives_the_write_lease_back(env):
+    """Else other clients' writes of the chunk would wait for the lease to expire."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    chunks.fail = True
+    with pytest.raises(FsError):
+        h.inode.flush(h)
+    chunks.fail = False
+    assert master.ops[-2:] == [("write_chunk", 0, 1, 1), ("release_write", 1, 1)]
+    files.release(h.fh)
+
+
+def test_a_session_every_copy_refused_as_outdated_is_started_again(env):
+    """It stored nothing (its lease died with a leader and another writer moved the copies)."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    chunks.stale = filehandle.SESSION_ATTEMPTS - 1
+    h.inode.flush(h)
+    assert [op[0] for op in master.ops] == ["write_chunk", "release_write"] * 2 + ["write_chunk", "commit_write"]
+    assert stored(master, chunks, 1) == b"data"
+    h.write(0, b"more")
+    chunks.stale = filehandle.SESSION_ATTEMPTS  # a bounded number of times
+    with pytest.raises(FsError) as exc:
+        h.inode.flush(h)
+    assert exc.value.errno == errno.EIO
+    files.release(h.fh)
+
+
+def test_writing_back_to_a_file_unlinked_meanwhile_succeeds(env):
+    """As on Linux, where the data of an unlinked open file is dropped at its last close."""
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"data")
+    del master.files[1]  # another client unlinked it
+    h.inode.flush(h)
+    assert files.release(h.fh).ino == 1
+    assert not chunks.writes
 
 
 def test_release_reports_a_failed_write(env):

@@ -37,6 +37,16 @@ def zeros(n: int) -> list[memoryview]:
     return [_ZEROS[:min(len(_ZEROS), n - pos)] for pos in range(0, n, len(_ZEROS))]
 
 
+class StaleSession(FsError):
+    """No copy took the write session because every one is at another version than it expects
+    (FAILED_PRECONDITION): a newer session moved them first, so nothing of this one was stored and
+    the caller may start it again with a new write_chunk. On one master the write lease prevents
+    this; it happens when the writer's lease died with the leader that granted it."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EIO, message)
+
+
 class WriteResult(NamedTuple):
     ok: list[str]  # addresses that stored the data
     failed: list[str]
@@ -76,13 +86,14 @@ def _done(fn, *args) -> Future:
 class _Target:
     """A server a write session is sent to, with the chain it forwards to, and how it went."""
 
-    __slots__ = ("addr", "chain", "inflight", "error", "failed", "ok")
+    __slots__ = ("addr", "chain", "inflight", "error", "stale", "failed", "ok")
 
     def __init__(self, addr: str, chain: list[str]):
         self.addr = addr
         self.chain = chain
         self.inflight: list[Future] = []
         self.error: str | None = None  # the target itself failed: why
+        self.stale = False  # its first failure was FAILED_PRECONDITION (a version mismatch)
         self.failed: set[str] = set()  # servers of its chain that failed
         self.ok: list[str] = []  # after commit: the servers that stored the session
 
@@ -90,9 +101,13 @@ class _Target:
         try:
             reply, _ = future.result()
         except rpc.RpcError as exc:
-            self.error = self.error or str(exc)
+            self.fail(exc)
             return
         self.failed.update(reply["failed"])
+
+    def fail(self, exc: rpc.RpcError) -> None:
+        if self.error is None:
+            self.error, self.stale = str(exc), exc.status == rpc.FAILED_PRECONDITION
 
     def commit_result(self, reply: dict) -> None:
         self.failed.update(reply["failed"])
@@ -151,12 +166,13 @@ class ChunkClient:
         """Store `extents` ((offset in chunk, data) pairs) on every copy in `servers`.
 
         Copies that fail are reported and left out (the chunk is then under goal); EIO only if no
-        copy stored the data. `extents` must stay unchanged until this returns.
+        copy stored the data (StaleSession if every copy refused it for its version).
+        `extents` must stay unchanged until this returns.
         """
         pieces = list(_pieces(extents)) or [(0, [])]  # no data: the session still opens the copies
         params = {"chunk_id": chunk_id, "version": version, "expect_version": expect_version}
         servers = list(servers)
-        ok, failed, why = [], [], []
+        ok, failed, why, stale = [], [], [], True
         if self.write_mode == "chain":
             # If the head fails, the copies behind it never got the whole session: start again
             # with the next one as head (a copy that has the session already joins it again).
@@ -166,6 +182,7 @@ class ChunkClient:
                 if head.error is not None:
                     failed.append(head.addr)
                     why.append(f"{head.addr}: {head.error}")
+                    stale = stale and head.stale
                     servers = servers[1:]
                     continue
                 ok, failed = head.ok, failed + head.failed_in_order()
@@ -179,11 +196,13 @@ class ChunkClient:
                 else:
                     failed.append(target.addr)
                     why.append(f"{target.addr}: {target.error}")
+                    stale = stale and target.stale
         if failed:
             log.warning("write of chunk %016x v%d: copies failed: %s", chunk_id, version, "; ".join(why))
         if not ok:
             detail = "; ".join(why) or "no copy is available"
-            raise FsError(errno.EIO, f"chunk {chunk_id:016x} v{version}: no copy stored the data: {detail}")
+            message = f"chunk {chunk_id:016x} v{version}: no copy stored the data: {detail}"
+            raise StaleSession(message) if why and stale else FsError(errno.EIO, message)
         return WriteResult(ok, failed)
 
     def _session(self, params: dict, targets: list[_Target], pieces: list[tuple[int, list[memoryview]]]) -> None:
@@ -211,7 +230,7 @@ class ChunkClient:
             try:
                 reply, _ = future.result()
             except rpc.RpcError as exc:
-                target.error = str(exc)
+                target.fail(exc)
                 continue
             target.commit_result(reply)
 

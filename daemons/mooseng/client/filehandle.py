@@ -28,7 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
-from mooseng.client.chunkclient import zeros
+from mooseng.client.chunkclient import StaleSession, zeros
 from mooseng.client.masterclient import ROOT, Attr, Cred
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
 from mooseng.errors import FsError
@@ -42,6 +42,7 @@ LOCATIONS_AHEAD = 16  # chunk refs per `chunks` query: a sequential reader asks 
 # Waits before re-reading with fresh chunk locations: another writer may have bumped the version
 # at the master before its copies have it.
 READ_RETRY_DELAYS = (0.0, 0.05, 0.2, 0.5, 1.0)
+SESSION_ATTEMPTS = 3  # write sessions of one chunk's buffer that every copy refused as outdated
 _ACCMODE = 3  # os.O_ACCMODE
 _O_WRONLY, _O_RDWR, _O_APPEND = 1, 2, 0o2000
 _UNIT_BLOCKS = RA_UNIT // BLOCK_SIZE
@@ -432,12 +433,17 @@ class InodeData:
                 attr, error = self._store(index, ext, cred), None
             except FsError as exc:
                 attr, error = None, exc
+                if exc.errno == errno.ENOENT:
+                    # Unlinked by another client meanwhile: as on Linux, the write succeeds and
+                    # its data goes with the file (the master removed the inode and its chunks).
+                    log.info("write-back of inode %d chunk %d: the file is gone (%s)", self.ino, index, exc)
+                    error = None
             except Exception as exc:  # a bug must not wedge every later flush of this inode
                 log.exception("flush of inode %d chunk %d", self.ino, index)
                 attr, error = None, FsError(errno.EIO, f"internal error: {exc!r}")
             with self.lock:
                 if error is None:
-                    if attr.ctime >= self.attr.ctime:
+                    if attr is not None and attr.ctime >= self.attr.ctime:
                         self.attr = attr
                 else:
                     log.error("write-back of inode %d chunk %d (%d bytes) failed: %s", self.ino, index, ext.nbytes, error)
@@ -455,11 +461,30 @@ class InodeData:
             cache.release(ext.nbytes)
 
     def _store(self, index: int, ext: Extents, cred: Cred) -> Attr:
-        """One write session: new chunk version, data to every copy, commit with the new size."""
+        """One write session: new chunk version, data to every copy, commit with the new size.
+
+        write_chunk waits while another client writes the chunk (the master's write lease, see
+        masterclient); commit_write gives the lease back, release_write when the session failed.
+        A session every copy refused for its version (a newer one overtook it: the lease died
+        with a leader) stored nothing and is started again, up to SESSION_ATTEMPTS times.
+        ENOENT: the inode is gone.
+        """
         master = self.files.master
-        chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
-        chunk_id, version = chunk["chunk_id"], chunk["version"]
-        result = self.files.chunks.write(chunk_id, version, chunk["expect_version"], chunk.get("servers", []), ext.items())
+        for attempt in range(1, SESSION_ATTEMPTS + 1):
+            chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
+            chunk_id, version = chunk["chunk_id"], chunk["version"]
+            try:
+                result = self.files.chunks.write(chunk_id, version, chunk["expect_version"],
+                                                 chunk.get("servers", []), ext.items())
+                break
+            except FsError as exc:
+                try:
+                    master.call("release_write", {"ino": self.ino, "chunk_id": chunk_id, "version": version}, cred)
+                except FsError as why:  # it expires on its own
+                    log.warning("could not release the write lease of chunk %016x: %s", chunk_id, why)
+                if not isinstance(exc, StaleSession) or attempt == SESSION_ATTEMPTS:
+                    raise
+                log.warning("write of inode %d chunk %d overtaken, starting it again: %s", self.ino, index, exc)
         attr = master.call("commit_write", {
             "ino": self.ino,
             "size": index * CHUNK_SIZE + ext.end(),

@@ -2,7 +2,9 @@
 
 Every call carries (client_id, seq); all attempts of one call reuse its seq so that the master can
 apply a retried mutation once even when the first reply was lost. An unreachable master becomes
-FsError(EIO, "master unreachable: ...") after `timeout_s`, never a hang.
+FsError(EIO, "master unreachable: ...") after `timeout_s`, never a hang. EAGAIN from the master
+means "chunk locked": another client is writing the chunk (write_chunk, or a shrink that would
+cut it); the call is retried with backoff until it gets the lock, within the same `timeout_s`.
 """
 
 import errno
@@ -22,6 +24,8 @@ _ATTEMPT_TIMEOUT_S = 10.0  # one RPC; a hung master costs this much before the n
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 0.25  # an election takes 1 to 2 s: retry often enough to see the new leader at once
 _CONNECT_TIMEOUT_S = 2.0
+_LOCKED_FIRST_S = 0.002  # a small file's write session holds its chunk for a few ms
+_LOCKED_MAX_S = 0.1
 
 
 class Cred(NamedTuple):
@@ -79,7 +83,7 @@ class MasterClient:
         params = {"op": op, "args": args or {}, "client_id": self.client_id, "seq": next(self._seq),
                   "uid": cred.uid, "gid": cred.gid, "gids": list(cred.gids)}
         deadline = time.monotonic() + self.timeout_s
-        backoff = _BACKOFF_FIRST_S
+        backoff, locked = _BACKOFF_FIRST_S, _LOCKED_FIRST_S
         failures = redirects = 0
         last = "no endpoint answered"
         while True:
@@ -101,6 +105,13 @@ class MasterClient:
                     last = f"{addr} is not the leader, redirected to {reply['leader']}"
                     self._target = reply["leader"]
                     redirects += 1
+                elif reply["errno"] == errno.EAGAIN:
+                    # Nothing was done (the seq is not used up): wait for the writer, try again.
+                    if time.monotonic() + locked >= deadline:
+                        raise FsError(errno.EIO, f"{op}: {reply['message']} (still after {self.timeout_s:g} s)")
+                    time.sleep(random.uniform(locked / 2, locked))
+                    locked = min(locked * 2, _LOCKED_MAX_S)
+                    continue
                 else:
                     if reply["errno"]:
                         raise FsError(reply["errno"], reply["message"])

@@ -15,6 +15,12 @@ Chunk versions move the MooseFS way: before the namespace logs a new version of 
 happens to the write afterwards, the namespace version always has copies; a copy that then fails
 the write is fenced when the client commits (see Registry.fence).
 
+One writer at a time per chunk: write_chunk (and a shrink that cuts or frees chunks) first needs
+the chunk's write lease (writelease.py), so a second writer gets EAGAIN ("locked") and retries
+instead of moving the version under the first one. A copy that refuses a new version because a
+write session is open on it (EBUSY: a session from before a leader change) makes the bump roll
+back and answer EAGAIN too, so no writer's copies are fenced by another writer.
+
 Lock order: an inode lock, then the metastore's lock, then the registry lock; never the other way
 round. Only an inode lock is ever held across a call to a chunkserver.
 """
@@ -39,6 +45,7 @@ from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
 from mooseng.master.registry import STATES, ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server
+from mooseng.master.writelease import WriteLeases
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +161,8 @@ OPS = {
     "write_chunk": Op(MUTATION, {"ino": UINT, "index": UINT}),
     # `chunks` (copies the client stored) goes to the registry; the namespace gets {ino, size}.
     "commit_write": Op(MUTATION, {"ino": UINT, "size": UINT}, {"chunks": COPIES}),
+    # A write session that failed gives its chunk's lease back (soft state: not logged).
+    "release_write": Op(QUERY, {"ino": UINT, "chunk_id": UINT, "version": UINT}),
 }
 
 # The envelope of a `meta` call; `args` is checked against the op's own schema.
@@ -249,6 +258,7 @@ class MasterService:
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
+        self._leases = WriteLeases()  # guarded by _lock
         self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
@@ -261,6 +271,7 @@ class MasterService:
         self._ops = {
             "write_chunk": self._write_chunk,
             "commit_write": self._commit_write,
+            "release_write": self._release_write,
             "setattr": self._setattr,
             "chunks": self._chunks,
             "fileinfo": self._fileinfo,
@@ -338,6 +349,7 @@ class MasterService:
             now = time.monotonic()
             with self._lock:
                 down = [(s, now - s.last_seen) for s in self._registry.expire(now)]
+                self._leases.expire(now)
             for server, silent in down:  # an error: its copies no longer count, chunks go under goal
                 log.error(
                     "chunkserver %d at %s is down: no heartbeat for %.1f s (timeout %g s)",
@@ -445,6 +457,7 @@ class MasterService:
                 goal = GOALS[ns.query("getattr", {"ino": ino}, ROOT_CTX)["sclass"]]
                 [current] = ns.query("chunks", {"ino": ino, "index": index}, ROOT_CTX)
             chunk_id = current["chunk_id"]
+            self._check_leases(ino, [chunk_id] if chunk_id else [])
             if chunk_id == 0:
                 with self._lock:
                     placement.choose(self._registry.servers(), goal, self._rng)
@@ -457,8 +470,33 @@ class MasterService:
                 result, targets = self._bump(chunk_id, version, "write_chunk", args, ctx)
                 _expect(result, "write_chunk", (result["chunk_id"], result["version"]) == (chunk_id, version + 1))
                 result["expect_version"] = result["version"]
+            self._lease(result["chunk_id"], ino, index, result["version"])
         result["servers"] = [s.address for s in targets]
         return result
+
+    def _check_leases(self, ino: int, chunk_ids: list[int]) -> None:
+        """EAGAIN if another client holds the write lease of one of the chunks (it retries)."""
+        now = time.monotonic()
+        with self._lock:
+            for chunk_id in chunk_ids:
+                lease = self._leases.blocker(chunk_id, self._request.client_id, now)
+                if lease is not None:
+                    raise FsError(errno.EAGAIN, f"chunk {chunk_id} of inode {ino} is locked: another client "
+                                                f"writes its version {lease.version}")
+
+    def _lease(self, chunk_id: int, ino: int, index: int, version: int) -> None:
+        """Grant the caller the chunk's lease; a caller without a client_id cannot be told apart
+        from others, so it takes none (clients always have one; raw tools may not)."""
+        if not self._request.client_id:
+            return
+        with self._lock:
+            self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic())
+
+    def _release_write(self, args: dict, ctx: dict) -> dict:
+        """release_write{ino, chunk_id, version} -> {}: a failed write session gives its lease back."""
+        with self._lock:
+            self._leases.release(args["chunk_id"], args["version"])
+        return {}
 
     def _commit_write(self, args: dict, ctx: dict):
         """commit_write{ino,size,chunks?} -> attr; takes the client's report of stored copies first.
@@ -484,7 +522,12 @@ class MasterService:
                             if unknown:
                                 log.warning("commit of chunk %d names unknown chunkservers %s", r["chunk_id"], unknown)
                         self._registry.fence_missing(r["chunk_id"], r["version"], now, r["ok"])
-            return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
+            try:
+                return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
+            finally:
+                with self._lock:
+                    for r in args.get("chunks") or []:
+                        self._leases.release(r["chunk_id"], r["version"])
 
     def _setattr(self, args: dict, ctx: dict) -> dict:
         """setattr -> namespace result; a shrink inside a chunk adds the "servers" holding the tail.
@@ -497,6 +540,11 @@ class MasterService:
         if size is None:
             return self._submit("setattr", args, ctx)
         with self._inodes.hold(args["ino"]):
+            # Another client's write of a chunk this size change may cut or free goes first.
+            with self._lock:
+                leased = self._leases.blockers_from(args["ino"], size // CHUNK_SIZE, self._request.client_id,
+                                                    time.monotonic())
+            self._check_leases(args["ino"], leased)
             cut = self._cut_chunk(args["ino"], size)
             if cut is None:
                 result = self._submit("setattr", args, ctx)
@@ -507,6 +555,7 @@ class MasterService:
             _expect(result, "setattr", tail is not None and (tail["chunk_id"], tail["version"]) == (cut[0], cut[1] + 1))
             tail["expect_version"] = tail["version"]
             tail["servers"] = [s.address for s in targets]
+            self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"])
         return result
 
     def _cut_chunk(self, ino: int, size: int) -> tuple[int, int] | None:
@@ -532,7 +581,14 @@ class MasterService:
             holders = self._registry.holders(chunk_id, version)
         if not holders:
             raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}")
-        moved, failures = self._set_version(chunk_id, version, version + 1, holders)
+        moved, failures, busy = self._set_version(chunk_id, version, version + 1, holders)
+        if busy:
+            # A write session is open on a copy (one from before this master led: it holds no
+            # lease for it). Moving the others would fence that writer's copies: move them back.
+            _, stuck, _ = self._set_version(chunk_id, version + 1, version, moved)
+            if stuck:
+                log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(stuck))
+            raise FsError(errno.EAGAIN, f"chunk {chunk_id} is locked: a copy is being written ({'; '.join(failures)})")
         if not moved:
             raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}: {'; '.join(failures)}")
         if failures:
@@ -543,7 +599,7 @@ class MasterService:
             # Refused by the namespace: move the copies back. Not after a store failure, when the
             # entry may be durable after all: copies ahead of the namespace are valid, behind not.
             if self._store.failure is None:
-                _, failures = self._set_version(chunk_id, version + 1, version, moved)
+                _, failures, _ = self._set_version(chunk_id, version + 1, version, moved)
                 if failures:
                     log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(failures))
             raise
@@ -557,12 +613,13 @@ class MasterService:
     def _set_version(self, chunk_id: int, expect: int, version: int, servers: list[Server]):
         """Ask the servers in parallel to move their copy from `expect` to `version`.
 
-        Returns (the servers that confirmed, in the given order; "address: why" for the others).
+        Returns (the servers that confirmed, in the given order; "address: why" for the others;
+        whether one refused because a write session is open on its copy).
         """
         params = {"chunk_id": chunk_id, "expect_version": expect, "version": version}
         calls = [(s, self._pool.submit(self._chunkserver(s.address).call, "set_version", params)) for s in servers]
         wait([f for _, f in calls], timeout=SET_VERSION_TIMEOUT_S)
-        done, failures = [], []
+        done, failures, busy = [], [], False
         for server, future in calls:
             if not future.done():
                 failures.append(f"{server.address}: no answer within {SET_VERSION_TIMEOUT_S:g} s")
@@ -571,9 +628,10 @@ class MasterService:
                 future.result()
             except rpc.RpcError as exc:
                 failures.append(f"{server.address}: {exc}")
+                busy = busy or (exc.status == rpc.UNAVAILABLE and exc.message.startswith("[EBUSY]"))
             else:
                 done.append(server)
-        return done, failures
+        return done, failures, busy
 
     def _chunkserver(self, address: str) -> rpc.Client:
         with self._lock:
