@@ -6,7 +6,8 @@
 # the seed topology runs in containers from docker-compose.yml (scripts/docker-demo.sh: images
 # built offline from a wheelhouse and debootstrap bases, Prometheus, the dashboard).
 # MOOSENG_RUNTIME=local, or no reachable engine, runs it as local processes under
-# MOOSENG_LOCAL_ROOT (default ./.mooseng) on the seed's ports, bound to 127.0.0.1.
+# MOOSENG_LOCAL_ROOT (default ./.mooseng) on the seed's ports, bound to 127.0.0.1, with the web
+# dashboard (8080) and, if the prometheus binary is installed, Prometheus (9090); Grafana needs Docker.
 # Other knobs: MOOSENG_SKIP_INSTALL=1 skips scripts/install.sh on start; MOOSENG_PYTHON picks the
 # interpreter (default .venv/bin/python); MOOSENG_LOG_LINES sets how much `logs` shows (default 50).
 set -euo pipefail
@@ -33,9 +34,9 @@ usage() {
     cat >&2 <<EOF
 usage: $0 start|status|urls|test|logs [-f]|stop|restart|cleanup
   start     install (unless MOOSENG_SKIP_INSTALL=1), then start the masters, $CHUNKSERVERS chunkservers, $CLIENTS clients
-            (Docker: also builds the images, and starts Prometheus and the dashboard)
+            and the dashboard and Prometheus (Docker: also builds the images)
   status    processes or containers, mounts and the file system's view (mooseng status)
-  urls      metrics URLs, master endpoints and mount points
+  urls      metrics URLs, master endpoints, mount points, dashboard and Prometheus
   test      the seed's filesystem and performance tests, with checksums across clients
   logs      last $LOG_LINES lines of every node's log (-f: follow)
   stop      unmount the clients and stop every daemon
@@ -91,8 +92,15 @@ cmd_start() {
         "$REPO_DIR/scripts/install.sh"
     fi
     require_python
-    say "Starting $MASTERS master(s), $CHUNKSERVERS chunkservers and $CLIENTS clients under $ROOT"
-    localcluster start --masters "$MASTERS" --chunkservers "$CHUNKSERVERS" --clients "$CLIENTS"
+    local monitoring=(--dashboard) what="the dashboard and Prometheus"
+    if command -v prometheus >/dev/null; then
+        monitoring+=(--prometheus)
+    else
+        what="the dashboard"
+        say "prometheus is not installed (scripts/install.sh installs it): starting without it"
+    fi
+    say "Starting $MASTERS master(s), $CHUNKSERVERS chunkservers, $CLIENTS clients and $what under $ROOT"
+    localcluster start --masters "$MASTERS" --chunkservers "$CHUNKSERVERS" --clients "$CLIENTS" "${monitoring[@]}"
     echo
     cmd_urls
 }
@@ -112,7 +120,6 @@ cmd_status() {
 cmd_urls() {
     require_python
     localcluster urls
-    echo "Prometheus, Grafana and the dashboard (9090, 3000, 8080) come with Docker mode."
 }
 
 cmd_logs() {
@@ -122,7 +129,8 @@ cmd_logs() {
     -f) follow=(-F) ;;
     *) usage ;;
     esac
-    for log in "$ROOT"/master-*/*.log "$ROOT"/chunkserver-*/*.log "$ROOT"/client-*/*.log; do
+    for log in "$ROOT"/master-*/*.log "$ROOT"/chunkserver-*/*.log "$ROOT"/client-*/*.log \
+        "$ROOT"/dashboard/*.log "$ROOT"/prometheus/*.log; do
         [[ -f "$log" ]] && logs+=("$log")
     done
     ((${#logs[@]})) || die "no logs under $ROOT (start the cluster first)"

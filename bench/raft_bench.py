@@ -9,6 +9,8 @@ client), up at the same time. Each phase runs `--threads` threads, each with its
 MasterClient, for `--seconds`: create (mknod of new names), stat (lookup of those names), rename
 (of those files, back and forth). Phases alternate between the clusters, `--rounds` times per op,
 and the median counts: the machine is shared, and alternating spreads other load over both.
+CPU per op (user + system time from /proc) is given for all masters together and for the
+busiest one, the leader: a follower's share is the difference, halved.
 Failover: the leader is killed with SIGKILL; the time is from the
 kill until a write through a fresh MasterClient (all endpoints) is acknowledged; the killed
 master is restarted and the cluster waits until it has caught up before the next kill.
@@ -45,9 +47,9 @@ class OpsRunner:
         self.made: list[list[bytes]] = [[] for _ in range(threads)]  # current names, per thread
         self.created = [0] * threads
 
-    def rate(self, phase: str, seconds: float) -> tuple[float, float]:
-        """(ops/s, master CPU seconds per op, all masters together) of `phase` (create, stat,
-        rename) over `seconds` with all threads."""
+    def rate(self, phase: str, seconds: float) -> tuple[float, float, float]:
+        """(ops/s, master CPU seconds per op of all masters together, of the busiest one: the
+        leader) of `phase` (create, stat, rename) over `seconds` with all threads."""
         counts = [0] * self.threads
 
         def work(n: int) -> None:
@@ -75,7 +77,7 @@ class OpsRunner:
                 client.close()
             counts[n] = i
 
-        cpu = cpu_seconds(self.pids)
+        cpu = [cpu_seconds([pid]) for pid in self.pids]
         started = time.monotonic()
         workers = [threading.Thread(target=work, args=(n,)) for n in range(self.threads)]
         for w in workers:
@@ -83,7 +85,8 @@ class OpsRunner:
         for w in workers:
             w.join()
         ops = sum(counts)
-        return ops / (time.monotonic() - started), (cpu_seconds(self.pids) - cpu) / max(ops, 1)
+        used = [cpu_seconds([pid]) - before for pid, before in zip(self.pids, cpu)]
+        return ops / (time.monotonic() - started), sum(used) / max(ops, 1), max(used) / max(ops, 1)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -96,15 +99,16 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def compare(runners: dict[int, OpsRunner], seconds: float, rounds: int) -> dict[int, dict[str, list[float]]]:
-    """Median [ops/s, master CPU s per op] per cluster size and op; the sizes alternate within each
-    round, so that the load other processes put on the machine weighs on both alike."""
+    """Median [ops/s, CPU s per op of all masters, of the busiest] per cluster size and op; the
+    sizes alternate within each round, so that the load other processes put on the machine weighs
+    on both alike."""
     rates: dict[int, dict[str, list]] = {m: {} for m in runners}
     for phase in ("create", "stat", "rename"):
         for _ in range(rounds):
             for masters, runner in runners.items():
                 rates[masters].setdefault(phase, []).append(runner.rate(phase, seconds))
     return {
-        m: {op: [statistics.median(r for r, _ in v), statistics.median(c for _, c in v)] for op, v in ops.items()}
+        m: {op: [statistics.median(x) for x in zip(*v)] for op, v in ops.items()}
         for m, ops in rates.items()
     }
 
@@ -174,11 +178,12 @@ def main(argv=None) -> int:
         finally:
             for cluster in clusters.values():
                 cluster.stop()
-    print("| op | 1 master (ops/s) | 3 masters (ops/s) | 3 / 1 | master CPU per op, 1 | all 3 masters' CPU per op |")
-    print("|---|---|---|---|---|---|")
+    print("| op | 1 master (ops/s) | 3 masters (ops/s) | 3 / 1 | CPU per op, 1 master | all 3 masters | leader |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for op in ("create", "stat", "rename"):
-        (one, cpu1), (three, cpu3) = result["ops_1"][op], result["ops_3"][op]
-        print(f"| {op} | {one:.0f} | {three:.0f} | {three / one:.0%} | {cpu1 * 1e6:.0f} us | {cpu3 * 1e6:.0f} us |")
+        (one, cpu1, _), (three, cpu3, lead3) = result["ops_1"][op], result["ops_3"][op]
+        print(f"| {op} | {one:,.0f} | {three:,.0f} | {three / one:.0%} | {cpu1 * 1e6:,.0f} us | {cpu3 * 1e6:,.0f} us "
+              f"| {lead3 * 1e6:,.0f} us |")  # fmt: skip
     if result.get("failover_s"):
         t = sorted(result["failover_s"])
         p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]

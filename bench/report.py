@@ -22,8 +22,8 @@ def one_line(text: str) -> str:
     return lines[0] + (" […]" if len(lines) > 1 else "") if lines else ""
 
 
-def cell(target: dict | None, m: Metric) -> str:
-    if target is None:
+def cell(target: dict | None, m: Metric, workloads: list[str] | None) -> str:
+    if target is None or (workloads is not None and m.workload not in workloads):
         return "not run"
     if m.key in target["metrics"]:
         return fmt_value(target["metrics"][m.key], m.unit)
@@ -53,7 +53,7 @@ def render(results: dict, metrics: list[Metric], meta: dict) -> str:
     ]
     targets = meta["targets"]
     for m in metrics:
-        row = [m.label] + [cell(results.get(t), m) for t in TARGETS]
+        row = [m.label] + [cell(results.get(t), m, meta.get("workloads")) for t in TARGETS]
         row += [ratio(results, m.key, "local"), ratio(results, m.key, "moosefs")]
         lines.append("| " + " | ".join(row) + " |")
     lines += [

@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of the whole suite per target; each metric is the median")
     ap.add_argument("--workdir", type=Path, default=None, help="parent of the temporary work directory")
+    ap.add_argument("--workloads", default=",".join(name for name, _ in WORKLOADS),
+                    help="comma-separated subset to run, from: " + ", ".join(name for name, _ in WORKLOADS)
+                    + " (rows of the others read 'not run')")
     ap.add_argument("--mooseng-port-base", type=int, default=0,
                     help="LocalCluster port_base (default 0: a free block on 127.0.0.1)")
     args = ap.parse_args(argv)
@@ -55,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown or not args.targets:
         ap.error(f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}")
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in args.workloads if w not in dict(WORKLOADS)]
+    if unknown or not args.workloads:
+        ap.error(f"unknown workload(s) {unknown}; choose from {', '.join(name for name, _ in WORKLOADS)}")
     if args.size_mb < 4:
         ap.error("--size-mb must be at least 4")
     if args.repeat < 1:
@@ -78,8 +85,8 @@ def describe_error(e: BaseException) -> str:
     return str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
 
 
-def run_target(target: Target, params: Params, repeat: int) -> dict:
-    """setup; every workload `repeat` times (a failure is recorded, the next one runs); teardown.
+def run_target(target: Target, params: Params, repeat: int, workloads: list[str]) -> dict:
+    """setup; every selected workload `repeat` times (a failure is recorded, the next one runs); teardown.
 
     Each metric is the median of its samples (a failed round gives none).
     """
@@ -99,6 +106,8 @@ def run_target(target: Target, params: Params, repeat: int) -> dict:
             work = target.mountpoint / f"bench{rnd}"
             work.mkdir()
             for name, workload in WORKLOADS:
+                if name not in workloads:
+                    continue
                 t0 = time.monotonic()
                 try:
                     out = workload(work, params, target.make_cold)
@@ -188,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.targets:
             kwargs = {"port_base": args.mooseng_port_base} if TARGETS[name] is MooseNGTarget else {}
-            results[name] = run_target(TARGETS[name](root / name, **kwargs), params, args.repeat)
+            results[name] = run_target(TARGETS[name](root / name, **kwargs), params, args.repeat, args.workloads)
     finally:
         cleanup(root)
 
-    meta = {"command": command, "date": date, "seconds": time.monotonic() - start, "targets": args.targets,
+    meta = {"command": command, "date": date, "seconds": time.monotonic() - start, "targets": args.targets, "workloads": args.workloads,
             "machine": f"{machine_note()}; 1-min load average {load_start} at start, {load_average()} at end",
             "method": method_note(params, args.repeat),
             "params": dataclasses.asdict(params)}

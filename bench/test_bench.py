@@ -65,3 +65,11 @@ def test_every_workload_runs_on_a_local_directory(tmp_path: Path):
         metrics.update(workload(tmp_path, TINY, lambda: None).metrics)
     assert set(metrics) == {m.key for m in metrics_table(TINY)}
     assert all(value > 0 for value in metrics.values())
+
+
+def test_render_marks_workloads_not_selected():
+    meta = META | {"targets": ["mooseng"], "workloads": ["metadata"]}
+    text = report.render({"mooseng": target({"stat": 5.0})}, metrics_table(TINY), meta)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| not run | not run | not run |" in rows["sequential write 4 MiB (fio bs=1M, incl. end_fsync)"]
+    assert "| 5 ops/s |" in rows["stat 20 files"]

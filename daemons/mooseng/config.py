@@ -146,6 +146,8 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("metrics_listen", "addr", "127.0.0.1:9427", "MOOSENG_METRICS_LISTEN"),
         Key("attr_timeout_s", "float", 1.0, "MOOSENG_ATTR_TIMEOUT_S", min=0),
         Key("entry_timeout_s", "float", 1.0, "MOOSENG_ENTRY_TIMEOUT_S", min=0),
+        Key("negative_timeout_s", "float", 1.0, "MOOSENG_NEGATIVE_TIMEOUT_S", min=0,
+            help="how long a name found missing stays missing to this client; 0: always ask the master"),
         Key("readahead_mb", "int", 16, "MOOSENG_READAHEAD_MB", min=0),
         Key("write_mode", "choice", "fanout", "MOOSENG_WRITE_MODE", choices=("chain", "fanout")),
         Key("master_timeout_s", "float", 30.0, "MOOSENG_MASTER_TIMEOUT_S", min=0.1, help="give up on an unreachable master after this"),

@@ -6,6 +6,11 @@ inspected and stopped by the other: everything about a cluster lives under its r
 
 Ports: `port_base=None` uses the seed's fixed ports (the demo); `port_base=0` finds a free block on
 127.0.0.1 (tests, so they never collide with a running demo); `port_base=N` uses the block at N.
+
+Optional services, off unless asked for (they cost a process each): the web dashboard (node
+`dashboard`) and a Prometheus (node `prometheus`) scraping every daemon with the repository's rules,
+both on 127.0.0.1 and started after the file system is up. Grafana is not installable here: Docker
+mode has it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,12 @@ from mooseng.errors import FsError, QuietError
 HOST = "127.0.0.1"
 AUTO_PORTS = 0
 KINDS = ("master", "chunkserver", "client")
-MODULES = {"master": "mooseng.master.main", "chunkserver": "mooseng.chunkserver.main", "client": "mooseng.client.mount"}
+SERVICES = ("dashboard", "prometheus")  # one of each at most, started after KINDS, named by kind
+MODULES = {"master": "mooseng.master.main", "chunkserver": "mooseng.chunkserver.main", "client": "mooseng.client.mount",
+           "dashboard": "mooseng.dashboard.server"}
+# Prometheus reads the same rule files as in Compose and the Ansible role (repository checkout only).
+RULES_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus" / "rules"
+SCRAPE_INTERVAL_S = 5  # Compose scrapes every 15 s; locally a fresher view is cheap
 DISKS_PER_CHUNKSERVER = 4
 
 # The seed README's ports, per node number (1-based). It defines three of each.
@@ -41,8 +52,11 @@ SEED_PORTS = {
     "master": [{"api": 9421 + 10 * i, "raft": 9422 + 10 * i, "metrics": 9423 + 10 * i} for i in range(3)],
     "chunkserver": [{"api": g, "metrics": g + 5} for g in (9420, 9450, 9460)],
     "client": [{"metrics": m} for m in (9427, 9437, 9447)],
+    "dashboard": [{"http": 8080}],
+    "prometheus": [{"http": 9090}],
 }
-PORT_NAMES = {"master": ("api", "raft", "metrics"), "chunkserver": ("api", "metrics"), "client": ("metrics",)}
+PORT_NAMES = {"master": ("api", "raft", "metrics"), "chunkserver": ("api", "metrics"), "client": ("metrics",),
+              "dashboard": ("http",), "prometheus": ("http",)}
 # Auto blocks stay below the kernel's ephemeral range so outgoing connections cannot take them.
 AUTO_RANGE = (20000, 32000)
 
@@ -63,7 +77,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.index}"
+        return self.kind if self.kind in SERVICES else f"{self.kind}-{self.index}"
 
     @property
     def dir(self) -> Path:
@@ -71,7 +85,7 @@ class Node:
 
     @property
     def config_path(self) -> Path:
-        return self.dir / f"{self.kind}.toml"
+        return self.dir / ("prometheus.yml" if self.kind == "prometheus" else f"{self.kind}.toml")
 
     @property
     def log_path(self) -> Path:
@@ -87,6 +101,11 @@ class Node:
 
     def addr(self, port: str) -> str:
         return f"{HOST}:{self.ports[port]}"
+
+    @property
+    def url(self) -> str:
+        """Where a user looks at this node: a service's web page, a daemon's metrics."""
+        return f"http://{self.addr('http')}/" if self.kind in SERVICES else f"http://{self.addr('metrics')}/metrics"
 
 
 class LocalCluster:
@@ -108,8 +127,11 @@ class LocalCluster:
         port_base: int | None = None,
         python: str = sys.executable,
         env_extra: dict[str, str] | None = None,
+        dashboard: bool = False,
+        prometheus: bool = False,
     ):
-        counts = {"master": masters, "chunkserver": chunkservers, "client": clients}
+        counts = {"master": masters, "chunkserver": chunkservers, "client": clients,
+                  "dashboard": int(dashboard), "prometheus": int(prometheus)}
         if masters < 1 or chunkservers < 1 or clients < 0:
             raise ValueError("a cluster needs at least one master and one chunkserver")
         self.root = Path(root).resolve()
@@ -120,7 +142,7 @@ class LocalCluster:
         self.port_base = port_base
         self.nodes: list[Node] = []
         next_port = self.port_base
-        for kind in KINDS:
+        for kind in KINDS + SERVICES:
             for index in range(1, counts[kind] + 1):
                 if self.port_base is None:
                     if index > len(SEED_PORTS[kind]):
@@ -145,13 +167,19 @@ class LocalCluster:
             raise ClusterError(f"no cluster under {root} (start one first)") from None
         except (OSError, ValueError) as exc:
             raise ClusterError(f"cannot read {root}/cluster.json: {exc}") from None
-        return cls(root, layout["masters"], layout["chunkservers"], layout["clients"], layout["port_base"])
+        return cls(root, layout["masters"], layout["chunkservers"], layout["clients"], layout["port_base"],
+                   dashboard=layout.get("dashboard", False), prometheus=layout.get("prometheus", False))
 
     # --- public API --------------------------------------------------------------------------------
 
     @property
     def master_endpoints(self) -> list[str]:
         return [n.addr("api") for n in self._of("master")]
+
+    def service_url(self, kind: str) -> str | None:
+        """The dashboard's or Prometheus's URL, None if this cluster has none."""
+        nodes = self._of(kind)
+        return nodes[0].url.rstrip("/") if nodes else None
 
     def mountpoint(self, n: int) -> Path:
         return self.node(f"client-{n}").mountpoint
@@ -182,14 +210,17 @@ class LocalCluster:
         running = [n.name for n in self.nodes if self._alive(n)]
         if running:
             raise ClusterError(f"a cluster is already running under {self.root} ({', '.join(running)}): stop it first")
+        if self._of("prometheus"):
+            _check_prometheus_available()
         self._check_ports()
         self.root.mkdir(parents=True, exist_ok=True)
-        layout = {k + "s": len(self._of(k)) for k in KINDS} | {"port_base": self.port_base}
+        layout = ({k + "s": len(self._of(k)) for k in KINDS} | {k: bool(self._of(k)) for k in SERVICES}
+                  | {"port_base": self.port_base})
         _write_atomic(self.root / "cluster.json", json.dumps(layout, indent=2) + "\n")
         for node in self.nodes:
             self._prepare(node)
         try:
-            for kind in KINDS:
+            for kind in KINDS + SERVICES:
                 nodes = self._of(kind)
                 if not nodes:  # clients=0: tests that use the client library only
                     continue
@@ -204,13 +235,13 @@ class LocalCluster:
             raise
 
     def stop(self) -> None:
-        """Stop clients first (SIGTERM: they flush and unmount), then chunkservers, then masters.
+        """Stop the services, then clients (SIGTERM: they flush and unmount), chunkservers, masters.
 
         A node that cannot be stopped does not keep the others running: they are stopped first,
         then the error is raised.
         """
         errors = []
-        for kind in reversed(KINDS):
+        for kind in reversed(KINDS + SERVICES):
             nodes = self._of(kind)
             try:
                 self._terminate(nodes)
@@ -255,7 +286,7 @@ class LocalCluster:
                 "alive": self._alive(node),
                 "ports": node.ports,
                 "log": str(node.log_path),
-                "metrics_url": f"http://{node.addr('metrics')}/metrics",
+                "url" if node.kind in SERVICES else "metrics_url": node.url,
             }
             if node.kind == "client":
                 entry["mountpoint"] = str(node.mountpoint)
@@ -293,6 +324,18 @@ class LocalCluster:
                 "raft_peers": peers,
                 "data_dir": str(data),
             }
+        elif node.kind == "prometheus":
+            (node.dir / "tsdb").mkdir(exist_ok=True)
+            _write_atomic(node.config_path, self._prometheus_config())
+            return
+        elif node.kind == "dashboard":
+            masters = self._of("master")
+            table = {
+                "listen": node.addr("http"),
+                "master_endpoints": self.master_endpoints,
+                "master_metrics": [m.addr("metrics") for m in masters],
+                "prometheus_url": self.service_url("prometheus") or "",
+            }
         elif node.kind == "chunkserver":
             disks = [node.dir / f"disk{i}" for i in range(1, DISKS_PER_CHUNKSERVER + 1)]
             for disk in disks:
@@ -313,6 +356,29 @@ class LocalCluster:
             }
         _write_atomic(node.config_path, _toml(node.kind, table))
 
+    def _prometheus_config(self) -> str:
+        """The Compose scrape config (same jobs, `node` labels and rules) for this cluster's addresses.
+
+        JSON is YAML, so no YAML library is needed to write it.
+        """
+        jobs = {kind: [{"targets": [n.addr("metrics")], "labels": {"node": n.name}} for n in self._of(kind)]
+                for kind in KINDS if self._of(kind)}
+        jobs["prometheus"] = [{"targets": [self._of("prometheus")[0].addr("http")], "labels": {"node": "prometheus"}}]
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s", "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
+                       "external_labels": {"cluster": "mooseng"}},
+            "rule_files": [str(RULES_DIR / "*.yml")],
+            "scrape_configs": [{"job_name": job, "static_configs": targets} for job, targets in jobs.items()],
+        }
+        return "# Written by mooseng.localcluster; rewritten on every start.\n" + json.dumps(config, indent=2) + "\n"
+
+    def _command(self, node: Node) -> list[str]:
+        """The daemon's command line; it names the config file, which is how _pid_is knows the process."""
+        if node.kind == "prometheus":
+            return [shutil.which("prometheus") or "prometheus", "--config.file", str(node.config_path),
+                    f"--storage.tsdb.path={node.dir / 'tsdb'}", f"--web.listen-address={node.addr('http')}"]
+        return [self.python, "-m", MODULES[node.kind], "-c", str(node.config_path)]
+
     def _env(self) -> dict[str, str]:
         """The caller's environment without MOOSENG_*, plus env_extra, plus the import path this
         module came from (so daemons run the same code as the caller, installed or not)."""
@@ -327,7 +393,7 @@ class LocalCluster:
         """Start one daemon detached (own session), output appended to its log, pid file written."""
         if node.kind == "client" and _mounted(node.mountpoint):  # left behind by a crashed client
             _unmount(node.mountpoint)
-        cmd = [self.python, "-m", MODULES[node.kind], "-c", str(node.config_path)]
+        cmd = self._command(node)
         with open(node.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} localcluster: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -348,7 +414,7 @@ class LocalCluster:
         for node in nodes:
             self._wait(nodes, node, *_readiness(node))
         running = [n for n in self._of("chunkserver") if self._alive(n)]
-        if running and nodes[0].kind != "client":
+        if running and nodes[0].kind in ("master", "chunkserver"):
             watch = nodes + [n for n in running if n not in nodes]
             self._wait(watch, nodes[-1], lambda: self._alive_chunkservers() >= len(running),
                        f"the master to count {len(running)} chunkservers alive")
@@ -416,6 +482,10 @@ def _readiness(node: Node) -> tuple[Callable[[], bool], str]:
         return answers, f"{node.name} to answer on {node.addr('api')}"
     if node.kind == "chunkserver":
         return (lambda: _port_open(node.ports["api"])), f"{node.name} to listen on {node.addr('api')}"
+    if node.kind == "dashboard":
+        return (lambda: _http_ok(f"{node.url}api/status")), f"the dashboard to answer on {node.url}api/status"
+    if node.kind == "prometheus":
+        return (lambda: _http_ok(f"{node.url}-/ready")), f"Prometheus to be ready on {node.url}"
     return (lambda: _mount_live(node.mountpoint)), f"{node.name} to mount {node.mountpoint}"
 
 
@@ -462,6 +532,21 @@ def _port_open(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):  # refused, timed out, HTTP error (URLError and HTTPError are OSErrors)
+        return False
+
+
+def _check_prometheus_available() -> None:
+    if not shutil.which("prometheus"):
+        raise ClusterError("the prometheus binary is missing: apt-get install -y prometheus (or start without it)")
+    if not RULES_DIR.is_dir():
+        raise ClusterError(f"no Prometheus rules at {RULES_DIR}: run from a repository checkout")
 
 
 def _find_free_block(size: int) -> int:
@@ -559,11 +644,16 @@ def _print_urls(cluster: LocalCluster) -> None:
     print("  " + ",".join(cluster.master_endpoints))
     print("Metrics:")
     for node in cluster.nodes:
-        print(f"  {node.name:<15} http://{node.addr('metrics')}/metrics")
+        if node.kind in KINDS:
+            print(f"  {node.name:<15} {node.url}")
     print("Mount points:")
     for node in cluster.nodes:
         if node.kind == "client":
             print(f"  {node.name:<15} {node.mountpoint}")
+    print("Monitoring:")
+    print(f"  {'dashboard':<15} {cluster.service_url('dashboard') or 'not started (start with --dashboard)'}")
+    print(f"  {'prometheus':<15} {cluster.service_url('prometheus') or 'not started (start with --prometheus)'}")
+    print(f"  {'grafana':<15} not in local mode (not installable here; Docker mode runs it on :3000)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,11 +663,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--masters", type=int, default=1)
     parser.add_argument("--chunkservers", type=int, default=3)
     parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--dashboard", action="store_true", help="also start the web dashboard")
+    parser.add_argument("--prometheus", action="store_true", help="also start Prometheus (needs the binary)")
     parser.add_argument("--json", action="store_true", help="status as JSON")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            cluster = LocalCluster(args.root, args.masters, args.chunkservers, args.clients)
+            cluster = LocalCluster(args.root, args.masters, args.chunkservers, args.clients,
+                                   dashboard=args.dashboard, prometheus=args.prometheus)
             cluster.start()
             _print_status(cluster.status(), args.json)
         elif args.command in ("stop", "cleanup"):

@@ -13,6 +13,11 @@ is one frame::
 A request header is ``[method, params]``; a reply header is ``[status, message, result]``.
 The optional raw data section carries chunk data without msgpack copies. One request is in
 flight per connection; clients keep a pool of connections for concurrency.
+
+Every call is on the latency path of a file-system operation, so each costs few system calls:
+frames are read through a small buffer (the prefix, the header and the start of the data usually
+come in one recv), and sockets stay in blocking mode with the kernel enforcing the call timeout
+(SO_RCVTIMEO/SO_SNDTIMEO) instead of a poll before every recv and send.
 """
 
 import logging
@@ -64,34 +69,85 @@ class RpcError(Exception):
         self.message = message
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytearray:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            raise ConnectionError("connection closed by peer")
-        got += n
-    return buf
+_BUFFER = 8192  # bytes a frame reader asks for at once
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # an int: or-ing the enum flags costs a Python call
+
+
+class _Reader:
+    """Frames from one socket, read through a buffer; bytes past a frame stay for the next one."""
+
+    __slots__ = ("sock", "buf", "start", "end")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray(_BUFFER)
+        self.start = self.end = 0
+
+    def _fill(self, need: int) -> None:
+        """Have at least `need` (<= _BUFFER) bytes buffered."""
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.start + need > _BUFFER:
+            self.buf[:self.end - self.start] = self.buf[self.start:self.end]
+            self.end -= self.start
+            self.start = 0
+        view = memoryview(self.buf)
+        while self.end - self.start < need:
+            n = self.sock.recv_into(view[self.end:])
+            if n == 0:
+                raise ConnectionError("connection closed by peer")
+            self.end += n
+
+    def take(self, size: int) -> bytearray:
+        """The next `size` bytes: what is buffered, then straight from the socket."""
+        out = bytearray(size)
+        have = min(size, self.end - self.start)
+        out[:have] = self.buf[self.start:self.start + have]
+        self.start += have
+        view = memoryview(out)
+        while have < size:
+            n = self.sock.recv_into(view[have:], size - have)
+            if n == 0:
+                raise ConnectionError("connection closed by peer")
+            have += n
+        return out
+
+    def small(self, size: int) -> bytes:
+        self._fill(size)
+        out = bytes(self.buf[self.start:self.start + size])
+        self.start += size
+        return out
+
+    def frame(self) -> tuple[bytes | bytearray, bytearray]:
+        self._fill(_FRAME.size)
+        header_len, data_len = _FRAME.unpack_from(self.buf, self.start)
+        self.start += _FRAME.size
+        if header_len > MAX_HEADER or data_len > MAX_DATA:
+            raise ConnectionError(f"frame too large ({header_len} + {data_len} bytes)")
+        header = self.small(header_len) if header_len <= _BUFFER else self.take(header_len)
+        data = self.take(data_len) if data_len else bytearray()
+        return header, data
 
 
 def _send_frame(sock: socket.socket, header: bytes, data=b"") -> None:
-    prefix = _FRAME.pack(len(header), len(data))
+    head = _FRAME.pack(len(header), len(data)) + header
     if len(data) < 65536:
-        sock.sendall(prefix + header + bytes(data))
+        sock.sendall(head + bytes(data))
         return
-    sock.sendall(prefix + header)
-    sock.sendall(data)
+    sent = sock.sendmsg([head, data])  # one system call, no copy of the data
+    if sent < len(head):
+        sock.sendall(memoryview(head)[sent:])
+        sent = len(head)
+    if sent - len(head) < len(data):
+        sock.sendall(memoryview(data)[sent - len(head):])
 
 
-def _recv_frame(sock: socket.socket) -> tuple[bytearray, bytearray]:
-    header_len, data_len = _FRAME.unpack(_recv_exact(sock, _FRAME.size))
-    if header_len > MAX_HEADER or data_len > MAX_DATA:
-        raise ConnectionError(f"frame too large ({header_len} + {data_len} bytes)")
-    header = _recv_exact(sock, header_len)
-    data = _recv_exact(sock, data_len) if data_len else bytearray()
-    return header, data
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make blocking recv and send on `sock` give up (EAGAIN) after `seconds`."""
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 # A handler takes (params: dict, data: bytearray, peer: str) and returns result or (result, data).
@@ -162,12 +218,13 @@ class Server:
             threading.Thread(target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
+        reader = _Reader(conn)
         try:
-            if bytes(_recv_exact(conn, len(MAGIC))) != MAGIC:
+            if reader.small(len(MAGIC)) != MAGIC:
                 log.warning("%s: %s is not a MooseNG peer (bad magic); closing", self._name, peer)
                 return
             while True:
-                header, data = _recv_frame(conn)
+                header, data = reader.frame()
                 with self._lock:
                     stopping = self._stopped.is_set()
                     if not stopping:
@@ -218,6 +275,25 @@ class Server:
         return OK, "", result, b""
 
 
+class _Conn:
+    """A client connection: its socket, frame reader and the timeout its socket has now."""
+
+    __slots__ = ("sock", "reader", "timeout")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = _Reader(sock)
+        self.timeout = 0.0
+
+    def set_timeout(self, seconds: float) -> None:
+        if seconds != self.timeout:
+            _set_timeouts(self.sock, seconds)
+            self.timeout = seconds
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Client:
     """Calls to one address over a pool of connections, so concurrent threads do not serialise."""
 
@@ -226,67 +302,74 @@ class Client:
         self._host, self._port = parse_addr(addr)
         self._timeout = timeout_s
         self._connect_timeout = connect_timeout_s
-        self._idle: list[socket.socket] = []
+        self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._closed = False
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> _Conn:
         try:
             sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
         except OSError as exc:
             raise RpcError(UNAVAILABLE, f"cannot connect to {self.addr}: {exc.strerror or exc}") from None
+        sock.settimeout(None)  # blocking: timeouts come from _set_timeouts
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(MAGIC)
-        return sock
+        conn = _Conn(sock)
+        try:
+            conn.set_timeout(self._connect_timeout)
+            sock.sendall(MAGIC)
+        except OSError as exc:
+            sock.close()
+            raise RpcError(UNAVAILABLE, f"cannot connect to {self.addr}: {exc.strerror or exc}") from None
+        return conn
 
-    def _pooled(self) -> socket.socket | None:
+    def _pooled(self) -> _Conn | None:
         """An idle connection the peer has not closed. A restarted server's FIN makes an idle
         socket readable; sending on it would still succeed, and only the reply would fail."""
         while True:
             with self._lock:
                 if not self._idle:
                     return None
-                sock = self._idle.pop()
-            sock.settimeout(0)
+                conn = self._idle.pop()
             try:
-                sock.recv(1, socket.MSG_PEEK)
+                conn.sock.recv(1, _PEEK)
             except BlockingIOError:
-                return sock  # nothing to read: still open
+                return conn  # nothing to read: still open
             except OSError:
                 pass
-            sock.close()
+            conn.close()
 
     def call(self, method: str, params: dict, data=b"", timeout_s: float | None = None):
         """Return (result, data). Raises RpcError; UNAVAILABLE means the request may not have run."""
-        sock = self._pooled()
-        fresh = sock is None
+        conn = self._pooled()
+        fresh = conn is None
         if fresh:
-            sock = self._connect()
+            conn = self._connect()
         header = msgpack.packb([method, params], use_bin_type=True)
+        timeout = timeout_s or self._timeout
         try:
-            sock.settimeout(timeout_s or self._timeout)
+            conn.set_timeout(timeout)
             try:
-                _send_frame(sock, header, data)
+                _send_frame(conn.sock, header, data)
             except OSError:
                 if fresh:
                     raise
                 # A pooled connection may have been closed by a restarted server: retry once fresh.
-                sock.close()
-                sock = self._connect()
-                sock.settimeout(timeout_s or self._timeout)
-                _send_frame(sock, header, data)
-            reply, out = _recv_frame(sock)
-        except socket.timeout:
-            sock.close()
+                conn.close()
+                conn = self._connect()
+                conn.set_timeout(timeout)
+                _send_frame(conn.sock, header, data)
+            reply, out = conn.reader.frame()
+        except (BlockingIOError, socket.timeout):  # SO_RCVTIMEO / SO_SNDTIMEO ran out
+            conn.close()
             raise RpcError(UNAVAILABLE, f"{method} to {self.addr} timed out") from None
         except (OSError, ConnectionError) as exc:
-            sock.close()
+            conn.close()
             raise RpcError(UNAVAILABLE, f"{method} to {self.addr} failed: {exc}") from None
         with self._lock:
             if self._closed:
-                sock.close()
+                conn.close()
             else:
-                self._idle.append(sock)
+                self._idle.append(conn)
         try:
             status, message, result = msgpack.unpackb(reply, raw=False, strict_map_key=False)
         except Exception as exc:
@@ -299,5 +382,5 @@ class Client:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for sock in idle:
-            sock.close()
+        for conn in idle:
+            conn.close()

@@ -4,10 +4,12 @@ taken, naming the port, instead of interfering with whatever holds it."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ SCRIPT = REPO / "demo-unified-cluster.sh"
 
 
 def seed_ports() -> list[int]:
-    return sorted(p for n in LocalCluster(Path("/nonexistent"), masters=3).nodes for p in n.ports.values())
+    demo = LocalCluster(Path("/nonexistent"), masters=3, dashboard=True, prometheus=True)
+    return sorted(p for n in demo.nodes for p in n.ports.values())
 
 
 def taken(port: int) -> bool:
@@ -78,6 +81,9 @@ def test_start_status_test_logs_stop_restart_cleanup(demo):
     for url in ("http://127.0.0.1:9423/metrics", "http://127.0.0.1:9425/metrics", "http://127.0.0.1:9447/metrics"):
         assert url in out
     assert str(demo.root / "client-1" / "mnt") in out
+    assert "dashboard       http://127.0.0.1:8080" in out and "prometheus      http://127.0.0.1:9090" in out
+    with urllib.request.urlopen("http://127.0.0.1:8080/api/status", timeout=10) as reply:
+        assert len(json.loads(reply.read())["masters"]) == 3
 
     out = check(demo("status"))
     assert "DOWN" not in out and "leader" in out and "chunkservers: 3 alive, 0 down" in out
@@ -91,7 +97,7 @@ def test_start_status_test_logs_stop_restart_cleanup(demo):
     assert "All filesystem tests passed" in out
 
     out = check(demo("logs"))
-    for node in ("master-1", "chunkserver-3", "client-2"):
+    for node in ("master-1", "chunkserver-3", "client-2", "dashboard", "prometheus"):
         assert f"\n{node:<14} | " in "\n" + out
 
     check(demo("stop"))

@@ -24,6 +24,16 @@ from mooseng.client.fs import Client
 from mooseng.client.masterclient import MasterClient
 from mooseng.constants import CHUNK_SIZE
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
+from mooseng.master.registry import (
+    ENDANGERED,
+    MISSING,
+    NO_CLASS,
+    OVERGOAL,
+    STABLE,
+    STATES,
+    UNDERGOAL,
+    state_of,
+)
 
 MiB = 1 << 20
 ENV = {
@@ -80,6 +90,34 @@ class Harness:
         other = sum(n for state, n in states.items() if state != "stable")
         deleting = status["chunks"]["by_class"].get("-", {}).get("deleting", 0)
         return states.get("stable") == status["chunks"]["total"] and not other and not deleting
+
+    def counted_from_copies(self) -> dict[str, dict[str, int]]:
+        """Chunks per class and state worked out from every file's copies (fileinfo), the way
+        the registry defines the states: what status and the metrics must say."""
+        counts: dict[str, dict[str, int]] = {}
+        for name in self.files:
+            info = self.fileinfo(name)
+            sclass, goal = info["class"]["name"], info["class"]["goal"]
+            for chunk in info["chunks"]:
+                valid = sum(c["valid"] for c in chunk["copies"])
+                state = state_of(valid, goal)
+                per_class = counts.setdefault(sclass, dict.fromkeys(STATES, 0))
+                per_class[state] += 1
+        return counts
+
+    def check_counts(self) -> None:
+        """status and /metrics agree with the copies, class by class (the deleting state aside:
+        heartbeats delete freed chunks' copies at their own pace)."""
+        want = self.counted_from_copies()
+        status = self.status()
+        got = {c: s for c, s in status["chunks"]["by_class"].items() if c != NO_CLASS and any(s.values())}
+        assert got == want
+        assert status["chunks"]["total"] == sum(sum(s.values()) for s in want.values())
+        master = self.cluster.node("master-1")
+        for sclass in want:
+            for state in (STABLE, UNDERGOAL, ENDANGERED, MISSING, OVERGOAL):
+                labels = f'{{sclass="{sclass}",state="{state}"}}'
+                assert self.metric(master, "mooseng_chunks", labels) == want[sclass][state], labels
 
     def fileinfo(self, name: str) -> dict:
         return self.master.call("fileinfo", {"ino": self.client.resolve(f"/{name}").ino})
@@ -156,6 +194,32 @@ def test_kill_9_repairs_every_chunk_to_goal_and_the_return_deletes_its_extra_cop
     assert servers[2]["state"] == "alive" and servers[2]["chunks"] == 0
     h.check_data()
     assert h.metric(victim, "mooseng_bytes_read_total") == 0, "nothing was read from the returned copies"
+
+
+def test_chunk_counts_follow_a_kill_namespace_changes_and_the_return(harness):
+    """The counts are kept up to date event by event, not recounted: check them against the
+    copies after each kind of change. Planning waits 60 s (the slowest interval), so no
+    replication moves copies under the checks."""
+    h = harness(env={"MOOSENG_HEALING_INTERVAL_S": "60"})
+    write_files(h, 12)
+    h.check_counts()
+    assert h.default()[STABLE] == 13
+    h.cluster.kill("chunkserver-2")
+    wait_for("chunkserver-2 down", lambda: h.status()["chunkservers"][1]["state"] == "down", 10, 0.05)
+    h.check_counts()
+    assert h.default()[ENDANGERED] > 0, "chunkserver-2 held none of the chunks"
+    h.write("new", random.Random(2).randbytes(MiB))  # a new chunk while it is down: on the other two
+    h.master.call("setclass", {"ino": h.client.resolve("/f00").ino, "sclass": "fast"})
+    h.master.call("unlink", {"parent": 1, "name": b"f01"})
+    del h.files["f01"]
+    h.write("f02", random.Random(3).randbytes(2 * MiB))  # a rewrite: the chunk takes a new version
+    h.check_counts()
+    assert h.status()["chunks"]["by_class"]["fast"]
+    h.cluster.restart("chunkserver-2")
+    wait_for("chunkserver-2 back", lambda: h.status()["chunkservers"][1]["state"] == "alive", 10, 0.05)
+    h.check_counts()
+    assert h.status()["chunks"]["by_class"]["fast"][UNDERGOAL] == 1, "f00: 2 copies of 3 again"
+    h.check_data()
 
 
 def test_a_copy_that_missed_a_write_is_stale_by_version_never_read_and_deleted(harness):

@@ -499,19 +499,31 @@ def test_sequential_reads_prefetch_ahead(env):
     files, data = _stored_file(master, chunks, make, 24 * MiB, readahead_mb=8)
     h = files.open(master.attr(1), os.O_RDONLY, ROOT)
     step = 128 * 1024
-    for off in range(0, 2 * step, step):
+    for off in range(0, (filehandle.SEQ_STREAK + 1) * step, step):
         assert bytes(h.read(off, step)) == data[off:off + step]
     wait_for(lambda: sum(length for _, _, length in chunks.reads) >= 8 * MiB)
     prefetched = [(off, length) for _, off, length in chunks.reads if length > BLOCK_SIZE]
     assert prefetched and all(length <= filehandle.RA_UNIT for _, length in prefetched)
     fetched = len(chunks.reads)
-    for off in range(2 * step, 4 * MiB, step):  # served from what was prefetched
+    for off in range((filehandle.SEQ_STREAK + 1) * step, 4 * MiB, step):  # served from what was prefetched
         assert bytes(h.read(off, step)) == data[off:off + step]
     reads_in_window = [r for r in chunks.reads[fetched:] if r[1] < 4 * MiB]
     assert not reads_in_window
     for off in range(4 * MiB, 24 * MiB, step):
         assert bytes(h.read(off, step)) == data[off:off + step]
     assert bytes(h.read(24 * MiB - 10, 100)) == data[-10:]
+
+
+def test_a_random_reader_landing_near_its_last_read_does_not_prefetch(env):
+    """One near-sequential pair of reads in a random pattern is chance, not a stream: no
+    read-ahead window is fetched for it."""
+    master, chunks, make = env
+    files, data = _stored_file(master, chunks, make, 24 * MiB, readahead_mb=8)
+    h = files.open(master.attr(1), os.O_RDONLY, ROOT)
+    for off in (20 * MiB, 3 * MiB, 3 * MiB + 4096, 11 * MiB, 7 * MiB):
+        assert bytes(h.read(off, 4096)) == data[off:off + 4096]
+    time.sleep(0.2)  # a prefetch would have been queued by now
+    assert all(length <= BLOCK_SIZE for _, _, length in chunks.reads)
 
 
 def test_reads_see_writes_of_a_flush_in_progress(env):

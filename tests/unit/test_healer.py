@@ -5,6 +5,7 @@ import random
 import threading
 
 import pytest
+from support.chunktable import TableNamespace
 
 from mooseng.master.healer import WRITE_GRACE_S, Healer, Settings
 from mooseng.master.healing import Limits
@@ -18,23 +19,36 @@ def disks():
 
 
 class World:
-    def __init__(self, leader=True):
+    def __init__(self, leader=True, sweep_chunks=2000):
         self.now = 0.0
         self.leader = leader
         self.reg = Registry("mooseng", 10.0)
         self.table = []  # (chunk_id, version, goal)
-        self.healer = Healer(self.reg, threading.Lock(), lambda: self.table, lambda: self.leader,
-                             Settings(timeout_s=30.0, start_delay_s=5.0, limits=Limits(per_server=4)),
+        self.looked_at = []  # the chunk ids of each chunk_table() call
+        self.healer = Healer(self.reg, threading.Lock(), self.settle, self.chunk_table, lambda: self.leader,
+                             Settings(timeout_s=30.0, start_delay_s=5.0, sweep_chunks=sweep_chunks,
+                                      limits=Limits(per_server=4)),
                              random.Random(1), clock=lambda: self.now)
         self.sessions = {}
+
+    def settle(self):
+        """What the service does: the registry follows a namespace holding `table` (goal g as class "g")."""
+        self.reg.follow(TableNamespace([(c, v, str(goal)) for c, v, goal in self.table]),
+                        {str(goal): goal for _, _, goal in self.table})
+        return max((c for c, _, _ in self.table), default=0) + 1
+
+    def chunk_table(self, ids):
+        ids = set(ids)
+        self.looked_at.append(ids)
+        return [t for t in self.table if t[0] in ids]
 
     def register(self, sid, chunks=()):
         self.sessions[sid] = self.reg.register("mooseng", sid, f"127.0.0.1:{9400 + sid}", disks(),
                                                [ChunkRef(c, 1, 0, 1000) for c in chunks], self.now)
 
-    def beat(self, sid, added=()):
-        assert self.reg.heartbeat(sid, self.sessions[sid], [], [ChunkRef(c, 1, 0, 1000) for c in added], [],
-                                  0, 0, self.now)
+    def beat(self, sid, added=(), removed=()):
+        assert self.reg.heartbeat(sid, self.sessions[sid], [], [ChunkRef(c, 1, 0, 1000) for c in added],
+                                  [ChunkRef(c, 1, 0) for c in removed], 0, 0, self.now)
 
 
 @pytest.fixture
@@ -136,3 +150,37 @@ def test_an_uncommitted_write_blocks_replication_for_the_grace_only(world):
     for sid in (1, 2, 3):
         world.beat(sid)
     assert [r.chunk_id for r in world.healer.run_once().replicate] == [1]
+
+
+@pytest.fixture
+def big():
+    """200 chunks of goal 2 on servers 1 and 2 (chunk 1 only on 1), a third server empty, a sweep of 10."""
+    w = World(sweep_chunks=10)
+    w.register(1, chunks=range(1, 201))
+    w.register(2, chunks=range(2, 201))
+    w.register(3)
+    w.table = [(c, 1, 2) for c in range(1, 201)]
+    w.healer.run_once()
+    w.now = 5.0
+    return w
+
+
+def test_a_pass_looks_at_the_chunks_with_work_and_a_sweep_slice_only(big):
+    assert [r.chunk_id for r in big.healer.run_once().replicate] == [1]
+    assert len(big.looked_at[-1]) <= 1 + 10
+    big.beat(2, removed=[150])  # a copy lost far from where the sweep is
+    assert [r.chunk_id for r in big.healer.run_once().replicate] == [150]
+    assert len(big.looked_at[-1]) <= 2 + 10
+
+
+def test_the_sweep_covers_every_chunk_and_catches_what_the_accounting_missed(big):
+    big.reg.attention = lambda: set()  # as if the kept accounting had lost track of a chunk
+    big.beat(2, removed=[150])
+    planned, passes = [], 0
+    while 150 not in planned:
+        passes += 1
+        assert passes <= 200 // 10 + 1, "the sweep did not reach chunk 150 in one round"
+        planned += [r.chunk_id for r in big.healer.run_once().replicate]
+    for _ in range(200 // 10):
+        big.healer.run_once()
+    assert set().union(*big.looked_at) >= set(range(1, 201))

@@ -213,6 +213,26 @@ def test_concurrent_submits_share_fsyncs(data):
         assert store.log_syncs - syncs < 200  # group commit: one fdatasync covers several entries
 
 
+def test_proposals_waiting_together_are_proposed_in_one_step(data, monkeypatch):
+    """One step per loop turn: the followers get the turn's entries in one append each."""
+    with Single(data) as store:
+        raw = store._node.node
+        assert raw.raft.broadcast_commit is False  # followers learn commits from later messages
+        steps = []
+        propose = raw.propose
+        monkeypatch.setattr(raw, "propose", lambda *d: (steps.append(len(d)), propose(*d)))
+        threads = [
+            threading.Thread(target=lambda n=n: [store.submit(create(b"b%d-%d" % (n, i))) for i in range(25)])
+            for n in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(steps) == 200 and len(names(store)) == 200
+        assert len(steps) < 200
+
+
 def test_a_failed_log_write_stops_the_node_and_refuses_ops(data, monkeypatch):
     single = Single(data)
     single.store.submit(create(b"ok"))

@@ -420,9 +420,12 @@ def test_hard_links(fs):
     fs.fails(errno.EPERM, "link", ino=a, parent=b, name=b"dirlink")
     fs.fails(errno.EEXIST, "link", ino=f, parent=a, name=b"f")
     fs.fails(errno.ENOENT, "link", ino=999, parent=a, name=b"x")
-    assert fs.do("unlink", parent=a, name=b"f") == {"freed": []}
+    r = fs.do("unlink", parent=a, name=b"f")
+    assert r["freed"] == [] and r["attr"] == fs.attr(f) and r["attr"]["nlink"] == 1
+    assert r["parent"] == {**fs.attr(a), "next_cookie": r["parent"]["next_cookie"]}
     assert fs.attr(f)["nlink"] == 1 and fs.ns.chunk_version(c) == 1
-    assert fs.do("unlink", parent=b, name=b"g") == {"freed": [c]}
+    r = fs.do("unlink", parent=b, name=b"g")
+    assert r["freed"] == [c] and r["attr"]["ino"] == f and r["attr"]["nlink"] == 0
     fs.fails(errno.ENOENT, "getattr", ino=f)
     assert fs.ns.chunk_version(c) is None
     check(fs.ns)
@@ -451,7 +454,9 @@ def test_rmdir(fs):
     fs.fails(errno.ENOTEMPTY, "rmdir", parent=d, name=b"..")
     fs.do("unlink", parent=d, name=b"f")
     assert fs.attr(ROOT_INODE)["nlink"] == 3
-    assert fs.do("rmdir", parent=ROOT_INODE, name=b"d") is None
+    r = fs.do("rmdir", parent=ROOT_INODE, name=b"d")
+    assert r["attr"]["ino"] == d and r["attr"]["nlink"] == 0
+    assert r["parent"]["ino"] == ROOT_INODE and r["parent"]["nlink"] == 2 and r["parent"]["ctime"] == fs.ts
     assert fs.attr(ROOT_INODE)["nlink"] == 2
     fs.fails(errno.ENOENT, "getattr", ino=d)
     check(fs.ns)
@@ -481,7 +486,10 @@ def test_rename_over_existing_file_frees_it(fs):
     f = fs.create(ROOT_INODE, b"f")
     g = fs.create(ROOT_INODE, b"g")
     cg = fs.write(g, 0)
-    assert fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g") == {"freed": [cg]}
+    r = fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g")
+    assert r["freed"] == [cg] and r["attr"] == fs.attr(f) and r["attr"]["ctime"] == fs.ts
+    assert r["replaced"]["ino"] == g and r["replaced"]["nlink"] == 0
+    assert r["parent"] == r["newparent"] and r["parent"]["mtime"] == fs.ts
     assert fs.names(ROOT_INODE) == [b"g"] and fs.lookup(ROOT_INODE, b"g") == f
     fs.fails(errno.ENOENT, "getattr", ino=g)
     h = fs.create(ROOT_INODE, b"h")
@@ -549,7 +557,8 @@ def test_rename_between_links_of_one_inode_does_nothing(fs):
     f = fs.create(ROOT_INODE, b"f")
     fs.do("link", ino=f, parent=ROOT_INODE, name=b"g")
     before = fs.ns.dump()
-    assert fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g") == {"freed": []}
+    r = fs.do("rename", parent=ROOT_INODE, name=b"f", newparent=ROOT_INODE, newname=b"g")
+    assert r["freed"] == [] and r["attr"]["ino"] == r["replaced"]["ino"] == f
     assert fs.ns.dump() == before
 
 
@@ -951,3 +960,23 @@ def test_dump_load_round_trip(fs):
 def test_load_rejects_bad_dumps(data):
     with pytest.raises(ValueError):
         Namespace.load(data)
+
+
+def test_entry_changes_return_the_parent_attr_and_next_cookie_counts_added_names(fs):
+    d = fs.mkdir(ROOT_INODE, b"d")
+    cookie = fs.attr(d)["next_cookie"]
+    r = fs.do("mknod", parent=d, name=b"f", mode=S_IFREG | 0o644)
+    assert r["parent"] == fs.attr(d) and r["parent"]["mtime"] == fs.ts
+    assert r["parent"]["next_cookie"] == cookie + 1
+    r = fs.do("mkdir", parent=d, name=b"sub", mode=0o755)
+    assert r["next_cookie"] == nsmod.FIRST_COOKIE and r["parent"]["nlink"] == 3
+    assert fs.do("symlink", parent=d, name=b"l", target=b"f")["parent"]["next_cookie"] == cookie + 3
+    r = fs.do("unlink", parent=d, name=b"l")  # a removal: the count stays
+    assert r["parent"]["next_cookie"] == cookie + 3 and r["parent"] == fs.attr(d)
+    r = fs.do("rename", parent=d, name=b"f", newparent=d, newname=b"g")
+    assert r["parent"]["next_cookie"] == r["newparent"]["next_cookie"] == cookie + 4
+    assert r["attr"] == fs.attr(fs.lookup(d, b"g")) and r["replaced"] is None
+    assert fs.q("lookup", parent=ROOT_INODE, name=b"d")["next_cookie"] == cookie + 4
+    assert "next_cookie" not in fs.attr(fs.lookup(d, b"g"))  # only directories have one
+    r = fs.do("rmdir", parent=d, name=b"sub")
+    assert r["parent"]["nlink"] == 2 and r["attr"]["nlink"] == 0

@@ -1,7 +1,14 @@
-"""Chunkserver registry: registration rules, timeouts on an injected clock, delete lists, chunk states."""
+"""Chunkserver registry: registration rules, timeouts on an injected clock, delete lists, chunk
+states, and the kept counts against a full count in a seeded simulation."""
+
+import random
 
 import pytest
+from support.chunktable import TableNamespace
 
+from mooseng.constants import CHUNK_SIZE
+from mooseng.master.classes import CLASSES
+from mooseng.master.namespace import Namespace
 from mooseng.master.registry import (
     DELETING,
     ENDANGERED,
@@ -16,6 +23,7 @@ from mooseng.master.registry import (
     DuplicateServer,
     ForeignCluster,
     Registry,
+    state_of,
 )
 
 GiB = 1 << 30
@@ -232,7 +240,8 @@ def test_state_counts_per_class(reg):
         (6, 1, "default"),  # 3 copies, goal 2
         (7, 1, "fast"),  # 2 copies of 3
     ]  # chunk 8: copies but in no file any more
-    counts = reg.count_states(table, {"default": 2, "fast": 3})
+    reg.follow(TableNamespace(table), {"default": 2, "fast": 3})
+    counts = reg.chunk_states()
     zero = dict.fromkeys(STATES, 0)
     assert counts == {
         "default": zero | {STABLE: 1, ENDANGERED: 1, MISSING: 1, OVERGOAL: 1},
@@ -306,3 +315,123 @@ def test_survey_agrees_with_is_valid(reg):
     assert sorted(surveyed[0][1]) == [1, 2, 3]
     reg.expire(TIMEOUT + 2)
     assert [valid for valid, _ in reg.survey(table)] == [[]] * 5
+
+
+# --- the chunk-state counts, kept up to date, against a full count ----------------------------
+
+GOALS = {name: c.goal for name, c in CLASSES.items()}
+
+
+def full_count(reg, ns):
+    """(counts, attention) worked out from scratch over the whole namespace, through survey()."""
+    table = list(ns.iter_chunks())
+    counts, attention = {}, set()
+    for (chunk_id, _, sclass), (valid, held) in zip(table, reg.survey((c, v) for c, v, _ in table)):
+        state = state_of(len(valid), GOALS[sclass])
+        counts.setdefault(sclass, dict.fromkeys(STATES, 0))[state] += 1
+        if state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (state == STABLE and any(c.damaged for c in held.values())):
+            attention.add(chunk_id)
+    held = set().union(*(s.chunks for s in reg.servers())) - {c for c, _, _ in table}
+    if held:
+        counts[NO_CLASS] = dict.fromkeys(STATES, 0) | {DELETING: len(held)}
+    return counts, attention
+
+
+class Simulation:
+    """Random namespace and chunkserver events on a real Namespace and Registry, as the service
+    drives them (same calls, same order), with the counts checked after every step."""
+
+    def __init__(self, seed):
+        self.rng = random.Random(seed)
+        self.ns = Namespace()
+        self.reg = Registry("mooseng", TIMEOUT)
+        self.now = 0.0
+        self.ts = 1000
+        self.sessions = {}
+        self.files = []  # (ino, name)
+
+    def do(self, op, **args):
+        self.ts += 1
+        return self.ns.apply({"op": op, "args": args, "ctx": {"uid": 0, "gid": 0, "gids": []}, "ts": self.ts})
+
+    def chunks(self):
+        return [c for c, _, _ in self.ns.iter_chunks()]
+
+    def ref(self, chunk_id):
+        """A copy of the chunk at its version, an older one, or one of a chunk no file has."""
+        version = self.ns.chunk_version(chunk_id) or 1
+        return ChunkRef(chunk_id, max(1, version - self.rng.choice((0, 0, 0, 1))), self.rng.choice((0, 1)),
+                        damaged=self.rng.random() < 0.05)
+
+    def some(self, k):
+        ids = self.chunks() + [self.ns.next_chunk_id + 5]
+        return self.rng.sample(ids, min(k, len(ids)))
+
+    def disks(self):
+        return [Disk(i, f"/d{i}", 100 * GiB, 0, 100 * GiB, "damaged" if self.rng.random() < 0.15 else "ok", 0)
+                for i in (0, 1)]
+
+    def step(self):
+        rng, reg = self.rng, self.reg
+        alive = [s.server_id for s in reg.servers() if s.alive]
+        event = rng.randrange(14)
+        if event == 0 or not self.files:
+            name = f"f{self.ts}".encode()
+            self.files.append((self.do("mknod", parent=1, name=name, mode=0o100644, rdev=0)["ino"], name))
+        elif event == 1:
+            ino, index = rng.choice(self.files)[0], rng.randrange(4)
+            self.do("write_chunk", ino=ino, index=index)
+            self.do("commit_write", ino=ino, size=(index + 1) * CHUNK_SIZE)
+        elif event == 2:
+            self.do("setclass", ino=rng.choice(self.files)[0], sclass=rng.choice(["default", "fast"]))
+        elif event == 3:
+            _, name = self.files.pop(rng.randrange(len(self.files)))
+            reg.recheck(self.do("unlink", parent=1, name=name)["freed"])
+        elif event == 4:
+            r = self.do("setattr", ino=rng.choice(self.files)[0], size=rng.randrange(3 * CHUNK_SIZE))
+            reg.recheck(r["freed"])
+        elif event == 5:
+            sid = rng.randrange(1, 6)
+            self.sessions[sid] = reg.register("mooseng", sid, addr(sid), self.disks(),
+                                              [self.ref(c) for c in self.some(rng.randrange(8))], self.now)
+        elif event == 6 and alive:
+            sid = rng.choice(alive)
+            reg.heartbeat(sid, self.sessions[sid], self.disks() if rng.random() < 0.3 else [],
+                          [self.ref(c) for c in self.some(rng.randrange(3))],
+                          [self.ref(c) for c in self.some(rng.randrange(3))], 0, 0, self.now,
+                          [ChunkRef(c, v) for c in self.some(2) for v in (self.ns.chunk_version(c) or 1,)])
+        elif event == 7:
+            self.now += TIMEOUT / 2
+            for sid in alive:
+                if rng.random() < 0.7:
+                    reg.heartbeat(sid, self.sessions[sid], [], [], [], 0, 0, self.now)
+            reg.expire(self.now)
+        elif event == 8 and alive:
+            reg.deletions(rng.choice(alive), self.ns.chunk_version)
+        elif event == 9 and alive:
+            reg.order_delete(rng.choice(alive), rng.choice(self.some(1)))
+        elif event == 10 and self.chunks():
+            c = rng.choice(self.chunks())
+            reg.record_copies(c, self.ns.chunk_version(c), [addr(s) for s in rng.sample(alive, len(alive) // 2)])
+        elif event == 11 and self.chunks() and alive:
+            c = rng.choice(self.chunks())
+            reg.fence(c, self.ns.chunk_version(c), rng.sample(alive, 1))
+        elif event == 12 and self.chunks():
+            c = rng.choice(self.chunks())
+            v = self.ns.chunk_version(c)
+            reg.fence_missing(c, max(1, v - 1), v, [addr(s) for s in alive[:1]])
+        elif event == 13 and rng.random() < 0.1:
+            self.ns = Namespace.load(self.ns.dump())  # a snapshot replaced it: counted afresh
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_kept_counts_equal_a_full_count_after_random_events(seed):
+    sim = Simulation(seed)
+    for _ in range(400):
+        sim.step()
+        if sim.rng.random() < 0.5:  # let changes pile up between reads, as between scrapes
+            continue
+        sim.reg.follow(sim.ns, GOALS)
+        counts, attention = full_count(sim.reg, sim.ns)
+        assert sim.reg.chunk_states() == counts
+        assert sim.reg.attention() == attention

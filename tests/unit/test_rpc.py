@@ -168,3 +168,51 @@ def test_stop_lets_running_calls_finish_and_refuses_new_ones():
     caller.join(5)
     stopper.join(5)
     assert results == ["done"]
+
+
+def test_frames_split_or_joined_in_any_way_are_read_whole(server):
+    """The buffered reader: a frame trickling in byte by byte, two frames in one segment, a header
+    bigger than the read buffer."""
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = rpc._Reader(raw)
+
+    def frame(params, data=b""):
+        header = msgpack.packb(["echo", params], use_bin_type=True)
+        return struct.pack("<II", len(header), len(data)) + header + data
+
+    def reply():
+        header, data = reader.frame()
+        return msgpack.unpackb(header, raw=False)[2], bytes(data)
+
+    first = rpc.MAGIC + frame({"n": 1}, b"abc")
+    for i in range(len(first)):
+        raw.send(first[i:i + 1])
+        time.sleep(0.001)
+    assert reply() == ({"params": {"n": 1}, "n": 3}, b"cba")
+    raw.sendall(frame({"n": 2}, b"xy") + frame({"n": 3}))  # pipelined: both answered in order
+    assert reply() == ({"params": {"n": 2}, "n": 2}, b"yx")
+    assert reply() == ({"params": {"n": 3}, "n": 0}, b"")
+    big = {"blob": bytes(5 * rpc._BUFFER)}
+    raw.sendall(frame(big, bytes(3 * rpc._BUFFER)))
+    assert reply() == ({"params": big, "n": 3 * rpc._BUFFER}, bytes(3 * rpc._BUFFER))
+    raw.close()
+
+
+def test_a_server_that_does_not_answer_times_out():
+    """Call timeouts are the kernel's (SO_RCVTIMEO on a blocking socket): the call ends with
+    UNAVAILABLE in about the time asked, and the next call works on a fresh connection."""
+    release = threading.Event()
+    srv = rpc.Server("127.0.0.1:0", {"hang": lambda p, d, peer: release.wait(10), "plain": lambda p, d, peer: 1}).start()
+    try:
+        client = rpc.Client(f"127.0.0.1:{srv.port}", timeout_s=5)
+        start = time.monotonic()
+        with pytest.raises(rpc.RpcError) as err:
+            client.call("hang", {}, timeout_s=0.3)
+        took = time.monotonic() - start
+        assert err.value.status == rpc.UNAVAILABLE and "timed out" in err.value.message
+        assert 0.25 < took < 3
+        assert client.call("plain", {})[0] == 1
+    finally:
+        release.set()
+        srv.stop()

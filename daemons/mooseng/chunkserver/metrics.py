@@ -9,20 +9,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from mooseng.chunkserver.scrubber import Scrubber
 from mooseng.chunkserver.store import DAMAGED, ChunkStore
-from mooseng.metrics import latency_histogram
+from mooseng.metrics import OpStats
 
 
 class ChunkserverMetrics:
     """Create once per process: the metrics go into the default registry that metrics.serve exposes."""
 
     def __init__(self, store: ChunkStore, scrubber: Scrubber | None = None):
-        self.duration = latency_histogram(
+        self._ops = OpStats(
             "mooseng_operation_duration_seconds", "Time to serve a chunkserver request (a write: one piece; commit: the durable end of a session)"
         )
         REGISTRY.register(_StoreCollector(store, scrubber))
 
     def observe(self, op: str, seconds: float) -> None:
-        self.duration.labels(op).observe(seconds)
+        self._ops.observe(op, seconds)
 
 
 class _StoreCollector:

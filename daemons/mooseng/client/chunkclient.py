@@ -207,25 +207,30 @@ class ChunkClient:
 
     def _session(self, params: dict, targets: list[_Target], pieces: list[tuple[int, list[memoryview]]]) -> None:
         """Every piece to every target, up to WINDOW in flight each, then commit on the targets
-        that took them all. A target that fails gets nothing more (so its copy never commits)."""
-        submit = _done if len(targets) == 1 and len(pieces) == 1 else self._pool.submit
+        that took them all. A target that fails gets nothing more (so its copy never commits).
+
+        A session of one piece (a small file) sends to the last target from this thread while the
+        pool sends to the others, and so does every commit: a thread hand-off costs about as much
+        as the call itself."""
+        pool = self._pool.submit
         for offset, parts in pieces:
             data = parts[0] if len(parts) == 1 else b"".join(parts)  # one copy, shared by the targets
-            for target in targets:
+            for i, target in enumerate(targets):
                 if target.error is not None:
                     continue
                 while len(target.inflight) >= WINDOW:
                     target.settle(target.inflight.pop(0))
                 request = {**params, "offset": offset, "chain": target.chain}
+                submit = _done if len(pieces) == 1 and i == len(targets) - 1 else pool
                 target.inflight.append(submit(self._call, target.addr, "write", request, data))
         for target in targets:
             for future in target.inflight:
                 target.settle(future)
             target.inflight = []
         live = [t for t in targets if t.error is None]
-        submit = _done if len(live) == 1 else self._pool.submit
-        commits = [(t, submit(self._call, t.addr, "commit", {
-            "chunk_id": params["chunk_id"], "version": params["version"], "chain": t.chain})) for t in live]
+        commits = [(t, (_done if i == len(live) - 1 else pool)(self._call, t.addr, "commit", {
+            "chunk_id": params["chunk_id"], "version": params["version"], "chain": t.chain}))
+            for i, t in enumerate(live)]
         for target, future in commits:
             try:
                 reply, _ = future.result()

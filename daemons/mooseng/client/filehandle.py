@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 FLUSH_BYTES = 16 << 20  # a chunk's dirty bytes that start its background write
 RA_UNIT = 4 << 20  # bytes per prefetch request; divides CHUNK_SIZE, so one never spans chunks
 SEQ_SLACK = 1 << 20  # a read this close to the previous one's end counts as sequential
+# Sequential reads in a row before read-ahead starts: with one, a random reader whose next read
+# happens to land near its last (one in 500 on a 1 GiB file) would fetch a whole window.
+SEQ_STREAK = 2
 LOCATIONS_AHEAD = 16  # chunk refs per `chunks` query: a sequential reader asks once per GiB
 # Waits before re-reading with fresh chunk locations: another writer may have bumped the version
 # at the master before its copies have it.
@@ -493,7 +496,7 @@ class InodeData:
         with self.lock:
             self._locations[index] = (chunk_id, version, result.ok)
             self._locations_gen += 1
-        return Attr.from_dict(attr)
+        return self.files.on_attr(Attr.from_dict(attr))
 
     # --- reading ---
 
@@ -603,9 +606,17 @@ class InodeData:
             refs = master.call("chunks", {"ino": self.ino, "index": index, "count": LOCATIONS_AHEAD})
             with self.lock:
                 if self._locations_gen == gen:  # else our own commit overtook it: ask again
-                    for ref in refs:
-                        self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
+                    self._learn_locations(refs)
                     return self._locations.get(index, (0, 0, []))
+
+    def learn_locations(self, refs: list[dict]) -> None:
+        """Chunk refs the master sent (with their servers)."""
+        with self.lock:
+            self._learn_locations(refs)
+
+    def _learn_locations(self, refs: list[dict]) -> None:
+        for ref in refs:
+            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
 
 
 def _immutable(data) -> bool:
@@ -678,7 +689,7 @@ class FileHandle:
                 self._streak = 0
                 self._last_end = end
                 self._ra_next = 0
-            if not self._streak:
+            if self._streak < SEQ_STREAK:
                 return
             # Advance in whole units so that each prefetch request is one aligned RA_UNIT.
             unit = min(RA_UNIT, window)
@@ -694,8 +705,10 @@ class Files:
     """Open files of one client: handles, per-inode data, the memory budget and worker pools."""
 
     def __init__(self, master, chunks, cache_bytes: int, readahead_bytes: int,
-                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8):
+                 flush_bytes: int = FLUSH_BYTES, flush_workers: int = 4, read_workers: int = 8,
+                 on_attr=lambda attr: attr):
         self.master = master
+        self.on_attr = on_attr  # told every attr a commit returns
         self.chunks = chunks
         self.cache = BufferCache(cache_bytes)
         self.readahead_bytes = readahead_bytes
@@ -707,8 +720,9 @@ class Files:
         self._handles: dict[int, FileHandle] = {}
         self._fh = itertools.count(1)
 
-    def open(self, attr: Attr, flags: int, cred: Cred) -> FileHandle:
-        """A handle on a regular file whose current attr the caller just got from the master."""
+    def open(self, attr: Attr, flags: int, cred: Cred, chunks: list[dict] = ()) -> FileHandle:
+        """A handle on a regular file whose current attr (and `chunks` refs, as the master's
+        `chunks` query gives them) the caller just got from the master."""
         if S_ISDIR(attr.mode):
             raise FsError(errno.EISDIR, f"inode {attr.ino} is a directory")
         if S_ISLNK(attr.mode):
@@ -719,6 +733,7 @@ class Files:
             inode = self._inodes.get(attr.ino)
             if inode is None:
                 inode = self._inodes[attr.ino] = InodeData(self, attr)
+                inode.learn_locations(chunks)
             inode.handles += 1
             handle = FileHandle(next(self._fh), inode, flags, cred)
             self._handles[handle.fh] = handle

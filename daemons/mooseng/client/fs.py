@@ -14,8 +14,9 @@ from stat import S_IFREG, S_ISDIR, S_ISLNK
 
 from mooseng.client import metrics
 from mooseng.client.chunkclient import ChunkClient
-from mooseng.client.filehandle import Files
+from mooseng.client.filehandle import LOCATIONS_AHEAD, Files
 from mooseng.client.masterclient import ROOT, Attr, Cred, MasterClient
+from mooseng.client.metacache import AttrCache, Listings
 from mooseng.constants import NAME_MAX, ROOT_INODE
 from mooseng.errors import FsError
 
@@ -34,16 +35,15 @@ def _op(name: str):
     """Count and time one client operation."""
 
     def wrap(fn):
-        count, duration = metrics.OPERATIONS.labels(name), metrics.DURATION.labels(name)
+        observe = metrics.OPERATIONS.observe
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            count.inc()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                duration.observe(time.perf_counter() - start)
+                observe(name, time.perf_counter() - start)
 
         return timed
 
@@ -100,25 +100,33 @@ class Client:
 
     `check_access`: check mode bits at open like the kernel does; the FUSE mount turns it off
     because the kernel already checks (default_permissions).
+    `attr_cache_s`: how long `cached_getattr` may answer from attrs the master sent
+    (client/metacache.py); `negative_cache_s`: how long `find` may answer "no such name" for
+    directories this client made. Both 0 (off) by default, so that library users see every
+    change at once; the FUSE mount sets them to its kernel timeouts.
     """
 
     def __init__(self, endpoints: list[str], *, timeout_s: float = 30.0, cache_size_mb: int = 256,
                  readahead_mb: int = 16, write_mode: str = "fanout", cred: Cred = ROOT,
-                 check_access: bool = True, xattr_cache_s: float = 1.0, client_id: int | None = None):
+                 check_access: bool = True, xattr_cache_s: float = 1.0, attr_cache_s: float = 0.0,
+                 negative_cache_s: float = 0.0, client_id: int | None = None):
         self.cred = cred
         self.check_access = check_access
         self.xattr_cache_s = xattr_cache_s
         self._xattrs: dict[tuple[int, bytes], tuple[float, bytes | FsError]] = {}
+        self._bare: dict[int, float] = {}  # inodes made here, known to have no xattrs until then
+        self.attrs = AttrCache(attr_cache_s)
+        self.listings = Listings(negative_cache_s)
         self.master = MasterClient(endpoints, timeout_s, client_id)
         self.chunks = ChunkClient(write_mode)
-        self.files = Files(self.master, self.chunks, cache_size_mb << 20, readahead_mb << 20)
+        self.files = Files(self.master, self.chunks, cache_size_mb << 20, readahead_mb << 20, on_attr=self._learn_attr)
 
     @classmethod
     def from_config(cls, cfg, **kwargs) -> "Client":
         """From the [client] section that config.load("client") returns."""
         return cls(cfg.master_endpoints, timeout_s=cfg.master_timeout_s, cache_size_mb=cfg.cache_size_mb,
                    readahead_mb=cfg.readahead_mb, write_mode=cfg.write_mode, xattr_cache_s=cfg.attr_timeout_s,
-                   **kwargs)
+                   attr_cache_s=cfg.attr_timeout_s, negative_cache_s=cfg.negative_timeout_s, **kwargs)
 
     def close(self) -> None:
         """Write every buffer, then close the pools and channels."""
@@ -140,17 +148,89 @@ class Client:
         return inode.current_attr()
 
     def _attr(self, op: str, args: dict, cred: Cred | None) -> Attr:
-        return self._local(Attr.from_dict(self._call(op, args, cred)))
+        return self._local(self._learn(self._call(op, args, cred), time.monotonic()))
+
+    def _learn(self, d: dict, now: float) -> Attr:
+        """An attr the master just sent, remembered (AttrCache); a directory's `next_cookie`
+        confirms or refutes our listing of it (Listings)."""
+        attr = Attr.from_dict(d)
+        self.attrs.put(attr, now)
+        next_cookie = d.get("next_cookie")
+        if next_cookie is not None:
+            self.listings.confirm(attr.ino, next_cookie, now)
+        return attr
+
+    def _learn_attr(self, attr: Attr) -> Attr:
+        """An attr a commit of ours returned."""
+        self.attrs.put(attr, time.monotonic())
+        return attr
+
+    def _entry_made(self, op: str, args: dict, cred: Cred | None) -> Attr:
+        """mknod/mkdir/symlink/link: the new entry's attr; the parent's new attr and listing are
+        kept up to date from the answer."""
+        parent, name = args["parent"], args["name"]
+        try:
+            result = self._call(op, args, cred)
+        except FsError as exc:
+            if exc.errno == errno.EEXIST:
+                self.listings.unsure(parent)  # a name we did not know of
+            raise
+        now = time.monotonic()
+        pattr = result["parent"]
+        self.attrs.put(Attr.from_dict(pattr), now)
+        self.listings.added(parent, name, pattr["next_cookie"], now)
+        attr = self._learn(result, now)
+        if op == "mkdir":
+            self.listings.made_dir(attr.ino, result["next_cookie"], now)
+        if op != "link":
+            if len(self._bare) >= XATTR_CACHE_MAX:
+                self._bare.clear()
+            self._bare[attr.ino] = now + self.xattr_cache_s
+        return self._local(attr)
+
+    def _entry_removed(self, parent: int, name: bytes, result: dict) -> None:
+        """unlink/rmdir: the removed inode's and the parent's new attrs, and the listing."""
+        now = time.monotonic()
+        self._learn(result["attr"], now)
+        pattr = result["parent"]
+        self.attrs.put(Attr.from_dict(pattr), now)
+        self.listings.removed(parent, name, pattr["next_cookie"], now)
 
     # --- attributes ---
 
-    @_op("lookup")
     def lookup(self, parent: int, name: bytes | str, cred: Cred | None = None) -> Attr:
-        return self._attr("lookup", {"parent": parent, "name": _name(name)}, cred)
+        attr, _ = self.find(parent, name, cred)
+        if attr is None:
+            raise FsError(errno.ENOENT, f"no entry {os.fsdecode(name)!r} in directory {parent}")
+        return attr
+
+    @_op("lookup")
+    def find(self, parent: int, name: bytes | str, cred: Cred | None = None) -> tuple[Attr | None, float]:
+        """lookup, as (attr, 0) or, if there is no such entry, (None, seconds that answer may be
+        reused: up to `negative_cache_s`)."""
+        name = _name(name)
+        now = time.monotonic()
+        left = self.listings.absent(parent, name, now)
+        if left:
+            return None, left
+        try:
+            return self._attr("lookup", {"parent": parent, "name": name}, cred), 0.0
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        return None, self.listings.ttl
 
     @_op("getattr")
     def getattr(self, ino: int, cred: Cred | None = None) -> Attr:
+        """The master's current attr (with this client's buffered writes)."""
         return self._attr("getattr", {"ino": ino}, cred)
+
+    def cached_getattr(self, ino: int, cred: Cred | None = None) -> tuple[Attr, float]:
+        """(attr, seconds it stays fresh): from the AttrCache, or else from the master."""
+        hit = self.attrs.get(ino, time.monotonic())
+        if hit is not None:
+            return self._local(hit[0]), hit[1]
+        return self.getattr(ino, cred), self.attrs.ttl
 
     @_op("setattr")
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
@@ -166,15 +246,16 @@ class Client:
             if value is not None:
                 args[key] = value
         result = self._call("setattr", args, cred)
-        attr = Attr.from_dict(result["attr"])
+        attr = self._learn(result["attr"], time.monotonic())
         tail = result.get("tail")
         if tail:
             # A shrink cut a chunk: cut its copies at the new version, then tell the master
             # which ones have it (size 0 leaves the size alone).
             chunk_id, version = tail["chunk_id"], tail["version"]
             done = self.chunks.truncate(chunk_id, version, tail["expect_version"], tail["length"], tail.get("servers", []))
-            attr = Attr.from_dict(self._call("commit_write", {
-                "ino": ino, "size": 0, "chunks": [{"chunk_id": chunk_id, "version": version, "ok": done.ok}]}, cred))
+            attr = self._learn(self._call("commit_write", {
+                "ino": ino, "size": 0, "chunks": [{"chunk_id": chunk_id, "version": version, "ok": done.ok}]}, cred),
+                time.monotonic())
         if inode is None:
             return attr
         if size is not None:
@@ -201,15 +282,15 @@ class Client:
     @_op("mknod")
     def mknod(self, parent: int, name: bytes | str, mode: int, rdev: int = 0, cred: Cred | None = None) -> Attr:
         """Any non-directory inode; `mode` includes the S_IF type bits."""
-        return self._attr("mknod", {"parent": parent, "name": _name(name), "mode": mode, "rdev": rdev}, cred)
+        return self._entry_made("mknod", {"parent": parent, "name": _name(name), "mode": mode, "rdev": rdev}, cred)
 
     @_op("mkdir")
     def mkdir(self, parent: int, name: bytes | str, mode: int = 0o755, cred: Cred | None = None) -> Attr:
-        return self._attr("mkdir", {"parent": parent, "name": _name(name), "mode": mode & 0o7777}, cred)
+        return self._entry_made("mkdir", {"parent": parent, "name": _name(name), "mode": mode & 0o7777}, cred)
 
     @_op("symlink")
     def symlink(self, parent: int, name: bytes | str, target: bytes | str, cred: Cred | None = None) -> Attr:
-        return self._attr("symlink", {"parent": parent, "name": _name(name), "target": os.fsencode(target)}, cred)
+        return self._entry_made("symlink", {"parent": parent, "name": _name(name), "target": os.fsencode(target)}, cred)
 
     @_op("readlink")
     def readlink(self, ino: int, cred: Cred | None = None) -> bytes:
@@ -217,40 +298,66 @@ class Client:
 
     @_op("link")
     def link(self, ino: int, parent: int, name: bytes | str, cred: Cred | None = None) -> Attr:
-        return self._attr("link", {"ino": ino, "parent": parent, "name": _name(name)}, cred)
+        return self._entry_made("link", {"ino": ino, "parent": parent, "name": _name(name)}, cred)
 
     @_op("unlink")
     def unlink(self, parent: int, name: bytes | str, cred: Cred | None = None) -> None:
-        self._call("unlink", {"parent": parent, "name": _name(name)}, cred)
+        name = _name(name)
+        self._entry_removed(parent, name, self._call("unlink", {"parent": parent, "name": name}, cred))
 
     @_op("rmdir")
     def rmdir(self, parent: int, name: bytes | str, cred: Cred | None = None) -> None:
-        self._call("rmdir", {"parent": parent, "name": _name(name)}, cred)
+        name = _name(name)
+        result = self._call("rmdir", {"parent": parent, "name": name}, cred)
+        self._entry_removed(parent, name, result)
+        self.listings.forget(result["attr"]["ino"])
 
     @_op("rename")
     def rename(self, parent: int, name: bytes | str, newparent: int, newname: bytes | str, flags: int = 0,
                cred: Cred | None = None) -> None:
         """flags: RENAME_NOREPLACE or RENAME_EXCHANGE, as renameat2."""
-        self._call("rename", {"parent": parent, "name": _name(name), "newparent": newparent,
-                              "newname": _name(newname), "flags": flags}, cred)
+        name, newname = _name(name), _name(newname)
+        result = self._call("rename", {"parent": parent, "name": name, "newparent": newparent,
+                                       "newname": newname, "flags": flags}, cred)
+        now = time.monotonic()
+        attr, replaced = result["attr"], result["replaced"]
+        self._learn(attr, now)
+        if replaced is not None:
+            self._learn(replaced, now)
+        self.attrs.put(Attr.from_dict(result["parent"]), now)
+        self.attrs.put(Attr.from_dict(result["newparent"]), now)
+        if replaced is not None and replaced["ino"] == attr["ino"]:
+            return  # two names of one inode: nothing changed
+        if replaced is not None and S_ISDIR(replaced["mode"]):
+            self.listings.forget(replaced["ino"])
+        if flags & RENAME_EXCHANGE:
+            self.listings.unsure(parent)
+            self.listings.unsure(newparent)
+            return
+        self.listings.moved(parent, name, result["parent"]["next_cookie"],
+                            newparent, newname, result["newparent"]["next_cookie"], now)
 
     @_op("readdir")
     def readdir(self, ino: int, offset: int = 0, limit: int = 1024,
                 cred: Cred | None = None) -> list[tuple[bytes, Attr, int]]:
         """One page of entries after `offset` as (name, attr, next offset); empty at the end."""
         page = self._call("readdir", {"ino": ino, "offset": offset, "limit": limit}, cred)
-        return [(name, Attr.from_dict(attr), cookie) for name, attr, cookie in page]
+        now = time.monotonic()
+        return [(name, self._learn(attr, now), cookie) for name, attr, cookie in page]
 
     # --- extended attributes ---
 
     @_op("getxattr")
     def getxattr(self, ino: int, name: bytes | str, cred: Cred | None = None) -> bytes:
         """The value; ENODATA if unset. security.* and system.* answers are cached for
-        `xattr_cache_s`: the kernel asks for security.capability before every write."""
+        `xattr_cache_s`: the kernel asks for security.capability before every write. An inode
+        this client made has none for as long."""
         name = os.fsencode(name)
         if not name.startswith(_CACHED_XATTRS):
             return self._call("getxattr", {"ino": ino, "name": name}, cred)
         key, now = (ino, name), time.monotonic()
+        if self._bare.get(ino, 0) > now:
+            raise FsError(errno.ENODATA, f"no xattr {os.fsdecode(name)!r}")
         hit = self._xattrs.get(key)
         if hit is None or hit[0] < now:
             try:
@@ -269,7 +376,11 @@ class Client:
         """flags: XATTR_CREATE or XATTR_REPLACE."""
         name = os.fsencode(name)
         self._xattrs.pop((ino, name), None)
-        self._call("setxattr", {"ino": ino, "name": name, "value": bytes(value), "flags": flags}, cred)
+        self._bare.pop(ino, None)
+        try:
+            self._call("setxattr", {"ino": ino, "name": name, "value": bytes(value), "flags": flags}, cred)
+        finally:
+            self.attrs.drop(ino)  # its ctime changed
 
     @_op("listxattr")
     def listxattr(self, ino: int, cred: Cred | None = None) -> list[bytes]:
@@ -279,7 +390,10 @@ class Client:
     def removexattr(self, ino: int, name: bytes | str, cred: Cred | None = None) -> None:
         name = os.fsencode(name)
         self._xattrs.pop((ino, name), None)
-        self._call("removexattr", {"ino": ino, "name": name}, cred)
+        try:
+            self._call("removexattr", {"ino": ino, "name": name}, cred)
+        finally:
+            self.attrs.drop(ino)  # its ctime changed
 
     # --- files ---
 
@@ -303,12 +417,15 @@ class Client:
     def open(self, ino: int, flags: int, cred: Cred | None = None) -> int:
         """Open a regular file; returns a file handle number. O_TRUNC truncates."""
         cred = cred or self.cred
-        attr = Attr.from_dict(self._call("getattr", {"ino": ino}, cred))
+        # The current attr (close-to-open: another client may have changed the file) and where
+        # its first chunks are, in one call.
+        opened = self._call("open", {"ino": ino, "count": LOCATIONS_AHEAD}, cred)
+        attr, chunks = self._learn(opened["attr"], time.monotonic()), opened["chunks"]
         if self.check_access and not allowed(attr, cred, _open_mask(flags)):
             raise FsError(errno.EACCES, f"open of inode {ino} denied")
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
-            attr = self.setattr(ino, size=0, cred=cred)
-        return self.files.open(attr, flags, cred).fh
+            attr, chunks = self.setattr(ino, size=0, cred=cred), ()
+        return self.files.open(attr, flags, cred, chunks).fh
 
     @_op("read")
     def read(self, fh: int, offset: int, size: int):

@@ -5,6 +5,11 @@ only error it raises is FUSEError(errno). llfuse runs every handler under one gl
 calls run with that lock released: otherwise extra FUSE workers would only queue behind it.
 Permissions are checked by the kernel (default_permissions) and, for namespace ops, again by the
 master with the caller's uid, gid and supplementary groups.
+
+The kernel keeps attrs and entries for the timeouts given here, and asks again after every change
+it makes itself: getattr is answered from the client's AttrCache (attrs the master sent with
+the change) and a lookup of a name known to be missing with a negative entry, each for what is
+left of its own timeout, so that nothing is reused longer than the configured timeouts.
 """
 
 import errno
@@ -92,12 +97,12 @@ class Operations(llfuse.Operations):
                 self._groups[ctx.pid] = hit
         return Cred(ctx.uid, ctx.gid, hit[1])
 
-    def _entry(self, attr: Attr) -> llfuse.EntryAttributes:
+    def _entry(self, attr: Attr, attr_timeout: float | None = None) -> llfuse.EntryAttributes:
         e = llfuse.EntryAttributes()
         e.st_ino = attr.ino
         e.generation = 0
         e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
+        e.attr_timeout = self.attr_timeout if attr_timeout is None else min(attr_timeout, self.attr_timeout)
         e.st_mode = attr.mode
         e.st_nlink = attr.nlink
         e.st_uid = attr.uid
@@ -115,14 +120,22 @@ class Operations(llfuse.Operations):
 
     @_handler
     def lookup(self, parent_inode, name, ctx):
-        return self._entry(self.client.lookup(parent_inode, name, self._cred(ctx)))
+        attr, negative_s = self.client.find(parent_inode, name, self._cred(ctx))
+        if attr is not None:
+            return self._entry(attr)
+        if not negative_s:
+            raise FsError(errno.ENOENT, "no such entry")
+        missing = llfuse.EntryAttributes()  # inode 0: the kernel keeps a negative entry
+        missing.st_ino = 0
+        missing.entry_timeout = negative_s
+        return missing
 
     def forget(self, inode_list):
         """Nothing to do: the master keeps no lookup counts."""
 
     @_handler
     def getattr(self, inode, ctx):
-        return self._entry(self.client.getattr(inode, self._cred(ctx)))
+        return self._entry(*self.client.cached_getattr(inode, self._cred(ctx)))
 
     @_handler
     def setattr(self, inode, attr, fields, fh, ctx):
@@ -143,7 +156,8 @@ class Operations(llfuse.Operations):
 
     @_handler
     def access(self, inode, mode, ctx):
-        return allowed(self.client.getattr(inode, self._cred(ctx)), self._cred(ctx), mode)
+        cred = self._cred(ctx)
+        return allowed(self.client.cached_getattr(inode, cred)[0], cred, mode)
 
     @_handler
     def statfs(self, ctx):
@@ -257,7 +271,7 @@ class Operations(llfuse.Operations):
         ino, cred = self._dirs[fh]
         entries = []
         if off < DOT_COOKIES[0]:
-            entries.append((b".", self._entry(self.client.getattr(ino, cred)), DOT_COOKIES[0]))
+            entries.append((b".", self._entry(*self.client.cached_getattr(ino, cred)), DOT_COOKIES[0]))
         if off < DOT_COOKIES[1]:
             entries.append((b"..", self._entry(self.client.lookup(ino, b"..", cred)), DOT_COOKIES[1]))
         entries += [(name, self._entry(attr), cookie) for name, attr, cookie in self.client.readdir(ino, off, DIR_PAGE, cred)]

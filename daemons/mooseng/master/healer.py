@@ -13,6 +13,13 @@ cut, note_commit() when the client reports it, or WRITE_GRACE_S later): a copy p
 client still writes at the same version would lack the end of that write and could be reported
 after the client's commit, too late to be fenced.
 
+A pass does not look at every chunk: it takes the chunks the registry's incremental accounting
+says have work (Registry.attention(): under goal with a valid copy, over goal, damaged copies),
+plus a slice of `sweep_chunks` chunk ids that moves on every pass and wraps around: a safety net
+for a chunk the accounting missed, and the candidates for rebalancing (only chunks at goal move,
+so a slice is enough to keep a few moves under way). A pass thus costs per chunk needing work,
+and the sweep a bounded amount per second whatever the size of the namespace.
+
 Planning starts `start_delay_s` after this master became the leader, so that chunkservers have
 re-registered (otherwise a restarted master would see every chunk under goal and copy it again).
 """
@@ -39,6 +46,7 @@ class Settings:
     interval_s: float = 1.0
     timeout_s: float = 300.0
     start_delay_s: float = 10.0
+    sweep_chunks: int = 2000  # chunk ids the safety-net sweep looks at per pass
     limits: healing.Limits = healing.Limits()
 
 
@@ -57,14 +65,18 @@ class Counters:
 
 
 class Healer:
-    def __init__(self, registry: Registry, lock: threading.Lock,
-                 chunk_table: Callable[[], Iterable[tuple[int, int, int]]], is_leader: Callable[[], bool],
-                 settings: Settings, rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic):
-        """`chunk_table()` -> (chunk_id, version, goal) of every chunk in the namespace; `lock`
-        guards the registry (and this object's state)."""
+    def __init__(self, registry: Registry, lock: threading.Lock, settle: Callable[[], int],
+                 chunk_table: Callable[[Iterable[int]], Iterable[tuple[int, int, int]]],
+                 is_leader: Callable[[], bool], settings: Settings, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """`settle()` brings the registry's chunk states up to date with the namespace and returns
+        the namespace's next chunk id; `chunk_table(ids)` -> (chunk_id, version, goal) of those of
+        the chunks that the namespace has; `lock` guards the registry (and this object's state)."""
         self._registry = registry
         self._lock = lock
+        self._settle = settle
         self._chunk_table = chunk_table
+        self._cursor = 1  # where the next sweep slice starts
         self._is_leader = is_leader
         self.settings = settings
         self._rng = rng or random.Random()
@@ -103,6 +115,7 @@ class Healer:
     def run_once(self) -> healing.Plan | None:
         """Plan and queue one round; None when this master does not plan (follower, start delay)."""
         now = self._clock()
+        limit = self._settle()  # on every master: keeps the counts' backlog of changes short
         if not self._is_leader():
             with self._lock:
                 self._leader_since = None
@@ -112,7 +125,10 @@ class Healer:
             self._leader_since = now
         if now - self._leader_since < self.settings.start_delay_s:
             return None
-        table = list(self._chunk_table())
+        with self._lock:
+            wanted = self._registry.attention()
+        wanted.update(self._sweep(limit))
+        table = list(self._chunk_table(wanted))
         with self._lock:
             self._expire_jobs(now)
             for chunk_id, until in list(self._writing.items()):
@@ -120,12 +136,15 @@ class Healer:
                     del self._writing[chunk_id]
             table = [t for t in table if t[0] not in self._writing]
             servers = self._registry.servers()
-            # In the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
-            # nothing: leave it out, so a pass over many chunks stays cheap.
+            # A missing chunk (no valid copy) gives the planner nothing to copy or delete, and in
+            # the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
+            # nothing: leave them out.
             everything = healing.needs_rebalance(servers, self.settings.limits)
             views = []
             surveyed = self._registry.survey((chunk_id, version) for chunk_id, version, _ in table)
             for (chunk_id, version, goal), (valid, held) in zip(table, surveyed):
+                if not valid:
+                    continue
                 damaged = tuple(sorted(sid for sid, c in held.items() if c.damaged))
                 if len(valid) == goal and not damaged and not everything:
                     continue
@@ -153,6 +172,14 @@ class Healer:
             log.info("replication: %d repairs, %d rebalancing moves, %d over-goal copies to delete",
                      repairs, len(plan.replicate) - repairs, len(plan.delete))
         return plan
+
+    def _sweep(self, limit: int) -> range:
+        """The next slice of chunk ids below `limit` for the safety-net sweep."""
+        if self._cursor >= limit:
+            self._cursor = 1
+        ids = range(self._cursor, min(self._cursor + self.settings.sweep_chunks, limit))
+        self._cursor = ids.stop
+        return ids
 
     def _expire_jobs(self, now: float) -> None:
         alive = {s.server_id for s in self._registry.servers() if s.alive}

@@ -146,10 +146,24 @@ class _Inode:
 
 
 def _attr(n: _Inode) -> dict:
-    return {
+    """The attr of an inode; a directory's also has `next_cookie`, which grows by one with every
+    name added to it (and only then): a client that knows every name of a directory at one value
+    knows that it still does while it sees that value."""
+    attr = {
         "ino": n.ino, "mode": n.mode, "nlink": n.nlink, "uid": n.uid, "gid": n.gid, "rdev": n.rdev,
         "size": n.size, "atime": n.atime, "mtime": n.mtime, "ctime": n.ctime, "sclass": n.sclass,
     }  # fmt: skip
+    if n.dir is not None:
+        attr["next_cookie"] = n.dir.next_cookie
+    return attr
+
+
+def _made(n: _Inode, p: _Inode) -> dict:
+    """mknod/mkdir/symlink/link: the inode's attr, with its parent's under "parent" (so that a
+    client need not ask for the directory the kernel invalidates after every entry change)."""
+    attr = _attr(n)
+    attr["parent"] = _attr(p)
+    return attr
 
 
 # --- argument validation: the service validates too, but a bad entry must never corrupt state ---
@@ -273,6 +287,7 @@ class Namespace:
         self._chunks: dict[int, list[int]] = {}
         self._next_ino = ROOT_INODE + 1
         self._next_chunk = 1
+        self._chunk_changes: set[int] | None = None  # see take_chunk_changes()
 
     # --- entry points ---
 
@@ -314,9 +329,30 @@ class Namespace:
         for chunk_id, (version, ino) in self._chunks.items():
             yield chunk_id, version, inodes[ino].sclass
 
+    def chunk_info(self, chunk_id: int) -> tuple[int, str] | None:
+        """(version, class name) of a live chunk, None if the chunk is unknown."""
+        rec = self._chunks.get(chunk_id)
+        return None if rec is None else (rec[0], self._inodes[rec[1]].sclass)
+
+    def take_chunk_changes(self) -> set[int] | None:
+        """Ids of the chunks created, freed, given a new version or a new class since the last
+        call; None on the first call (nothing was recorded yet: the caller looks at every chunk).
+
+        For the leader's chunk-state counts, so they follow the namespace without a pass over the
+        whole chunk table. Only observes: the namespace's state and results do not depend on it,
+        and it is not part of dump(), so a loaded namespace starts again from None.
+        """
+        changes, self._chunk_changes = self._chunk_changes, set()
+        return changes
+
     @property
     def chunk_count(self) -> int:
         return len(self._chunks)
+
+    @property
+    def next_chunk_id(self) -> int:
+        """Every chunk id ever given out is below this one."""
+        return self._next_chunk
 
     @property
     def inode_count(self) -> int:
@@ -393,7 +429,12 @@ class Namespace:
         chunks = self._chunks
         for chunk_id in freed:
             del chunks[chunk_id]
+        self._changed(freed)
         return freed
+
+    def _changed(self, chunk_ids) -> None:
+        if self._chunk_changes is not None:
+            self._chunk_changes.update(chunk_ids)
 
     # --- mutations ---
 
@@ -417,7 +458,7 @@ class Namespace:
         n.rdev = rdev
         if kind == S_IFREG:
             n.chunks = {}
-        return _attr(n)
+        return _made(n, p)
 
     def _mkdir(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -428,7 +469,7 @@ class Namespace:
         n.nlink = 2
         n.dir = _Dir(p.ino)
         p.nlink += 1
-        return _attr(n)
+        return _made(n, p)
 
     def _symlink(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -444,7 +485,7 @@ class Namespace:
         n = self._create(p, name, S_IFLNK | 0o777, ctx, ts)
         n.target = target
         n.size = len(target)
-        return _attr(n)
+        return _made(n, p)
 
     def _link(self, args, ctx, ts):
         n = self._get(args)
@@ -457,7 +498,7 @@ class Namespace:
         n.ctime = ts
         p.dir.add(name, n.ino)
         p.mtime = p.ctime = ts
-        return _attr(n)
+        return _made(n, p)
 
     def _unlink(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -474,7 +515,7 @@ class Namespace:
         p.mtime = p.ctime = ts
         n.nlink -= 1
         n.ctime = ts
-        return {"freed": self._drop(n) if n.nlink == 0 else []}
+        return {"freed": self._drop(n) if n.nlink == 0 else [], "attr": _attr(n), "parent": _attr(p)}
 
     def _rmdir(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -495,7 +536,9 @@ class Namespace:
         p.nlink -= 1
         p.mtime = p.ctime = ts
         del self._inodes[n.ino]
-        return None
+        gone = _attr(n)
+        gone["nlink"] = 0
+        return {"attr": gone, "parent": _attr(p)}
 
     def _rename(self, args, ctx, ts):
         sp = self._getdir(args, "parent")
@@ -524,8 +567,9 @@ class Namespace:
         _check_sticky(sp, src, ctx)
         if dst is not None:
             _check_sticky(dp, dst, ctx)
-        if dst is src:
-            return {"freed": []}  # two names of one inode: POSIX says do nothing
+        if dst is src:  # two names of one inode: POSIX says do nothing
+            return {"freed": [], "attr": _attr(src), "replaced": _attr(src), "parent": _attr(sp),
+                    "newparent": _attr(dp)}
         moving = sp is not dp
         if flags == RENAME_EXCHANGE:
             return self._exchange(sp, name, src, dp, newname, dst, ctx, ts)
@@ -558,7 +602,11 @@ class Namespace:
             dp.nlink += 1
             src.dir.parent = dp.ino
         sp.mtime = sp.ctime = dp.mtime = dp.ctime = src.ctime = ts
-        return {"freed": freed}
+        replaced = None if dst is None else _attr(dst)
+        if replaced is not None and dst.dir is not None:
+            replaced["nlink"] = 0  # a replaced directory is gone whatever its count was
+        return {"freed": freed, "attr": _attr(src), "replaced": replaced, "parent": _attr(sp),
+                "newparent": _attr(dp)}
 
     def _exchange(self, sp, name, src, dp, newname, dst, ctx, ts):
         moving = sp is not dp
@@ -582,7 +630,8 @@ class Namespace:
             if dst.dir is not None:
                 dst.dir.parent = sp.ino
         sp.mtime = sp.ctime = dp.mtime = dp.ctime = src.ctime = dst.ctime = ts
-        return {"freed": []}
+        return {"freed": [], "attr": _attr(src), "replaced": _attr(dst), "parent": _attr(sp),
+                "newparent": _attr(dp)}
 
     def _setattr(self, args, ctx, ts):
         n = self._get(args)
@@ -645,12 +694,14 @@ class Namespace:
         freed = [n.chunks.pop(i) for i in [i for i in n.chunks if i >= keep]]
         for chunk_id in freed:
             del chunks[chunk_id]
+        self._changed(freed)
         tail = None
         length = size % CHUNK_SIZE
         chunk_id = n.chunks.get(size // CHUNK_SIZE) if length else None
         if chunk_id is not None:
             rec = chunks[chunk_id]
             rec[0] += 1
+            self._changed((chunk_id,))
             tail = {"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "length": length}
         return freed, tail
 
@@ -733,6 +784,8 @@ class Namespace:
             elif m.sclass != name:
                 m.sclass = name
                 m.ctime = ts
+                if m.chunks:
+                    self._changed(m.chunks.values())
                 changed += 1
             if recursive and m.dir is not None:
                 stack.extend(inodes[i] for i in m.dir.entries.values())
@@ -747,11 +800,13 @@ class Namespace:
         if chunk_id is not None:
             rec = self._chunks[chunk_id]
             rec[0] += 1
+            self._changed((chunk_id,))
             return {"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "new": False}
         chunk_id = self._next_chunk
         self._next_chunk = chunk_id + 1
         self._chunks[chunk_id] = [1, n.ino]
         n.chunks[index] = chunk_id
+        self._changed((chunk_id,))
         return {"chunk_id": chunk_id, "version": 1, "expect_version": 0, "new": True}
 
     def _commit_write(self, args, ctx, ts):
@@ -885,6 +940,7 @@ class Namespace:
     def load(cls, data: bytes) -> "Namespace":
         """Rebuild a namespace from dump(); ValueError if the bytes are not one."""
         ns = cls.__new__(cls)
+        ns._chunk_changes = None
         ns._inodes = inodes = {}
         ns._chunks = table = {}
         header = {}

@@ -225,7 +225,7 @@ class RaftNode:
         self.node = RawNode(
             Config(
                 self.id, self.storage, random.Random(), election_tick=self.election_tick,
-                heartbeat_tick=HEARTBEAT_TICK, applied=snap.index,
+                heartbeat_tick=HEARTBEAT_TICK, applied=snap.index, broadcast_commit=False,
             )
         )  # fmt: skip
         hs = self.storage.initial_state()[0]
@@ -315,15 +315,18 @@ class RaftNode:
                 except queue.Empty:
                     item = ()
                 reads: list[_Waiter] = []
+                props: list = []  # (data, waiter)
                 while item is not None:
                     if item:
-                        self._handle(item, reads)
+                        self._handle(item, reads, props)
                     try:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
                         break
                 if item is None:
                     break
+                if props:
+                    self._propose(props)
                 if reads:
                     self._request_read(reads)
                 now = time.monotonic()
@@ -343,7 +346,7 @@ class RaftNode:
         if self.failure is not None:
             self._fail_waiters(FsError(5, f"metadata log failed: {self.failure}"))
 
-    def _handle(self, item, reads: list) -> None:
+    def _handle(self, item, reads: list, props: list) -> None:
         node = self.node
         kind = item[0]
         if kind == "msgs":
@@ -352,14 +355,7 @@ class RaftNode:
             if item[2] is not None:
                 self._replies.setdefault(item[1][0].frm, []).append(item[2])
         elif kind == "prop":
-            _, data, waiter = item
-            pid = next(self._pids)
-            try:
-                node.propose(wire.pack([self.id, pid]) + data)
-            except ProposalDropped as exc:
-                waiter.done(False, NotLeader(f"not the leader: {exc}", self._api_of(exc.lead)))
-                return
-            self._proposals[pid] = waiter
+            props.append(item[1:])
         elif kind == "read":
             reads.append(item[1])
         elif kind == "call":
@@ -372,6 +368,19 @@ class RaftNode:
             node.report_unreachable(item[1])
         elif kind == "snap":
             node.report_snapshot(item[1], item[2])
+
+    def _propose(self, props: list) -> None:
+        """Propose every mutation of the turn in one step: each follower gets them in one append."""
+        pids = [next(self._pids) for _ in props]
+        try:
+            self.node.propose(*(wire.pack([self.id, pid]) + data for pid, (data, _) in zip(pids, props)))
+        except ProposalDropped as exc:
+            err = NotLeader(f"not the leader: {exc}", self._api_of(exc.lead))
+            for _, waiter in props:
+                waiter.done(False, err)
+            return
+        for pid, (_, waiter) in zip(pids, props):
+            self._proposals[pid] = waiter
 
     def _answer_exchanges(self) -> None:
         """Give each waiting exchange() the messages for its peer from this turn."""

@@ -18,6 +18,13 @@ over-goal copies through order_delete().
 Chunk states (per class, as mfscli's matrix): stable (valid copies == goal), overgoal (more),
 undergoal (fewer, at least 2), endangered (exactly 1 of a goal above 1), missing (none), and
 deleting: chunks no file refers to any more whose copies are still on chunkservers.
+
+The counts per class and state are kept up to date as things change, so reading them costs
+nothing per chunk: every change of a chunk's copies, fence or disk health here marks the chunk
+touched; follow() adds the chunks the namespace reports changed and reclassifies only those. It
+counts the whole chunk table only the first time and when a snapshot replaced the namespace. The
+same bookkeeping keeps the set of chunks the replication manager has work for (attention()), so
+that it need not scan every chunk.
 """
 
 import logging
@@ -120,6 +127,11 @@ class Registry:
         self._fences: dict[int, tuple[int, set[int]]] = {}
         self.bytes_read = 0
         self.bytes_written = 0
+        # Chunk-state accounting (see the module docstring): chunk_id -> (class, state) as counted.
+        self._states: dict[int, tuple[str, str]] = {}
+        self._counts: dict[str, dict[str, int]] = {}
+        self._touched: set[int] = set()
+        self._attention: set[int] = set()  # under goal with a valid copy, over goal, or damaged
 
     # --- chunkserver protocol -----------------------------------------------------------------
 
@@ -189,6 +201,8 @@ class Registry:
             return False
         server.last_seen = now
         if disks:
+            if _bad_disks(server.disks) != _bad_disks(disks):
+                self._touched |= server.chunks  # its copies on those disks change validity
             server.disks = list(disks)
         for ref in removed:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
@@ -243,6 +257,7 @@ class Registry:
             fence = self._fences.get(chunk_id)
             if fence is not None and (current is None or fence[0] < current):
                 del self._fences[chunk_id]  # superseded: copies up to its version are stale anyway
+                self._touched.add(chunk_id)
             if current is not None:
                 if copy.version >= current and (copy.damaged or not self._fenced(chunk_id, server_id, copy.version)):
                     continue  # current, or damaged: the replication manager deletes it once at goal
@@ -300,6 +315,7 @@ class Registry:
             self._fences[chunk_id] = (version, fenced)
         elif old is not None and old[0] < version:
             del self._fences[chunk_id]
+        self._touched.add(chunk_id)
         self.recheck([chunk_id])
 
     def fence_missing(self, chunk_id: int, written: int, current: int, addresses: Iterable[str]) -> None:
@@ -369,21 +385,36 @@ class Registry:
     def classify(self, chunk_id: int, version: int, goal: int) -> str:
         return state_of(len(self.valid_servers(chunk_id, version)), goal)
 
-    def count_states(
-        self, chunks: Iterable[tuple[int, int, str]], goals: Mapping[str, int]
-    ) -> dict[str, dict[str, int]]:
-        """Count chunks per class and state from (chunk_id, version, class name) triples; chunks
-        with copies but in no file are counted as deleting under NO_CLASS."""
-        counts: dict[str, dict[str, int]] = {}
-        known = set()
-        for chunk_id, version, sclass in chunks:
-            known.add(chunk_id)
-            per_class = counts.setdefault(sclass, dict.fromkeys(STATES, 0))
-            per_class[self.classify(chunk_id, version, goals[sclass])] += 1
-        deleting = len(self._copies.keys() - known)
-        if deleting:
-            counts.setdefault(NO_CLASS, dict.fromkeys(STATES, 0))[DELETING] = deleting
-        return counts
+    # --- chunk-state counts, kept up to date ---------------------------------------------------
+
+    def follow(self, namespace, goals: Mapping[str, int]) -> None:
+        """Bring the chunk states up to date with `namespace` (a master.namespace.Namespace, whose
+        lock the caller holds): reclassify the chunks touched here or changed there since the last
+        call, or every chunk the first time and after a snapshot replaced the namespace."""
+        changed = namespace.take_chunk_changes()
+        if changed is None:
+            self._recount(namespace.iter_chunks(), goals)
+            return
+        touched, self._touched = self._touched | changed, set()
+        for chunk_id in touched:
+            info = namespace.chunk_info(chunk_id)
+            if info is not None:
+                version, sclass = info
+                self._set_state(chunk_id, sclass, self.classify(chunk_id, version, goals[sclass]))
+            elif chunk_id in self._copies:
+                self._set_state(chunk_id, NO_CLASS, DELETING)
+            else:
+                self._set_state(chunk_id, None, None)
+
+    def chunk_states(self) -> dict[str, dict[str, int]]:
+        """Chunks per class and state as of the last follow(): what a count over the whole
+        namespace says (a class with no chunks left is left out, NO_CLASS holds the deleting)."""
+        return {sclass: dict(counts) for sclass, counts in self._counts.items() if any(counts.values())}
+
+    def attention(self) -> set[int]:
+        """Chunks (as of the last follow()) the replication manager may have work for: below
+        their goal with a valid copy left, above it, or at it with a damaged copy besides."""
+        return set(self._attention)
 
     def capacity(self) -> Capacity:
         """Byte totals over the healthy disks of alive servers (what statfs reports)."""
@@ -404,9 +435,35 @@ class Registry:
             self.bytes_written += bytes_written - last_written if bytes_written >= last_written else bytes_written
         server.counters = (bytes_read, bytes_written)
 
+    def _recount(self, chunks: Iterable[tuple[int, int, str]], goals: Mapping[str, int]) -> None:
+        """Classify every chunk afresh from (chunk_id, version, class name) of the whole namespace."""
+        self._states, self._counts, self._attention, self._touched = {}, {}, set(), set()
+        for chunk_id, version, sclass in chunks:
+            self._set_state(chunk_id, sclass, self.classify(chunk_id, version, goals[sclass]))
+        for chunk_id in self._copies.keys() - self._states.keys():
+            self._set_state(chunk_id, NO_CLASS, DELETING)
+
+    def _set_state(self, chunk_id: int, sclass: str | None, state: str | None) -> None:
+        """Record the chunk's class and state (None: forget the chunk) and move it between counts."""
+        old = self._states.get(chunk_id)
+        if old is not None:
+            self._counts[old[0]][old[1]] -= 1
+        if sclass is None:
+            self._states.pop(chunk_id, None)
+            self._attention.discard(chunk_id)
+            return
+        self._states[chunk_id] = (sclass, state)
+        self._counts.setdefault(sclass, dict.fromkeys(STATES, 0))[state] += 1
+        if state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (
+                state == STABLE and any(c.damaged for c in self._copies.get(chunk_id, {}).values())):
+            self._attention.add(chunk_id)
+        else:
+            self._attention.discard(chunk_id)
+
     def _add_copy(self, server: Server, chunk_id: int, copy: Copy) -> None:
         self._copies.setdefault(chunk_id, {})[server.server_id] = copy
         server.chunks.add(chunk_id)
+        self._touched.add(chunk_id)
 
     def _remove_copy(self, server: Server, chunk_id: int) -> None:
         held = self._copies.get(chunk_id)
@@ -416,6 +473,7 @@ class Registry:
                 del self._copies[chunk_id]
         server.chunks.discard(chunk_id)
         server.dirty.discard(chunk_id)
+        self._touched.add(chunk_id)
 
     def _drop_copies(self, server: Server) -> None:
         for chunk_id in list(server.chunks):
@@ -424,6 +482,10 @@ class Registry:
     def _forget_server(self, server: Server) -> None:
         self._drop_copies(server)
         del self._servers[server.server_id]
+
+
+def _bad_disks(disks: Iterable[Disk]) -> set[int]:
+    return {d.index for d in disks if not d.healthy}
 
 
 def state_of(valid: int, goal: int) -> str:

@@ -31,7 +31,7 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,6 +139,7 @@ OPS = {
     "listxattr": Op(QUERY, {"ino": UINT}),
     "statfs": Op(QUERY),
     "chunks": Op(QUERY, {"ino": UINT, "index": UINT}, {"count": UINT}),
+    "open": Op(QUERY, {"ino": UINT}, {"count": UINT}),
     "getclass": Op(QUERY, {"ino": UINT}),
     "classes": Op(QUERY),
     "fileinfo": Op(QUERY, {"ino": UINT}),
@@ -265,7 +266,7 @@ class MasterService:
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
         self.healer = healer.Healer(
-            registry, self._lock, self._chunk_goals, self.is_leader,
+            registry, self._lock, self._settle_for_healer, self._chunk_goals, self.is_leader,
             healing or healer.Settings(start_delay_s=registry.timeout_s),
         )  # fmt: skip
         self._ops = {
@@ -274,6 +275,7 @@ class MasterService:
             "release_write": self._release_write,
             "setattr": self._setattr,
             "chunks": self._chunks,
+            "open": self._open,
             "fileinfo": self._fileinfo,
             "status": self._status,
             "statfs": self._statfs,
@@ -651,6 +653,17 @@ class MasterService:
                 ref["servers"] = [s.address for s in holders]
         return refs
 
+    def _open(self, args: dict, ctx: dict) -> dict:
+        """open{ino, count?} -> {attr, chunks}: getattr and, for a regular file, `chunks` of its
+        first `count` chunks (default 0) within its size: a client opening a file to read it
+        needs both, so one round trip instead of two."""
+        attr = self._store.query("getattr", {"ino": args["ino"]}, ctx)
+        count = min(args.get("count", 0), -(-attr["size"] // CHUNK_SIZE), CHUNKS_MAX)
+        refs = []
+        if count and stat.S_ISREG(attr["mode"]):
+            refs = self._chunks({"ino": args["ino"], "index": 0, "count": count}, ctx)
+        return {"attr": attr, "chunks": refs}
+
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
         """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
         copy says whether it is valid and its state (see _copy_state)."""
@@ -690,19 +703,18 @@ class MasterService:
     def _status(self, args: dict, ctx: dict) -> dict:
         """status{} -> this master, every chunkserver, chunk states per class."""
         with self._store.view() as ns:
-            table = list(ns.iter_chunks())
             inodes = ns.inode_count
+        total, by_class = self.chunk_states()
         metadata = self._metadata_counters()
         now = time.monotonic()
         with self._lock:
-            by_class = self._registry.count_states(table, GOALS)
             servers = [_server_status(s, now) for s in self._registry.servers()]
             cap = self._registry.capacity()
         return {
             "master": {"node_id": self._node_id, "role": "leader", "metadata": metadata,
                        "raft": self._raft_status() if self._raft_status is not None else None},
             "chunkservers": servers,
-            "chunks": {"total": len(table), "by_class": by_class, "replication": self.healer.snapshot()},
+            "chunks": {"total": total, "by_class": by_class, "replication": self.healer.snapshot()},
             "inodes": inodes,
             "space": {"total_bytes": cap.total, "used_bytes": cap.used, "free_bytes": cap.free},
         }
@@ -720,15 +732,26 @@ class MasterService:
 
     # --- metrics ---
 
+    def chunk_states(self) -> tuple[int, dict[str, dict[str, int]]]:
+        """(chunks in the namespace, chunks per class and state): costs a little per chunk changed
+        since the last call, nothing per chunk (see registry.py)."""
+        with self._store.view() as ns, self._lock:
+            self._registry.follow(ns, GOALS)
+            return ns.chunk_count, self._registry.chunk_states()
+
+    def _settle_for_healer(self) -> int:
+        """Settle the chunk states; return the namespace's next chunk id (the sweep's bound)."""
+        with self._store.view() as ns, self._lock:
+            self._registry.follow(ns, GOALS)
+            return ns.next_chunk_id
+
     def gauges(self) -> Gauges:
-        """What Prometheus scrapes: computed now, from the namespace and the registry."""
-        with self._store.view() as ns:
-            table = list(ns.iter_chunks())
+        """What Prometheus scrapes: the counts kept up to date, and the registry's servers now."""
+        total, by_class = self.chunk_states()
+        for name in GOALS:  # every class has its series, also before it has chunks
+            by_class.setdefault(name, dict.fromkeys(STATES, 0))
         index = self._store.last_index
         with self._lock:
-            by_class = self._registry.count_states(table, GOALS)
-            for name in GOALS:  # every class has its series, also before it has chunks
-                by_class.setdefault(name, dict.fromkeys(STATES, 0))
             servers = self._registry.servers()
             disk_bytes = [
                 (str(s.server_id), d.path, kind, value)
@@ -747,7 +770,7 @@ class MasterService:
             leader=self._store.is_leader(),
             log_index=index,
             raft=raft,
-            chunks_total=len(table),
+            chunks_total=total,
             chunk_states=by_class,
             chunkservers={"up": alive, "down": len(servers) - alive},
             bytes_read=bytes_read,
@@ -836,10 +859,15 @@ class MasterService:
             "replicate": self.healer.take(server_id),
         }
 
-    def _chunk_goals(self) -> list[tuple[int, int, int]]:
-        """(chunk_id, version, goal) of every chunk in the namespace, for the healer."""
+    def _chunk_goals(self, chunk_ids: Iterable[int]) -> list[tuple[int, int, int]]:
+        """(chunk_id, version, goal) of those of the chunks the namespace has, for the healer."""
+        out = []
         with self._store.view() as ns:
-            return [(chunk_id, version, GOALS[sclass]) for chunk_id, version, sclass in ns.iter_chunks()]
+            for chunk_id in chunk_ids:
+                info = ns.chunk_info(chunk_id)
+                if info is not None:
+                    out.append((chunk_id, info[0], GOALS[info[1]]))
+        return out
 
 
 def _expect(result, op: str, holds: bool) -> None:

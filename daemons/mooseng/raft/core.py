@@ -67,6 +67,11 @@ class Config:
     max_committed_bytes_per_ready: int | None = 16 << 20  # entry data to apply per Ready
     check_quorum: bool = True  # leaders step down without a quorum (thesis §6.2); followers are sticky
     pre_vote: bool = True  # candidates first ask whether they could win (thesis §9.6)
+    # A leader whose commit index advances sends every follower an append at once, empty if it
+    # has no new entries (etcd's behaviour: followers apply promptly). False: followers learn it
+    # from the next append or heartbeat, which saves each follower a message, a Ready and an
+    # answer per batch of entries under a steady stream of proposals.
+    broadcast_commit: bool = True
 
     def validate(self) -> None:
         if self.id <= NONE:
@@ -90,6 +95,7 @@ class Raft:
         self.heartbeat_timeout = config.heartbeat_tick
         self.check_quorum = config.check_quorum
         self.pre_vote = config.pre_vote
+        self.broadcast_commit = config.broadcast_commit
         self.max_entries_per_msg = config.max_entries_per_msg
         self.max_bytes_per_msg = config.max_bytes_per_msg
 
@@ -472,12 +478,18 @@ class Raft:
         return self.raft_log.maybe_commit(self.tracker.committed(), self.term)
 
     def _committed(self) -> None:
-        """The commit index advanced: tell everyone, and serve reads that waited for it."""
+        """The commit index advanced: tell everyone (see Config.broadcast_commit), and serve
+        reads that waited for it."""
         if self.pending_read_index_messages:
             waiting, self.pending_read_index_messages = self.pending_read_index_messages, []
             for req in waiting:
                 self._handle_read_index(req)
-        self._bcast_append()
+        if self.broadcast_commit:
+            self._bcast_append()
+        else:
+            for node in self.tracker.progress:
+                if node != self.id:
+                    self._maybe_send_append(node, False)  # what flow control held back
 
     def _bcast_append(self) -> None:
         for node in self.tracker.progress:

@@ -76,14 +76,15 @@ class RawNode:
         """Start an election now (pre-vote first if enabled), as if the election timer fired."""
         self.raft.step(Message(MessageType.HUP))
 
-    def propose(self, data: bytes) -> None:
-        """Append data to the log if this node leads. Raises ProposalDropped otherwise.
+    def propose(self, *data: bytes) -> None:
+        """Append each data, in order, to the log if this node leads. Raises ProposalDropped
+        otherwise (then none is appended). Several at once go to each follower in one append.
 
         Acceptance is not commitment: the entry may still be lost if leadership changes before
         it commits, so the caller matches proposals to committed entries itself (e.g. by an id
         inside data) and retries on timeout.
         """
-        self.raft.step(Message(MessageType.PROP, entries=[Entry(data=data)]))
+        self.raft.step(Message(MessageType.PROP, entries=[Entry(data=d) for d in data]))
 
     def propose_conf_change(self, cc: ConfChange) -> None:
         """Propose adding or removing one voter. Raises ProposalDropped if not the leader or a

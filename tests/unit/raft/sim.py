@@ -82,6 +82,7 @@ class Simulation:
         # Knobs, drawn once per seed.
         self.pre_vote = seed % 8 != 5
         self.check_quorum = seed % 8 != 3
+        self.broadcast_commit = seed // 8 % 2 == 0
         self.election_tick = rng.choice((5, 8, 10))
         self.heartbeat_tick = rng.choice((1, 2))
         self.node_config = dict(
@@ -93,6 +94,7 @@ class Simulation:
             max_committed_bytes_per_ready=rng.choice((None, 16)),
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            broadcast_commit=self.broadcast_commit,
         )
         self.p_drop = rng.choice((0.0, 0.02, 0.1))
         self.p_dup = rng.choice((0.0, 0.02, 0.05))

@@ -226,6 +226,29 @@ def test_leader_commits_on_majority_and_tells_followers():
     assert {m.to for m in msgs if m.type == MT.APP and m.commit == 3} == {2, 3, 4, 5}
 
 
+def test_leader_without_broadcast_commit_tells_followers_in_the_next_messages():
+    """broadcast_commit=False: no empty append per commit (it would cost each follower a round
+    per batch); the index rides on the next heartbeat (to those known to hold the entry) and on
+    the next append."""
+    node = new_node(1, voters=(1, 2, 3, 4, 5), broadcast_commit=False)
+    make_leader(node, term_votes=(2, 3))
+    ack_noop(node, followers=(2, 3, 4, 5))
+    node.raw.propose(b"cmd")
+    drain(node)
+    node.raw.step(Message(MT.APP_RESP, to=1, frm=2, term=2, index=3))
+    node.raw.step(Message(MT.APP_RESP, to=1, frm=3, term=2, index=3))
+    assert node.raft.raft_log.committed == 3
+    msgs = drain(node)
+    assert node.applied == [b"cmd"]
+    assert [m for m in msgs if m.type == MT.APP] == []
+    node.raw.tick()
+    beats = drain(node)
+    assert {m.to for m in beats if m.type == MT.HEARTBEAT and m.commit == 3} == {2, 3}
+    node.raw.propose(b"next")
+    msgs = drain(node)
+    assert {m.to for m in msgs if m.type == MT.APP and m.commit == 3} == {2, 3, 4, 5}
+
+
 def test_leader_commits_preceding_entries():
     """"This also commits all preceding entries in the leader's log, including entries created
     by previous leaders." """

@@ -389,6 +389,19 @@ def test_appends_are_batched_and_pipelined_within_the_window():
     assert c[2].applied == [b"v%d" % i for i in range(20)]
 
 
+def test_proposals_made_together_go_to_each_follower_in_one_append():
+    c = Cluster(3)
+    c.elect(1)
+    c[1].raw.propose(b"a", b"b", b"c")
+    out = drain(c[1])
+    apps = [m for m in out if m.type == MT.APP]
+    assert sorted(m.to for m in apps) == [2, 3]
+    assert all([e.data for e in m.entries] == [b"a", b"b", b"c"] for m in apps)
+    c.queue.extend(out)
+    c.stabilize()
+    assert c[2].applied == [b"a", b"b", b"c"]
+
+
 def test_appends_respect_max_bytes_but_carry_at_least_one_entry():
     c = Cluster(3, max_bytes_per_msg=10)
     c.elect(1)

@@ -1,0 +1,28 @@
+"""OpStats: the per-op counter and latency histogram every daemon records on its request path."""
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from mooseng.metrics import OpStats
+
+
+def test_counts_and_cumulative_buckets_in_prometheus_format():
+    registry = CollectorRegistry()
+    stats = OpStats("x_seconds", "latency", "x_total", "count", registry=registry, buckets=(0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.005, 0.5):
+        stats.observe("read", seconds)
+    stats.observe("write", 0.02)
+    text = generate_latest(registry).decode()
+    assert 'x_total{op="read"} 4.0' in text and 'x_total{op="write"} 1.0' in text
+    assert 'x_seconds_bucket{le="0.001",op="read"} 2.0' in text  # an observation on a bound is in it
+    assert 'x_seconds_bucket{le="0.01",op="read"} 3.0' in text
+    assert 'x_seconds_bucket{le="+Inf",op="read"} 4.0' in text
+    assert 'x_seconds_count{op="read"} 4.0' in text
+    assert 'x_seconds_sum{op="read"} 0.5065' in text
+    assert 'x_seconds_bucket{le="0.01",op="write"} 0.0' in text
+
+
+def test_without_a_counter_only_the_histogram_is_exposed():
+    registry = CollectorRegistry()
+    OpStats("y_seconds", "latency", registry=registry).observe("commit", 0.1)
+    text = generate_latest(registry).decode()
+    assert 'y_seconds_count{op="commit"} 1.0' in text and "_total" not in text
