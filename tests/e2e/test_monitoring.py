@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from mooseng.localcluster import LocalCluster
+from support.polling import wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -44,18 +45,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(what: str, check, timeout: float, interval: float = 0.5):
-    """Poll check() until it returns something truthy; fail naming `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def get_json(url: str, timeout: float = 10):

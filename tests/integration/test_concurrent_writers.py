@@ -20,6 +20,7 @@ from mooseng.client.fs import Client
 from mooseng.constants import ROOT_INODE
 from mooseng.errors import FsError
 from mooseng.master.registry import DELETING, NO_CLASS
+from support.polling import run_together
 
 KiB = 1 << 10
 WRITERS = 4
@@ -39,27 +40,6 @@ def clients(cluster):
     finally:
         for c in made:
             c.close()
-
-
-def run_all(fns) -> list[BaseException]:
-    """Run the callables in threads released at once; the exceptions they raised."""
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(fns))
-
-    def run(fn):
-        start.wait()
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - collected and reported by the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(fn,)) for fn in fns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a writer hung"
-    return errors
 
 
 def write_at(fs: Client, ino: int, offset: int, data: bytes) -> None:
@@ -89,7 +69,7 @@ def test_overlapping_writes_to_one_chunk(clients):
     write_at(setup, ino, 0, bytes(size))
     for r in range(ROUNDS):
         datas = [pattern(i, r, size) for i in range(WRITERS)]
-        errors = run_all([lambda fs=fs, d=d: write_at(fs, ino, 0, d) for fs, d in zip(writers, datas)])
+        errors = run_together([lambda fs=fs, d=d: write_at(fs, ino, 0, d) for fs, d in zip(writers, datas)])
         assert not errors, errors
         content = read_all(setup, ino)
         assert content in datas, f"round {r}: the content is no writer's data: {content[:64]!r}..."
@@ -102,7 +82,7 @@ def test_disjoint_ranges_of_one_chunk(clients):
     write_at(setup, ino, 0, bytes(part * WRITERS))
     for r in range(ROUNDS):
         datas = [pattern(i, r, part) for i in range(WRITERS)]
-        errors = run_all([lambda fs=fs, i=i, d=d: write_at(fs, ino, i * part, d)
+        errors = run_together([lambda fs=fs, i=i, d=d: write_at(fs, ino, i * part, d)
                           for i, (fs, d) in enumerate(zip(writers, datas))])
         assert not errors, errors
         assert read_all(setup, ino) == b"".join(datas), f"round {r}: a writer's range was lost"
@@ -121,7 +101,7 @@ def test_whole_small_files(clients):
         def writer(i):
             for name in names:
                 writers[i].write_file(name, datas[i, name])
-        errors = run_all([lambda i=i: writer(i) for i in range(WRITERS)])
+        errors = run_together([lambda i=i: writer(i) for i in range(WRITERS)])
         assert not errors, errors
         for name in names:
             content = setup.read_file(name)
@@ -136,7 +116,7 @@ def test_write_to_a_file_unlinked_meanwhile_succeeds_and_leaves_nothing(cluster,
         attr = setup.create(ROOT_INODE, f"doomed{r}", 0o644)[1]
         fh = writer.open(attr.ino, os.O_WRONLY)
         writer.write(fh, 0, b"x" * (64 * KiB))
-        errors = run_all([lambda: writer.release(fh), lambda: setup.unlink(ROOT_INODE, f"doomed{r}")])
+        errors = run_together([lambda: writer.release(fh), lambda: setup.unlink(ROOT_INODE, f"doomed{r}")])
         assert not errors, errors
         with pytest.raises(FsError) as exc:
             setup.getattr(attr.ino)

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from mooseng import config
 from mooseng.localcluster import AUTO_PORTS, RULES_DIR, ClusterError, LocalCluster
+from support.polling import wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -23,13 +23,6 @@ pytestmark = pytest.mark.fuse
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as reply:
         return json.loads(reply.read())
-
-
-def wait_until(what: str, check, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.5)
 
 
 def pid_running(pid: int) -> bool:
@@ -84,12 +77,12 @@ def test_prometheus_scrapes_every_daemon_with_the_rules(monitored):
         targets = get_json(prometheus + "/api/v1/targets")["data"]["activeTargets"]
         return {(t["labels"]["job"], t["labels"]["node"]): t["health"] for t in targets}
 
-    wait_until("every target up", lambda: health() == expected)  # first scrapes come within 5 s
+    wait_for("every target up", lambda: health() == expected, 60)  # first scrapes come within 5 s
 
     def groups() -> list[dict]:
         return get_json(prometheus + "/api/v1/rules")["data"]["groups"]
 
-    wait_until("every rule evaluated", lambda: all(r["health"] == "ok" for g in groups() for r in g["rules"]))
+    wait_for("every rule evaluated", lambda: all(r["health"] == "ok" for g in groups() for r in g["rules"]), 60)
     assert {Path(g["file"]).name for g in groups()} == {p.name for p in RULES_DIR.glob("*.yml")}
     names = {r["name"] for g in groups() for r in g["rules"]}
     assert {"MooseNGChunkserverDown", "MooseNGNoLeader", "cluster:mooseng_chunks:sum"} <= names, names

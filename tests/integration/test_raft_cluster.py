@@ -18,6 +18,7 @@ import pytest
 from mooseng import rpc
 from mooseng.client.masterclient import MasterClient
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
+from support.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,13 +76,6 @@ def raft_status(addr: str) -> dict:
         client.close()
 
 
-def wait_for(pred, what: str, timeout_s: float = 15):
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_status_shows_every_masters_role_term_and_lag(masters):
     leader = masters.leader()
     cmd = [sys.executable, "-m", "mooseng.cli.main", "--master", ",".join(masters.master_endpoints), "status"]
@@ -126,8 +120,8 @@ def test_foreign_cluster_and_unknown_node_are_refused_and_logged(masters, tmp_pa
         tmp_path, "stranger", "mooseng", f"stranger=127.0.0.1:{free_port()},master-2={target.addr('raft')}", "stranger"
     )
     try:
-        wait_for(lambda: "refused" in foreign_log.read_text() and "refused" in stranger_log.read_text(),
-                 "the intruders to be refused")  # fmt: skip
+        wait_for("the intruders to be refused",
+                 lambda: "refused" in foreign_log.read_text() and "refused" in stranger_log.read_text(), 15)  # fmt: skip
         time.sleep(3)  # several more election rounds of the intruders
     finally:
         stop(foreign)
@@ -144,7 +138,7 @@ def test_foreign_cluster_and_unknown_node_are_refused_and_logged(masters, tmp_pa
 def test_data_dir_of_another_cluster_is_refused_at_start(tmp_path):
     proc, log = spawn_master(tmp_path, "m", "first", "", "m1")
     try:
-        wait_for(lambda: "serving on" in log.read_text(), "the master to start")
+        wait_for("the master to start", lambda: "serving on" in log.read_text(), 15)
     finally:
         stop(proc)
     proc, log = spawn_master(tmp_path, "m", "second", "", "m1")
@@ -189,15 +183,17 @@ def test_add_transfer_remove_a_master_through_the_cli(tmp_path):
         peers = ",".join(f"{n.name}={n.addr('raft')}" for n in cluster.nodes if n.kind == "master")
         newcomer, log4 = spawn_master(tmp_path, "m4", "mooseng", f"{peers},master-4={raft4}", "master-4",
                                       MOOSENG_RAFT_JOIN="1")  # fmt: skip
-        wait_for(lambda: "serving on" in log4.read_text(), "master-4 to start")
+        wait_for("master-4 to start", lambda: "serving on" in log4.read_text(), 15)
         addr4 = log4.read_text().split("serving on ")[1].split(",")[0]
 
         done = mooseng(endpoints, "master", "add", f"master-4={raft4}")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"added master-4 ({raft4})"
         leader = cluster.leader()
-        wait_for(lambda: raft_status(addr4)["applied"] >= raft_status(cluster.node(leader).addr("api"))["commit"]
-                 and raft_status(addr4)["role"] == "follower", "master-4 to catch up (snapshot, then log)")
+        leader_api = cluster.node(leader).addr("api")
+        wait_for("master-4 to catch up (snapshot, then log)",
+                 lambda: raft_status(addr4)["applied"] >= raft_status(leader_api)["commit"]
+                 and raft_status(addr4)["role"] == "follower", 15)  # fmt: skip
         assert "master-4" in {p["node_id"] for p in raft_status(cluster.node(leader).addr("api"))["peers"]}
 
         again = mooseng(endpoints, "master", "add", f"master-4={raft4}")

@@ -14,6 +14,8 @@ import pytest
 from mooseng.client.fs import Client
 from mooseng.client.masterclient import MasterClient
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
+from support.history import Recorder
+from support.lincheck import LINEARIZABLE, check
 
 NAMES = ("a", "b", "c")
 CLIENTS = 4
@@ -44,12 +46,6 @@ def workload(fs, rng: random.Random, stop: threading.Event) -> None:
 
 
 def test_history_during_leader_kills_is_linearizable(masters):
-    # The checker comes from the lincheck branch; until that is merged this test says so (a
-    # failure under CI=true, see tests/conftest.py) without breaking the collection of the others.
-    pytest.importorskip("support.lincheck", reason="tests/support/lincheck.py (lincheck branch) is not merged yet")
-    from support.history import Recorder
-    from support.lincheck import LINEARIZABLE, check
-
     setup = MasterClient(masters.master_endpoints, timeout_s=20)
     parent = setup.call("mkdir", {"parent": 1, "name": b"lin", "mode": 0o755})["ino"]
     setup.close()

@@ -34,6 +34,7 @@ from mooseng.master.registry import (
     UNDERGOAL,
     state_of,
 )
+from support.polling import wait_for
 
 MiB = 1 << 20
 ENV = {
@@ -43,17 +44,6 @@ ENV = {
     "MOOSENG_LEAVE_FREE_MB": "0",
 }
 REPAIR_BOUND_S = 30.0  # kill -9 to every chunk at goal: 2 s to notice, the rest to copy
-
-
-def wait_for(what: str, check, timeout: float, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Harness:
