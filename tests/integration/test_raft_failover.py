@@ -8,38 +8,21 @@ second time by a retry; a create that was never acknowledged may or may not be t
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
 import stat
 import threading
 import time
-import pytest
 
 from mooseng import rpc
 from mooseng.cli.main import probe_master
 from mooseng.client.masterclient import MasterClient
 from mooseng.errors import FsError
-from mooseng.localcluster import AUTO_PORTS, LocalCluster
+from mooseng.localcluster import LocalCluster
 
 FAILOVER_LIMIT_S = 3.0
 ROOT = 1
-
-
-@pytest.fixture
-def masters(tmp_path):
-    """Three masters (and the one chunkserver a cluster needs), stopped whatever happens."""
-    cluster = LocalCluster(tmp_path / "c", masters=3, chunkservers=1, clients=0, port_base=AUTO_PORTS)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        for node in cluster.nodes:  # a test that failed between SIGSTOP and SIGCONT
-            if node.pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(node.pid, signal.SIGCONT)
-        cluster.stop()
 
 
 class Workload:

@@ -9,11 +9,9 @@ import random
 import threading
 import time
 
-import pytest
 
 from mooseng.client.fs import Client
 from mooseng.client.masterclient import MasterClient
-from mooseng.localcluster import AUTO_PORTS, LocalCluster
 from support.history import Recorder
 from support.lincheck import LINEARIZABLE, check
 
@@ -21,16 +19,6 @@ NAMES = ("a", "b", "c")
 CLIENTS = 4
 KILLS = 2
 PHASE_S = 3.0  # workload time before, between and after the kills
-
-
-@pytest.fixture
-def masters(tmp_path):
-    cluster = LocalCluster(tmp_path / "c", masters=3, chunkservers=1, clients=0, port_base=AUTO_PORTS)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def workload(fs, rng: random.Random, stop: threading.Event) -> None:
