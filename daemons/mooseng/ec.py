@@ -31,9 +31,26 @@ __all__ = [
     "encode_chunk",
     "fragment_lengths",
     "fragment_size",
+    "part_id",
     "rebuild",
     "split",
+    "split_part_id",
 ]
+
+PART_SHIFT = 56
+MAX_CHUNK_ID = (1 << PART_SHIFT) - 1
+
+
+def part_id(chunk_id: int, part: int) -> int:
+    """The id a chunkserver stores part `part` (0-based, < 32) of chunk `chunk_id` under."""
+    if not 0 < chunk_id <= MAX_CHUNK_ID or not 0 <= part < 32:
+        raise ValueError(f"part_id(chunk_id={chunk_id}, part={part}): chunk id must be 1..2^56-1, part 0..31")
+    return chunk_id | (part + 1) << PART_SHIFT
+
+
+def split_part_id(stored_id: int) -> tuple[int, int]:
+    """(chunk_id, part) of a stored id; part is -1 for a whole copy."""
+    return stored_id & MAX_CHUNK_ID, (stored_id >> PART_SHIFT) - 1
 
 
 def fragment_size(length: int, k: int) -> int:
