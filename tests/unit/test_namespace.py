@@ -14,7 +14,9 @@ import pytest
 from mooseng.constants import CHUNK_SIZE, ROOT_INODE
 from mooseng.errors import FsError
 from mooseng.master import namespace as nsmod
-from mooseng.master.classes import CLASSES, StorageClass
+from mooseng.ec import part_id
+from mooseng.master.classes import BUILTIN_CLASSES as CLASSES
+from mooseng.master.classes import StorageClass
 from mooseng.master.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, Namespace
 
 ROOT = {"uid": 0, "gid": 0, "gids": []}
@@ -333,7 +335,7 @@ def test_write_chunk_and_commit(fs):
         {"index": 2, "chunk_id": c2, "version": 1},
         {"index": 3, "chunk_id": 0, "version": 0},
     ]
-    assert sorted(fs.ns.iter_chunks()) == [(r["chunk_id"], 2, "default"), (c2, 1, "default")]
+    assert [(c, i.version, i.sclass) for c, i in sorted(fs.ns.iter_chunks())] == [(r["chunk_id"], 2, "default"), (c2, 1, "default")]
     assert fs.ns.chunk_count == 2
     d = fs.mkdir(ROOT_INODE, b"d")
     s = fs.do("symlink", parent=ROOT_INODE, name=b"s", target=b"f")["ino"]
@@ -716,7 +718,8 @@ def test_classes_are_inherited_and_set_recursively(fs):
     g = fs.create(sub, b"g")
     assert fs.q("getclass", ino=f) == "fast" and fs.q("getclass", ino=g) == "fast"
     c = fs.write(g, 0)
-    assert list(fs.ns.iter_chunks()) == [(c, 1, "fast")]
+    assert [(i, info.version, info.sclass, info.ec, info.goal) for i, info in fs.ns.iter_chunks()] == [
+        (c, 1, "fast", None, 3)]
     assert fs.do("setclass", ino=a, sclass="default", recursive=True) == {"changed": 4, "skipped": 0}
     assert fs.q("getclass", ino=g) == "default"
     assert fs.do("setclass", ino=a, sclass="default", recursive=True)["changed"] == 0
@@ -728,8 +731,7 @@ def test_setclass_refusals(fs):
     f = fs.create(home, b"f", ctx=ALICE)
     e = fs.fails(errno.EINVAL, "setclass", ino=f, sclass="gold")
     assert "gold" in e.message
-    e = fs.fails(errno.ENOTSUP, "setclass", ino=f, sclass="archive")
-    assert e.message == "storage class 'archive' (erasure coding 8+4) is not available yet"
+    assert fs.do("setclass", ino=f, sclass="archive") == {"changed": 1, "skipped": 0}
     fs.fails(errno.EPERM, "setclass", BOB, ino=f, sclass="fast")
     fs.fails(errno.EINVAL, "setclass", ino=f, sclass="fast", recursive="yes")
     fs.create(home, b"g", ctx=BOB)
@@ -746,16 +748,157 @@ def test_setclass_counts_hard_linked_files_once(fs):
 
 def test_storage_class_model():
     fast, archive = CLASSES["fast"], CLASSES["archive"]
-    assert (fast.goal, fast.available, fast.describe()) == (3, True, "3 copies")
-    assert (archive.goal, archive.available, archive.describe()) == (12, False, "erasure coding 8+4")
+    assert (fast.goal, fast.describe()) == (3, "3 copies")
+    assert (archive.goal, archive.ec, archive.describe()) == (12, (8, 4), "erasure coding 8+4")
     assert CLASSES["default"].to_dict() == {
-        "name": "default", "copies": 2, "ec": None, "goal": 2, "tier": "standard", "available": True,
+        "name": "default", "copies": 2, "ec": None, "goal": 2, "tier": "standard", "builtin": True,
         "description": "2 copies",
     }  # fmt: skip
     assert StorageClass("x", ec=[4, 2]).ec == (4, 2)
-    for bad in [{}, {"copies": 2, "ec": (1, 1)}, {"copies": 0}, {"ec": (8,)}, {"ec": (0, 2)}, {"ec": 3}]:
+    assert StorageClass("x", ec=(30, 2)).goal == 32
+    for bad in [{}, {"copies": 2, "ec": (1, 1)}, {"copies": 0}, {"copies": 10}, {"ec": (8,)}, {"ec": (0, 2)},
+                {"ec": (2, 0)}, {"ec": (30, 3)}, {"ec": 3}]:
         with pytest.raises(ValueError):
             StorageClass("bad", **bad)
+
+
+def test_operator_classes_are_created_listed_and_deleted(fs):
+    assert fs.do("class_create", name="cold6", ec=[4, 2], tier="cold") == {
+        "name": "cold6", "copies": None, "ec": [4, 2], "goal": 6, "tier": "cold", "builtin": False,
+        "description": "erasure coding 4+2"}  # fmt: skip
+    fs.do("class_create", name="one", copies=1)
+    assert [c["name"] for c in fs.q("classes")] == ["default", "fast", "archive", "cold6", "one"]
+    f = fs.create(ROOT_INODE, b"f")
+    assert fs.do("setclass", ino=f, sclass="cold6")["changed"] == 1
+    e = fs.fails(errno.EBUSY, "class_delete", name="cold6")
+    assert e.message == "storage class 'cold6' is used by 1 inode"
+    fs.do("setclass", ino=f, sclass="default")
+    assert fs.do("class_delete", name="cold6") is None
+    assert [c["name"] for c in fs.q("classes")] == ["default", "fast", "archive", "one"]
+    fs.fails(errno.EINVAL, "setclass", ino=f, sclass="cold6")
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        ({"name": "z", "ec": [0, 4]}, errno.EINVAL, "ec must be K+M with K, M >= 1"),
+        ({"name": "z", "ec": [8, 0]}, errno.EINVAL, "ec must be K+M with K, M >= 1"),
+        ({"name": "z", "ec": [30, 3]}, errno.EINVAL, "ec 30+3 has more than 32 parts"),
+        ({"name": "z", "ec": [8]}, errno.EINVAL, "ec must be K+M"),
+        ({"name": "z", "copies": 0}, errno.EINVAL, "copies must be 1 to 9"),
+        ({"name": "z"}, errno.EINVAL, "give exactly one of copies or ec"),
+        ({"name": "z", "copies": 2, "ec": [2, 1]}, errno.EINVAL, "give exactly one of copies or ec"),
+        ({"name": "bad name", "copies": 2}, errno.EINVAL, "bad storage class name"),
+        ({"name": "", "copies": 2}, errno.EINVAL, "bad storage class name"),
+        ({"name": "-", "copies": 2}, errno.EINVAL, "bad storage class name"),
+        ({"name": 7, "copies": 2}, errno.EINVAL, "bad storage class name"),
+        ({"name": "z", "copies": 2, "tier": "a b"}, errno.EINVAL, "bad tier"),
+        ({"name": "archive", "copies": 2}, errno.EEXIST, "storage class 'archive' exists"),
+    ],
+)
+def test_class_create_refusals(fs, args, code, message):
+    assert message in fs.fails(code, "class_create", **args).message
+
+
+def test_class_delete_refusals(fs):
+    fs.do("class_create", name="mine", copies=1)
+    assert fs.fails(errno.EPERM, "class_create", ALICE, name="x", copies=1).message == \
+        "only root may create storage classes"
+    fs.fails(errno.EPERM, "class_delete", ALICE, name="mine")
+    assert fs.fails(errno.EPERM, "class_delete", name="archive").message == "storage class 'archive' is built in"
+    fs.fails(errno.ENOENT, "class_delete", name="gold")
+
+
+def test_a_chunk_takes_its_layout_from_the_class_and_keeps_it_until_converted(fs):
+    f = fs.create(ROOT_INODE, b"f")
+    fs.do("setclass", ino=f, sclass="archive")
+    w = fs.do("write_chunk", ino=f, index=0)
+    assert w == {"chunk_id": 1, "version": 1, "expect_version": 0, "new": True, "ec": [8, 4]}
+    fs.do("commit_write", ino=f, size=CHUNK_SIZE + 5)
+    copy = fs.write(f, 1, CHUNK_SIZE + 5)
+    assert fs.q("chunks", ino=f, index=0, count=2) == [
+        {"index": 0, "chunk_id": 1, "version": 1, "ec": [8, 4]}, {"index": 1, "chunk_id": copy, "version": 1, "ec": [8, 4]}]
+    assert fs.ns.chunk_info(copy).length == 5
+    # a new class applies to new chunks; the existing ones keep their layout until converted
+    fs.do("setclass", ino=f, sclass="default")
+    info = fs.ns.chunk_info(1)
+    assert (info.ec, info.target, info.goal, info.length) == ((8, 4), None, 12, CHUNK_SIZE)
+    assert fs.do("write_chunk", ino=f, index=0)["ec"] == [8, 4]
+    assert fs.q("chunks", ino=f, index=2) == [{"index": 2, "chunk_id": 0, "version": 0}]
+    fs.fails(errno.ESTALE, "set_layout", chunk_id=1, version=1, ec=None)
+    fs.fails(errno.EINVAL, "set_layout", chunk_id=1, version=2, ec=[4, 2])
+    fs.fails(errno.ENOENT, "set_layout", chunk_id=99, version=1, ec=None)
+    assert fs.do("set_layout", chunk_id=1, version=2, ec=None) == {"chunk_id": 1, "version": 3}
+    info = fs.ns.chunk_info(1)
+    assert (info.version, info.ec, info.target, info.goal) == (3, None, None, 2)
+    fs.fails(errno.EINVAL, "set_layout", chunk_id=1, version=3, ec=None)  # nothing to convert
+    # shrinking into an erasure-coded chunk: the tail says so
+    fs.do("setclass", ino=f, sclass="archive")
+    fs.do("set_layout", chunk_id=1, version=3, ec=[8, 4])
+    assert fs.do("setattr", ino=f, size=100)["tail"] == {"chunk_id": 1, "version": 5, "expect_version": 4,
+                                                         "length": 100, "ec": [8, 4]}
+
+
+def test_parts_of_another_geometry_become_copies_first(fs):
+    fs.do("class_create", name="ec42", ec=[4, 2])
+    f = fs.create(ROOT_INODE, b"f")
+    fs.do("setclass", ino=f, sclass="archive")
+    c = fs.write(f, 0)
+    fs.do("setclass", ino=f, sclass="ec42")
+    info = fs.ns.chunk_info(c)
+    assert (info.ec, info.target) == ((8, 4), None)
+    fs.fails(errno.EINVAL, "set_layout", chunk_id=c, version=1, ec=[4, 2])
+    fs.do("set_layout", chunk_id=c, version=1, ec=None)
+    info = fs.ns.chunk_info(c)
+    assert (info.ec, info.target, info.goal) == (None, (4, 2), 2)
+    fs.do("set_layout", chunk_id=c, version=2, ec=[4, 2])
+    assert fs.ns.chunk_info(c)[:4] == (3, "ec42", (4, 2), (4, 2))
+
+
+def test_piece_version_says_which_pieces_a_chunk_wants(fs):
+    f = fs.create(ROOT_INODE, b"f")
+    c = fs.write(f, 0)  # default: copies
+    assert fs.ns.piece_version(c) == 1
+    assert fs.ns.piece_version(part_id(c, 0)) is None
+    fs.do("setclass", ino=f, sclass="archive")  # converting: copies and the new parts
+    assert [fs.ns.piece_version(part_id(c, p)) for p in (0, 11)] == [1, 1]
+    assert fs.ns.piece_version(part_id(c, 12)) is None
+    assert fs.ns.piece_version(c) == 1
+    fs.do("set_layout", chunk_id=c, version=1, ec=[8, 4])
+    assert fs.ns.piece_version(c) is None and fs.ns.piece_version(part_id(c, 11)) == 2
+    assert fs.ns.piece_version(c + 1) is None and fs.ns.piece_version(part_id(c + 1, 0)) is None
+
+
+def test_classes_and_layouts_survive_a_snapshot(fs):
+    fs.do("class_create", name="zeta", copies=4, tier="hot")
+    fs.do("class_create", name="alpha", ec=[2, 1])
+    f = fs.create(ROOT_INODE, b"f")
+    fs.do("setclass", ino=f, sclass="alpha")
+    fs.write(f, 0)
+    fs.write(f, 1)
+    g = fs.create(ROOT_INODE, b"g")
+    fs.do("setclass", ino=g, sclass="zeta")
+    fs.write(g, 0)
+    data = fs.ns.dump()
+    other = Namespace.load(data)
+    assert other.dump() == data
+    assert [c.to_dict() for c in other.classes] == fs.q("classes")
+    assert list(other.iter_chunks()) == list(fs.ns.iter_chunks())
+    assert [info.ec for _, info in other.iter_chunks()] == [(2, 1), (2, 1), None]
+    check(other)
+
+
+def test_a_snapshot_from_before_operator_classes_loads():
+    import msgpack
+
+    old = msgpack.packb({"format": 1, "next_ino": 3, "next_chunk": 2, "inodes": [
+        [1, S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, "default", None, [1, 4, [[b"f", 2, 3]]]],
+        [2, S_IFREG | 0o644, 1, 0, 0, 0, 10, 0, 0, 0, "fast", None, [[0, 1, 7]]],
+    ]}, use_bin_type=True)  # fmt: skip
+    ns = Namespace.load(old)
+    assert [c.name for c in ns.classes] == ["default", "fast", "archive"]
+    assert ns.chunk_info(1) == (7, "fast", None, None, 3, 10, 2)
+    check(ns)
 
 
 def test_statfs(fs):
@@ -876,8 +1019,12 @@ def random_entry(rng: random.Random, ns: Namespace, ts: int) -> dict:
                          "mtime": "now"}),
             ("setxattr", {"ino": ino, "name": b"user." + name, "value": name * 3, "flags": rng.randint(0, 2)}),
             ("removexattr", {"ino": ino, "name": b"user." + name}),
-            ("setclass", {"ino": ino, "sclass": rng.choice(["default", "fast", "archive"]),
+            ("setclass", {"ino": ino, "sclass": rng.choice(["default", "fast", "archive", "c1"]),
                           "recursive": rng.random() < 0.5}),
+            ("class_create", {"name": rng.choice(["c1", "c2"]), "ec": rng.choice([[2, 1], [0, 1]])}),
+            ("class_delete", {"name": rng.choice(["c1", "c2", "fast"])}),
+            ("set_layout", {"chunk_id": rng.randint(1, 30), "version": rng.randint(1, 3),
+                            "ec": rng.choice([None, [8, 4], [2, 1]])}),
             ("write_chunk", {"ino": ino, "index": rng.randint(0, 3)}),
             ("write_chunk", {"ino": ino, "index": rng.randint(0, 3)}),
             ("commit_write", {"ino": ino, "size": rng.randint(0, 4 * CHUNK_SIZE)}),

@@ -1,7 +1,8 @@
 """The master's metadata as a pure, deterministic state machine.
 
-Everything the master must not forget lives here: inodes, directory entries, the chunk table and
-storage-class assignments. `apply(entry)` runs one logged mutation and either changes the state
+Everything the master must not forget lives here: inodes, directory entries, the chunk table (with
+each chunk's layout: copies or erasure-coded parts), the storage classes operators defined and
+their assignments. `apply(entry)` runs one logged mutation and either changes the state
 completely or raises FsError having changed nothing (every op checks first, then mutates), so
 replicas that apply the same entries in the same order reach byte-identical `dump()`s. There is
 no I/O, no clock (time comes in the entry's "ts") and no randomness; ids come from counters.
@@ -33,12 +34,15 @@ from stat import (
     S_ISVTX,
     S_IXGRP,
 )
+from typing import NamedTuple
 
 import msgpack
 
 from mooseng.constants import CHUNK_SIZE, NAME_MAX, ROOT_INODE
+from mooseng.ec import split_part_id
 from mooseng.errors import FsError
-from mooseng.master.classes import CLASSES, DEFAULT
+from mooseng.master import classes
+from mooseng.master.classes import BUILTIN_CLASSES, DEFAULT, StorageClass
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -61,6 +65,18 @@ _U32 = 1 << 32
 _U64 = 1 << 64
 _DOTS = (b".", b"..")
 _NODE_KINDS = (S_IFREG, S_IFIFO, S_IFCHR, S_IFBLK, S_IFSOCK)
+
+
+class ChunkInfo(NamedTuple):
+    """A live chunk as the registry and the replication manager need it."""
+
+    version: int
+    sclass: str
+    ec: tuple[int, int] | None  # its layout now (None: full copies)
+    target: tuple[int, int] | None  # the layout its class converts it to (== ec: none to do)
+    goal: int  # pieces a healthy chunk of layout `ec` has (classes.goal)
+    length: int  # its data bytes as the file's size says
+    ino: int
 
 
 def _show(name: bytes) -> str:
@@ -283,8 +299,10 @@ class Namespace:
         root = _Inode(ROOT_INODE, S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, DEFAULT)
         root.dir = _Dir(ROOT_INODE)
         self._inodes: dict[int, _Inode] = {ROOT_INODE: root}
-        # chunk id -> [version, ino]; every chunk belongs to exactly one regular file
-        self._chunks: dict[int, list[int]] = {}
+        # chunk id -> [version, ino, index, layout]; every chunk belongs to exactly one regular file
+        # (at `index`); layout None is full copies, (k, m) erasure-coded parts (see classes.py)
+        self._chunks: dict[int, list] = {}
+        self._classes: dict[str, StorageClass] = dict(BUILTIN_CLASSES)
         self._next_ino = ROOT_INODE + 1
         self._next_chunk = 1
         self._chunk_changes: set[int] | None = None  # see take_chunk_changes()
@@ -323,16 +341,40 @@ class Namespace:
         return None if rec is None else rec[0]
 
     def iter_chunks(self):
-        """Yield (chunk_id, version, class name) for every live chunk; the goal is
-        classes.CLASSES[name].goal. The caller holds the store lock while iterating."""
-        inodes = self._inodes
-        for chunk_id, (version, ino) in self._chunks.items():
-            yield chunk_id, version, inodes[ino].sclass
+        """Yield (chunk_id, ChunkInfo) for every live chunk. The caller holds the store lock
+        while iterating."""
+        for chunk_id, rec in self._chunks.items():
+            yield chunk_id, self._info(rec)
 
-    def chunk_info(self, chunk_id: int) -> tuple[int, str] | None:
-        """(version, class name) of a live chunk, None if the chunk is unknown."""
+    def chunk_info(self, chunk_id: int) -> ChunkInfo | None:
+        """A live chunk's version, class, layout and goal; None if the chunk is unknown."""
         rec = self._chunks.get(chunk_id)
-        return None if rec is None else (rec[0], self._inodes[rec[1]].sclass)
+        return None if rec is None else self._info(rec)
+
+    def _info(self, rec: list) -> ChunkInfo:
+        version, ino, index, layout = rec
+        n = self._inodes[ino]
+        sclass = self._classes[n.sclass]
+        return ChunkInfo(version, n.sclass, layout, classes.target(layout, sclass), classes.goal(layout, sclass),
+                         min(CHUNK_SIZE, max(0, n.size - index * CHUNK_SIZE)), ino)
+
+    def piece_version(self, stored_id: int) -> int | None:
+        """The version a stored piece (a full copy, or a part: ec.part_id) must have, or None if
+        no live chunk wants it (its chunk is gone, or the piece is not of the chunk's layout nor
+        of the one it converts to): the registry deletes such pieces."""
+        chunk_id, part = split_part_id(stored_id)
+        rec = self._chunks.get(chunk_id)
+        if rec is None:
+            return None
+        return rec[0] if classes.wanted(part, rec[3], self._classes[self._inodes[rec[1]].sclass]) else None
+
+    def storage_class(self, name: str) -> StorageClass | None:
+        return self._classes.get(name)
+
+    @property
+    def classes(self) -> list[StorageClass]:
+        """Every storage class, built-in ones first, then by name."""
+        return sorted(self._classes.values(), key=lambda c: (not c.builtin, c.name if not c.builtin else ""))
 
     def take_chunk_changes(self) -> set[int] | None:
         """Ids of the chunks created, freed, given a new version or a new class since the last
@@ -703,6 +745,8 @@ class Namespace:
             rec[0] += 1
             self._changed((chunk_id,))
             tail = {"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "length": length}
+            if rec[3] is not None:
+                tail["ec"] = list(rec[3])
         return freed, tail
 
     def _xattr_check(self, n: _Inode, name: bytes, ctx, write: bool) -> None:
@@ -760,11 +804,8 @@ class Namespace:
     def _setclass(self, args, ctx, ts):
         n = self._get(args)
         name = args.get("sclass")
-        sclass = CLASSES.get(name) if type(name) is str else None
-        if sclass is None:
-            raise FsError(errno.EINVAL, f"unknown storage class {name!r}")
-        if not sclass.available:
-            raise FsError(errno.ENOTSUP, f"storage class {name!r} ({sclass.describe()}) is not available yet")
+        if type(name) is not str or name not in self._classes:
+            raise FsError(errno.EINVAL, f"unknown storage class {name!r:.60}")
         recursive = _flag(args, "recursive")
         caller = ctx[0]
         if caller != 0 and caller != n.uid:
@@ -791,6 +832,66 @@ class Namespace:
                 stack.extend(inodes[i] for i in m.dir.entries.values())
         return {"changed": changed, "skipped": skipped}
 
+    def _class_create(self, args, ctx, ts):
+        """class_create{name, copies? | ec?: [k, m], tier?} -> the class (as `classes` lists it)."""
+        if ctx[0] != 0:
+            raise FsError(errno.EPERM, "only root may create storage classes")
+        name, copies, ec, tier = args.get("name"), args.get("copies"), args.get("ec"), args.get("tier")
+        if tier is None:
+            tier = "standard"
+        if type(tier) is not str or not classes.NAME_RE.fullmatch(tier):
+            raise FsError(errno.EINVAL, f"bad tier {tier!r:.40}")
+        try:
+            sclass = StorageClass(name, copies=copies, ec=tuple(ec) if type(ec) is list else ec, tier=tier)
+        except ValueError as exc:
+            raise FsError(errno.EINVAL, str(exc)) from None
+        if name in self._classes:
+            raise FsError(errno.EEXIST, f"storage class {name!r} exists")
+        self._classes[name] = sclass
+        return sclass.to_dict()
+
+    def _class_delete(self, args, ctx, ts):
+        """class_delete{name} -> None; refused for built-in classes and while an inode has it.
+
+        Looks at every inode: deleting a class is rare, and a use count kept through every
+        create, unlink and setclass would cost more than it saves.
+        """
+        if ctx[0] != 0:
+            raise FsError(errno.EPERM, "only root may delete storage classes")
+        name = args.get("name")
+        sclass = self._classes.get(name) if type(name) is str else None
+        if sclass is None:
+            raise FsError(errno.ENOENT, f"no storage class {name!r:.60}")
+        if sclass.builtin:
+            raise FsError(errno.EPERM, f"storage class {name!r} is built in")
+        users = sum(1 for n in self._inodes.values() if n.sclass == name)
+        if users:
+            raise FsError(errno.EBUSY, f"storage class {name!r} is used by {users} inode{'s' if users > 1 else ''}")
+        del self._classes[name]
+        return None
+
+    def _set_layout(self, args, ctx, ts):
+        """set_layout{chunk_id, version, ec: [k, m] | None} -> {chunk_id, version, ec}: a conversion
+        is complete (the pieces of the new layout exist at `version + 1`, see the service). The
+        chunk must still be at `version` and `ec` must be the layout its class converts it to;
+        the version goes up by one, so that pieces of the old layout are stale from now on (a part
+        id does not say its geometry: old parts must never pass for new ones)."""
+        chunk_id = _uint(args, "chunk_id")
+        version = _uint(args, "version")
+        ec = args.get("ec")
+        rec = self._chunks.get(chunk_id)
+        if rec is None:
+            raise FsError(errno.ENOENT, f"no chunk {chunk_id}")
+        if rec[0] != version:
+            raise FsError(errno.ESTALE, f"chunk {chunk_id} is at version {rec[0]}, not {version}")
+        want = classes.target(rec[3], self._classes[self._inodes[rec[1]].sclass])
+        if (None if ec is None else ec if type(ec) is not list else tuple(ec)) != want or want == rec[3]:
+            raise FsError(errno.EINVAL, f"chunk {chunk_id}: layout {ec!r:.40} is not the one its class converts it to")
+        rec[0] += 1
+        rec[3] = want
+        self._changed((chunk_id,))
+        return _with_layout({"chunk_id": chunk_id, "version": rec[0]}, want)
+
     def _write_chunk(self, args, ctx, ts):
         index = _uint(args, "index")
         n = self._getfile(args)
@@ -801,13 +902,15 @@ class Namespace:
             rec = self._chunks[chunk_id]
             rec[0] += 1
             self._changed((chunk_id,))
-            return {"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "new": False}
+            return _with_layout({"chunk_id": chunk_id, "version": rec[0], "expect_version": rec[0] - 1, "new": False},
+                                rec[3])
         chunk_id = self._next_chunk
         self._next_chunk = chunk_id + 1
-        self._chunks[chunk_id] = [1, n.ino]
+        layout = self._classes[n.sclass].ec
+        self._chunks[chunk_id] = [1, n.ino, index, layout]
         n.chunks[index] = chunk_id
         self._changed((chunk_id,))
-        return {"chunk_id": chunk_id, "version": 1, "expect_version": 0, "new": True}
+        return _with_layout({"chunk_id": chunk_id, "version": 1, "expect_version": 0, "new": True}, layout)
 
     def _commit_write(self, args, ctx, ts):
         size = _uint(args, "size")
@@ -888,14 +991,15 @@ class Namespace:
             if chunk_id is None:
                 out.append({"index": i, "chunk_id": 0, "version": 0})
             else:
-                out.append({"index": i, "chunk_id": chunk_id, "version": table[chunk_id][0]})
+                rec = table[chunk_id]
+                out.append(_with_layout({"index": i, "chunk_id": chunk_id, "version": rec[0]}, rec[3]))
         return out
 
     def _getclass(self, args, ctx):
         return self._get(args).sclass
 
-    def _classes(self, args, ctx):
-        return [c.to_dict() for c in CLASSES.values()]
+    def _classes_query(self, args, ctx):
+        return [c.to_dict() for c in self.classes]
 
     # --- snapshots ---
 
@@ -908,8 +1012,10 @@ class Namespace:
         """
         packer = msgpack.Packer(use_bin_type=True, autoreset=False)
         pack, array = packer.pack, packer.pack_array_header
-        packer.pack_map_header(4)
-        for key, value in (("format", DUMP_FORMAT), ("next_ino", self._next_ino), ("next_chunk", self._next_chunk)):
+        packer.pack_map_header(5)
+        custom = [[c.name, c.copies, c.ec, c.tier] for c in self.classes if not c.builtin]
+        for key, value in (("format", DUMP_FORMAT), ("next_ino", self._next_ino), ("next_chunk", self._next_chunk),
+                           ("classes", custom)):
             pack(key)
             pack(value)
         pack("inodes")
@@ -920,7 +1026,10 @@ class Namespace:
             xattrs = list(n.xattrs.items()) if n.xattrs else None
             d = n.dir
             if d is None:
-                body = n.target if n.chunks is None else [(i, c, table[c][0]) for i, c in n.chunks.items()]
+                body = n.target if n.chunks is None else [
+                    (i, c, table[c][0]) if table[c][3] is None else (i, c, table[c][0], table[c][3])
+                    for i, c in n.chunks.items()
+                ]
                 pack([*head, xattrs, body])
                 continue
             array(len(head) + 2)
@@ -972,9 +1081,9 @@ class Namespace:
                         d.next_cookie = next_cookie
                     elif kind == S_IFREG:
                         n.chunks = {}
-                        for index, chunk_id, version in body:
+                        for index, chunk_id, version, *layout in body:
                             n.chunks[index] = chunk_id
-                            table[chunk_id] = [version, ino]
+                            table[chunk_id] = [version, ino, index, tuple(layout[0]) if layout else None]
                     elif kind == S_IFLNK:
                         n.target = body
                     inodes[ino] = n
@@ -982,11 +1091,21 @@ class Namespace:
                 raise ValueError("trailing bytes")
             ns._next_ino = header["next_ino"]
             ns._next_chunk = header["next_chunk"]
+            ns._classes = dict(BUILTIN_CLASSES)  # a dump from before operator classes has none
+            for name, copies, ec, tier in header.get("classes", ()):
+                ns._classes[name] = StorageClass(name, copies=copies, ec=ec and tuple(ec), tier=tier)
         except (KeyError, TypeError, ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
             raise ValueError(f"not a namespace dump: {exc!r}") from exc
         if ROOT_INODE not in inodes or inodes[ROOT_INODE].dir is None:
             raise ValueError("not a namespace dump: no root directory")
         return ns
+
+
+def _with_layout(ref: dict, layout: tuple[int, int] | None) -> dict:
+    """A chunk ref with "ec": [k, m] for an erasure-coded chunk (copies: no key, as before)."""
+    if layout is not None:
+        ref["ec"] = list(layout)
+    return ref
 
 
 def _xattr_name(args: dict) -> bytes:
@@ -1009,6 +1128,9 @@ _MUTATIONS = {
     "removexattr": Namespace._removexattr,
     "setclass": Namespace._setclass,
     "write_chunk": Namespace._write_chunk,
+    "class_create": Namespace._class_create,
+    "class_delete": Namespace._class_delete,
+    "set_layout": Namespace._set_layout,
     "commit_write": Namespace._commit_write,
 }
 
@@ -1022,7 +1144,7 @@ _QUERIES = {
     "statfs": Namespace._statfs,
     "chunks": Namespace._chunks_query,
     "getclass": Namespace._getclass,
-    "classes": Namespace._classes,
+    "classes": Namespace._classes_query,
 }
 
 MUTATIONS = frozenset(_MUTATIONS)
