@@ -1,13 +1,17 @@
-"""Where new chunk copies go: distinct live chunkservers with room, emptier servers first.
+"""Where new chunk copies and erasure-coded parts go: live chunkservers with room, emptier first.
 
 Pure: the caller passes the servers (registry state) and a random generator, so a choice is
-reproducible in tests. The chunkserver picks the disk itself (the write protocol names none);
-disks matter here only for deciding whether a server has room.
+reproducible in tests. The chunkserver picks the disk itself (the write protocol names none):
+copies of a chunk go to distinct servers, and the k+m parts of a chunk to distinct disks, which
+the chunkserver ensures within itself. So for parts the master decides how many each server takes,
+at most its healthy disks with room, and as evenly as possible: then no server holds more than m
+parts whenever the cluster allows it (3 servers x 4 disks, 8+4: 4 each, so a whole server can be
+lost), and the data parts 0..k-1 land on different servers in turn, so reads hit all of them.
 """
 
 import errno
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from mooseng.constants import CHUNK_SIZE
 from mooseng.errors import FsError
@@ -54,3 +58,62 @@ def choose(
     best = max(ratio for ratio, _, _ in candidates)
     candidates.sort(key=lambda c: (int((best - c[0]) / BAND), c[1]))
     return [server for _, _, server in candidates[:count]]
+
+
+def part_slots(server: Server, min_free: int) -> int:
+    """Parts of one chunk the server can take: its healthy disks with `min_free` bytes free."""
+    return sum(1 for d in server.disks if d.healthy and d.free >= min_free)
+
+
+def part_size(k: int) -> int:
+    """The most a part of a k-data-part chunk holds."""
+    return -(-CHUNK_SIZE // k)
+
+
+def choose_parts(servers: Iterable[Server], sclass: str, k: int, m: int, rng: random.Random) -> list[Server]:
+    """The server of each of the k+m parts of a new chunk (entry p: part p's server).
+
+    Servers take parts in turn, emptiest band first, each up to its disks with room: the most
+    even spread there is. Fewer such disks than k+m in the whole cluster raises ENOSPC naming the
+    class and what it needs: a chunk is never stored with less protection than its class says.
+    """
+    need, min_free = k + m, part_size(k)
+    ranked, total = [], 0
+    for server in sorted(servers, key=lambda s: s.server_id):
+        slots = part_slots(server, min_free) if server.alive else 0
+        if slots:
+            ranked.append((free_ratio(server, min_free), rng.random(), server, slots))
+            total += slots
+    if total < need:
+        raise FsError(errno.ENOSPC, f"storage class {sclass!r} (erasure coding {k}+{m}) needs {need} disks with "
+                                    f"{min_free >> 20} MiB free on live chunkservers; the cluster has {total}")
+    best = max(r[0] for r in ranked)
+    ranked.sort(key=lambda r: (int((best - r[0]) / BAND), r[1]))
+    out: list[Server] = []
+    for turn in range(max(r[3] for r in ranked)):
+        for _, _, server, slots in ranked:
+            if turn < slots and len(out) < need:
+                out.append(server)
+    return out
+
+
+def part_target(
+    servers: Iterable[Server],
+    held: Mapping[int, int],
+    k: int,
+    m: int,
+    rng: random.Random,
+    *,
+    exclude: Iterable[int] = (),
+) -> Server | None:
+    """The server for one more part of a chunk whose other parts are on `held` (server id ->
+    parts of this chunk there): one with a disk to spare, below m parts of the chunk if any
+    is, then the one with fewest, then the emptiest. None if no server can take it."""
+    excluded, min_free = set(exclude), part_size(k)
+    candidates = []
+    for server in sorted(servers, key=lambda s: s.server_id):
+        n = held.get(server.server_id, 0)
+        if not server.alive or server.server_id in excluded or n >= part_slots(server, min_free):
+            continue
+        candidates.append((n >= m, n, -free_ratio(server, min_free), rng.random(), server))
+    return min(candidates, key=lambda c: c[:4])[4] if candidates else None
