@@ -5,7 +5,7 @@ import random
 import threading
 
 import pytest
-from support.chunktable import TableNamespace
+from support.chunktable import TableNamespace, info
 
 from mooseng.master.healer import WRITE_GRACE_S, Healer, Settings
 from mooseng.master.healing import Limits
@@ -33,14 +33,13 @@ class World:
 
     def settle(self):
         """What the service does: the registry follows a namespace holding `table` (goal g as class "g")."""
-        self.reg.follow(TableNamespace([(c, v, str(goal)) for c, v, goal in self.table]),
-                        {str(goal): goal for _, _, goal in self.table})
+        self.reg.follow(TableNamespace([(c, v, str(goal), goal) for c, v, goal in self.table]))
         return max((c for c, _, _ in self.table), default=0) + 1
 
     def chunk_table(self, ids):
         ids = set(ids)
         self.looked_at.append(ids)
-        return [t for t in self.table if t[0] in ids]
+        return [(c, info(v, str(goal), goal)) for c, v, goal in self.table if c in ids]
 
     def register(self, sid, chunks=()):
         self.sessions[sid] = self.reg.register("mooseng", sid, f"127.0.0.1:{9400 + sid}", disks(),
@@ -93,7 +92,9 @@ def test_orders_go_out_once_and_a_report_completes_them(world):
     assert world.healer.run_once().replicate == [], "in flight: not planned again"
     world.beat(order.target, added=[1])
     world.healer.report(order.target, [{"chunk_id": 1, "version": 1, "bytes": 1000, "error": ""}])
-    assert world.healer.snapshot() == {"chunks": 1, "bytes": 1000, "failures": 0, "in_progress": 0}
+    assert world.healer.snapshot() == {"chunks": 1, "bytes": 1000, "failures": 0, "in_progress": 0, "built": 0,
+                                       "built_bytes": 0, "build_failures": 0, "builds_in_progress": 0,
+                                       "conversions": 0}
     assert world.healer.run_once() == world.healer.run_once().__class__(), "at goal: nothing to do"
 
 

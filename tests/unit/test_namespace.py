@@ -897,7 +897,7 @@ def test_a_snapshot_from_before_operator_classes_loads():
     ]}, use_bin_type=True)  # fmt: skip
     ns = Namespace.load(old)
     assert [c.name for c in ns.classes] == ["default", "fast", "archive"]
-    assert ns.chunk_info(1) == (7, "fast", None, None, 3, 10, 2)
+    assert ns.chunk_info(1) == (7, "fast", None, None, 3, 3, 10, 2)
     check(ns)
 
 

@@ -7,7 +7,7 @@ import pytest
 from support.chunktable import TableNamespace
 
 from mooseng.constants import CHUNK_SIZE
-from mooseng.master.classes import CLASSES
+from mooseng.ec import part_id, split_part_id
 from mooseng.master.namespace import Namespace
 from mooseng.master.registry import (
     DELETING,
@@ -23,6 +23,7 @@ from mooseng.master.registry import (
     DuplicateServer,
     ForeignCluster,
     Registry,
+    ec_state_of,
     state_of,
 )
 
@@ -232,15 +233,15 @@ def test_state_counts_per_class(reg):
     register(reg, 2, chunks=[ChunkRef(c, 1, 0) for c in (1, 3, 4, 6, 7)])
     register(reg, 3, chunks=[ChunkRef(c, 1, 0) for c in (4, 6)])
     table = [
-        (1, 1, "default"),  # 2 copies, goal 2
-        (2, 1, "default"),  # 1 copy of 2: endangered
-        (3, 2, "default"),  # copies are version 1: stale
-        (4, 1, "fast"),  # 3 copies, goal 3
-        (5, 1, "fast"),  # no copy at all
-        (6, 1, "default"),  # 3 copies, goal 2
-        (7, 1, "fast"),  # 2 copies of 3
+        (1, 1, "default", 2),  # 2 copies, goal 2
+        (2, 1, "default", 2),  # 1 copy of 2: endangered
+        (3, 2, "default", 2),  # copies are version 1: stale
+        (4, 1, "fast", 3),  # 3 copies, goal 3
+        (5, 1, "fast", 3),  # no copy at all
+        (6, 1, "default", 2),  # 3 copies, goal 2
+        (7, 1, "fast", 3),  # 2 copies of 3
     ]  # chunk 8: copies but in no file any more
-    reg.follow(TableNamespace(table), {"default": 2, "fast": 3})
+    reg.follow(TableNamespace(table))
     counts = reg.chunk_states()
     zero = dict.fromkeys(STATES, 0)
     assert counts == {
@@ -319,21 +320,26 @@ def test_survey_agrees_with_is_valid(reg):
 
 # --- the chunk-state counts, kept up to date, against a full count ----------------------------
 
-GOALS = {name: c.goal for name, c in CLASSES.items()}
-
-
 def full_count(reg, ns):
     """(counts, attention) worked out from scratch over the whole namespace, through survey()."""
-    table = list(ns.iter_chunks())
+    stored = set().union(*(s.chunks for s in reg.servers()))
     counts, attention = {}, set()
-    for (chunk_id, _, sclass), (valid, held) in zip(table, reg.survey((c, v) for c, v, _ in table)):
-        state = state_of(len(valid), GOALS[sclass])
-        counts.setdefault(sclass, dict.fromkeys(STATES, 0))[state] += 1
-        if state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (state == STABLE and any(c.damaged for c in held.values())):
+    for chunk_id, info in ns.iter_chunks():
+        if info.ec is None:
+            [(valid, _)] = reg.survey([(chunk_id, info.version)])
+            state = state_of(len(valid), info.goal)
+        else:
+            parts = [valid for valid, _ in reg.survey((part_id(chunk_id, p), info.version) for p in range(sum(info.ec)))]
+            state = ec_state_of(sum(1 for v in parts if v), sum(len(v) - 1 for v in parts if v), *info.ec)
+        counts.setdefault(info.sclass, dict.fromkeys(STATES, 0))[state] += 1
+        damaged = any(c.damaged for _, held in reg.survey((i, 0) for i in stored if split_part_id(i)[0] == chunk_id)
+                      for c in held.values())
+        if (state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (state == STABLE and damaged)
+                or (info.ec != info.target and state != MISSING)):
             attention.add(chunk_id)
-    held = set().union(*(s.chunks for s in reg.servers())) - {c for c, _, _ in table}
-    if held:
-        counts[NO_CLASS] = dict.fromkeys(STATES, 0) | {DELETING: len(held)}
+    gone = {split_part_id(i)[0] for i in stored} - {c for c, _ in ns.iter_chunks()}
+    if gone:
+        counts[NO_CLASS] = dict.fromkeys(STATES, 0) | {DELETING: len(gone)}
     return counts, attention
 
 
@@ -349,22 +355,31 @@ class Simulation:
         self.ts = 1000
         self.sessions = {}
         self.files = []  # (ino, name)
+        self.do("class_create", name="ec21", ec=[2, 1])
 
     def do(self, op, **args):
         self.ts += 1
         return self.ns.apply({"op": op, "args": args, "ctx": {"uid": 0, "gid": 0, "gids": []}, "ts": self.ts})
 
     def chunks(self):
-        return [c for c, _, _ in self.ns.iter_chunks()]
+        return [c for c, _ in self.ns.iter_chunks()]
 
-    def ref(self, chunk_id):
-        """A copy of the chunk at its version, an older one, or one of a chunk no file has."""
-        version = self.ns.chunk_version(chunk_id) or 1
-        return ChunkRef(chunk_id, max(1, version - self.rng.choice((0, 0, 0, 1))), self.rng.choice((0, 1)),
+    def stored(self):
+        """The stored ids of every chunk's pieces: a full copy and parts 0..3 (part 3 is of no
+        2+1 layout: a piece to delete)."""
+        return [i for c in self.chunks() for i in (c, *(part_id(c, p) for p in range(4)))]
+
+    def version(self, stored_id):
+        return self.ns.chunk_version(split_part_id(stored_id)[0])
+
+    def ref(self, stored_id):
+        """A piece at its chunk's version, an older one, or one of a chunk no file has."""
+        version = self.version(stored_id) or 1
+        return ChunkRef(stored_id, max(1, version - self.rng.choice((0, 0, 0, 1))), self.rng.choice((0, 1)),
                         damaged=self.rng.random() < 0.05)
 
     def some(self, k):
-        ids = self.chunks() + [self.ns.next_chunk_id + 5]
+        ids = self.stored() + [self.ns.next_chunk_id + 5]
         return self.rng.sample(ids, min(k, len(ids)))
 
     def disks(self):
@@ -374,7 +389,7 @@ class Simulation:
     def step(self):
         rng, reg = self.rng, self.reg
         alive = [s.server_id for s in reg.servers() if s.alive]
-        event = rng.randrange(14)
+        event = rng.randrange(15)
         if event == 0 or not self.files:
             name = f"f{self.ts}".encode()
             self.files.append((self.do("mknod", parent=1, name=name, mode=0o100644, rdev=0)["ino"], name))
@@ -383,7 +398,7 @@ class Simulation:
             self.do("write_chunk", ino=ino, index=index)
             self.do("commit_write", ino=ino, size=(index + 1) * CHUNK_SIZE)
         elif event == 2:
-            self.do("setclass", ino=rng.choice(self.files)[0], sclass=rng.choice(["default", "fast"]))
+            self.do("setclass", ino=rng.choice(self.files)[0], sclass=rng.choice(["default", "fast", "ec21"]))
         elif event == 3:
             _, name = self.files.pop(rng.randrange(len(self.files)))
             reg.recheck(self.do("unlink", parent=1, name=name)["freed"])
@@ -399,7 +414,7 @@ class Simulation:
             reg.heartbeat(sid, self.sessions[sid], self.disks() if rng.random() < 0.3 else [],
                           [self.ref(c) for c in self.some(rng.randrange(3))],
                           [self.ref(c) for c in self.some(rng.randrange(3))], 0, 0, self.now,
-                          [ChunkRef(c, v) for c in self.some(2) for v in (self.ns.chunk_version(c) or 1,)])
+                          [ChunkRef(c, v) for c in self.some(2) for v in (self.version(c) or 1,)])
         elif event == 7:
             self.now += TIMEOUT / 2
             for sid in alive:
@@ -407,19 +422,24 @@ class Simulation:
                     reg.heartbeat(sid, self.sessions[sid], [], [], [], 0, 0, self.now)
             reg.expire(self.now)
         elif event == 8 and alive:
-            reg.deletions(rng.choice(alive), self.ns.chunk_version)
+            reg.deletions(rng.choice(alive), self.ns.piece_version)
         elif event == 9 and alive:
             reg.order_delete(rng.choice(alive), rng.choice(self.some(1)))
         elif event == 10 and self.chunks():
-            c = rng.choice(self.chunks())
-            reg.record_copies(c, self.ns.chunk_version(c), [addr(s) for s in rng.sample(alive, len(alive) // 2)])
+            c = rng.choice(self.stored())
+            reg.record_copies(c, self.version(c), [addr(s) for s in rng.sample(alive, len(alive) // 2)])
         elif event == 11 and self.chunks() and alive:
-            c = rng.choice(self.chunks())
-            reg.fence(c, self.ns.chunk_version(c), rng.sample(alive, 1))
+            c = rng.choice(self.stored())
+            reg.fence(c, self.version(c), rng.sample(alive, 1))
         elif event == 12 and self.chunks():
-            c = rng.choice(self.chunks())
-            v = self.ns.chunk_version(c)
+            c = rng.choice(self.stored())
+            v = self.version(c)
             reg.fence_missing(c, max(1, v - 1), v, [addr(s) for s in alive[:1]])
+        elif event == 14 and self.chunks():
+            c, info = rng.choice(list(self.ns.iter_chunks()))
+            if info.ec != info.target:  # a conversion completes; the service rechecks the old pieces
+                self.do("set_layout", chunk_id=c, version=info.version, ec=info.target and list(info.target))
+                reg.recheck([c])
         elif event == 13 and rng.random() < 0.1:
             self.ns = Namespace.load(self.ns.dump())  # a snapshot replaced it: counted afresh
 
@@ -431,7 +451,7 @@ def test_kept_counts_equal_a_full_count_after_random_events(seed):
         sim.step()
         if sim.rng.random() < 0.5:  # let changes pile up between reads, as between scrapes
             continue
-        sim.reg.follow(sim.ns, GOALS)
+        sim.reg.follow(sim.ns)
         counts, attention = full_count(sim.reg, sim.ns)
         assert sim.reg.chunk_states() == counts
         assert sim.reg.attention() == attention

@@ -22,6 +22,12 @@ and the sweep a bounded amount per second whatever the size of the namespace.
 
 Planning starts `start_delay_s` after this master became the leader, so that chunkservers have
 re-registered (otherwise a restarted master would see every chunk under goal and copy it again).
+
+Erasure-coded chunks and conversions go the same way: `build` orders ({chunk_id, version, ec,
+part, sources: [{part, address}], length}) in the target's heartbeat reply, reported back as
+`built: [{chunk_id, part, version, bytes, error}]`; a plan's `Switch`es go to the `switch`
+callback (the service: new version on the new pieces, then set_layout through Raft), outside the
+registry lock.
 """
 
 import logging
@@ -31,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mooseng.ec import part_id, split_part_id
 from mooseng.master import healing
 from mooseng.master.registry import Registry
 
@@ -52,9 +59,17 @@ class Settings:
 
 @dataclass
 class _Job:
-    order: healing.Replicate
+    order: healing.Replicate | healing.Build
     started: float
     sent: bool = False
+
+    @property
+    def servers(self) -> set[int]:
+        """Every server the job reads from or writes to."""
+        o = self.order
+        if isinstance(o, healing.Build):
+            return {o.target, *(sid for _, sid in o.sources)}
+        return {o.source, o.target}
 
 
 @dataclass
@@ -62,16 +77,23 @@ class Counters:
     chunks: int = 0
     bytes: int = 0
     failures: int = 0
+    built: int = 0  # parts or copies made by build orders (rebuilds and conversions)
+    built_bytes: int = 0
+    build_failures: int = 0
+    conversions: int = 0  # chunks that took a new layout
 
 
 class Healer:
     def __init__(self, registry: Registry, lock: threading.Lock, settle: Callable[[], int],
                  chunk_table: Callable[[Iterable[int]], Iterable[tuple[int, int, int]]],
                  is_leader: Callable[[], bool], settings: Settings, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 switch: Callable[[healing.Switch], bool] | None = None):
         """`settle()` brings the registry's chunk states up to date with the namespace and returns
-        the namespace's next chunk id; `chunk_table(ids)` -> (chunk_id, version, goal) of those of
-        the chunks that the namespace has; `lock` guards the registry (and this object's state)."""
+        the namespace's next chunk id; `chunk_table(ids)` -> (chunk_id, namespace.ChunkInfo) of
+        those of the chunks that the namespace has; `lock` guards the registry (and this object's
+        state); `switch(order)` gives a converted chunk its new layout (True when it did)."""
+        self._switch = switch
         self._registry = registry
         self._lock = lock
         self._settle = settle
@@ -140,6 +162,10 @@ class Healer:
             # the usual state (nothing to rebalance) a chunk at goal with no damaged copy needs
             # nothing: leave them out.
             everything = healing.needs_rebalance(servers, self.settings.limits)
+            pieces = [self._piece_view(chunk_id, info) for chunk_id, info in table
+                      if info.ec is not None or info.target is not None]
+            table = [(chunk_id, info.version, info.goal) for chunk_id, info in table
+                     if info.ec is None and info.target is None]
             views = []
             surveyed = self._registry.survey((chunk_id, version) for chunk_id, version, _ in table)
             for (chunk_id, version, goal), (valid, held) in zip(table, surveyed):
@@ -155,23 +181,45 @@ class Healer:
             inflight: dict[int, int] = {}
             busy: dict[int, int] = {}
             rebalancing: dict[int, int] = {}
-            for (chunk_id, _), job in self._jobs.items():
-                inflight[chunk_id] = inflight.get(chunk_id, 0) + 1
-                for sid in (job.order.source, job.order.target):
+            for (stored, _), job in self._jobs.items():
+                inflight[stored] = inflight.get(stored, 0) + 1
+                for sid in job.servers:
                     busy[sid] = busy.get(sid, 0) + 1
-                    if job.order.rebalance:
+                    if isinstance(job.order, healing.Replicate) and job.order.rebalance:
                         rebalancing[sid] = rebalancing.get(sid, 0) + 1
-            plan = healing.plan(views, servers, inflight=inflight, busy=busy,
-                                rebalancing=rebalancing, limits=self.settings.limits, rng=self._rng)
+            plan = healing.plan(views, servers, inflight=inflight, busy=busy, rebalancing=rebalancing,
+                                limits=self.settings.limits, rng=self._rng, pieces=pieces)
             for order in plan.replicate:
                 self._jobs[(order.chunk_id, order.target)] = _Job(order, now)
+            for order in plan.build:
+                self._jobs[(order.stored_id, order.target)] = _Job(order, now)
             for delete in plan.delete:
                 self._registry.order_delete(delete.server, delete.chunk_id)
-        if plan.replicate or plan.delete:
+        if plan.replicate or plan.delete or plan.build:
             repairs = sum(1 for r in plan.replicate if not r.rebalance)
-            log.info("replication: %d repairs, %d rebalancing moves, %d over-goal copies to delete",
-                     repairs, len(plan.replicate) - repairs, len(plan.delete))
+            rebuilds = sum(1 for b in plan.build if not b.conversion)
+            log.info("replication: %d repairs, %d rebalancing moves, %d rebuilds, %d conversion builds, "
+                     "%d pieces to delete", repairs, len(plan.replicate) - repairs, rebuilds,
+                     len(plan.build) - rebuilds, len(plan.delete))
+        for order in plan.switch:
+            if self._switch is not None and self._switch(order):
+                with self._lock:
+                    self.counters.conversions += 1
         return plan
+
+    def _piece_view(self, chunk_id: int, info) -> healing.PieceView:
+        """The registry's view of a chunk in parts or converting (caller holds the lock)."""
+        valid, holders, damaged, returned = {}, {}, [], []
+        stored_ids = self._registry.pieces(chunk_id)
+        for stored, (sids, held) in zip(stored_ids, self._registry.survey((s, info.version) for s in stored_ids)):
+            part = split_part_id(stored)[1]
+            if sids:
+                valid[part] = tuple(sids)
+            holders[part] = tuple(sorted(held))
+            damaged += [(part, sid) for sid, c in held.items() if c.damaged]
+            returned += [(part, sid) for sid, c in held.items() if c.returned]
+        return healing.PieceView(chunk_id, info.version, info.ec, info.target, info.copies, valid, holders,
+                                 info.length, tuple(sorted(damaged)), tuple(sorted(returned)))
 
     def _sweep(self, limit: int) -> range:
         """The next slice of chunk ids below `limit` for the safety-net sweep."""
@@ -185,13 +233,18 @@ class Healer:
         alive = {s.server_id for s in self._registry.servers() if s.alive}
         for key, job in list(self._jobs.items()):
             order = job.order
-            if order.source not in alive or order.target not in alive:
+            if not job.servers <= alive:
                 why = "its source or target went down"
             elif now - job.started > self.settings.timeout_s:
                 why = f"no report within {self.settings.timeout_s:g} s"
             else:
                 continue
             del self._jobs[key]
+            if isinstance(order, healing.Build):
+                self.counters.build_failures += 1
+                log.warning("build of part %d of chunk %d on %d failed: %s", order.part, order.chunk_id,
+                            order.target, why)
+                continue
             self.counters.failures += 1
             log.warning("replication of chunk %d from %d to %d failed: %s", order.chunk_id, order.source,
                         order.target, why)
@@ -211,7 +264,11 @@ class Healer:
         """Counters since this master started, and the replications under way now."""
         with self._lock:
             c = self.counters
-            return {"chunks": c.chunks, "bytes": c.bytes, "failures": c.failures, "in_progress": len(self._jobs)}
+            builds = sum(1 for j in self._jobs.values() if isinstance(j.order, healing.Build))
+            return {"chunks": c.chunks, "bytes": c.bytes, "failures": c.failures,
+                    "in_progress": len(self._jobs) - builds, "built": c.built, "built_bytes": c.built_bytes,
+                    "build_failures": c.build_failures, "builds_in_progress": builds,
+                    "conversions": c.conversions}
 
     # --- the heartbeat's side ---
 
@@ -221,7 +278,7 @@ class Healer:
             out = []
             servers = {s.server_id: s for s in self._registry.servers()}
             for (_, target), job in self._jobs.items():
-                if target != server_id or job.sent:
+                if target != server_id or job.sent or not isinstance(job.order, healing.Replicate):
                     continue
                 source = servers.get(job.order.source)
                 if source is None:
@@ -229,6 +286,38 @@ class Healer:
                 job.sent = True
                 out.append({"chunk_id": job.order.chunk_id, "version": job.order.version, "source": source.address})
             return out
+
+    def take_builds(self, server_id: int) -> list[dict]:
+        """The build orders this server is to run, each handed out once (DESIGN.md's format)."""
+        with self._lock:
+            out = []
+            address = {s.server_id: s.address for s in self._registry.servers()}
+            for (_, target), job in self._jobs.items():
+                o = job.order
+                if target != server_id or job.sent or not isinstance(o, healing.Build):
+                    continue
+                if any(sid not in address for _, sid in o.sources):
+                    continue
+                job.sent = True
+                out.append({"chunk_id": o.chunk_id, "version": o.version, "ec": list(o.ec), "part": o.part,
+                            "sources": [{"part": p, "address": address[sid]} for p, sid in o.sources],
+                            "length": o.length})
+            return out
+
+    def report_built(self, server_id: int, results: Iterable[dict]) -> None:
+        """Builds the server finished: {chunk_id, part, version, bytes, error ('' when it worked)}."""
+        with self._lock:
+            for r in results:
+                stored = r["chunk_id"] if r["part"] < 0 else part_id(r["chunk_id"], r["part"])
+                job = self._jobs.pop((stored, server_id), None)
+                if r["error"]:
+                    self.counters.build_failures += 1
+                    log.warning("build of part %d of chunk %d on chunkserver %d failed: %s", r["part"],
+                                r["chunk_id"], server_id, r["error"])
+                elif job is not None:
+                    self.counters.built += 1
+                    self.counters.built_bytes += r["bytes"]
+                self._wake.set()
 
     def report(self, server_id: int, results: Iterable[dict]) -> None:
         """Replications the server finished: {chunk_id, version, bytes, error ('' when it worked)}."""

@@ -26,15 +26,28 @@ few of its orders at once and bounds the bytes per second they pull (replicator.
 queue there rather than wait for a heartbeat round trip each. Placement is the rule for new chunks (placement.choose: distinct live
 servers with room, emptiest first), excluding every server that holds any copy of the chunk, even
 a stale one waiting for its deletion; the target chunkserver picks the disk as for a new chunk.
-Erasure-coded chunks (fragments, priority at exactly k left) join when the EC data path lands.
+
+Erasure-coded chunks and conversions (PieceView; docs/DESIGN.md "Erasure coding"). A lost,
+damaged or stale part is rebuilt by a `Build` order: the target chunkserver reads k valid parts
+and decodes the missing one. Rebuilds share the repair queue with copies, in one priority order:
+endangered first (one copy, or exactly k parts left), then by the share of the goal left. Targets
+follow the rule for new parts (placement.part_target: a disk to spare, at most m parts of the chunk
+per server where possible). A chunk whose class asks for another layout is converted: builds of
+the target layout's pieces (parts encoded from a copy, or copies decoded from k parts), and once
+they all exist at the chunk's version a `Switch` (the service moves them to a new version and logs
+set_layout; the old pieces are then stale and deleted). Conversions come after repairs; surplus
+copies of a part, damaged parts once the chunk is whole without them, and pieces no layout of the
+chunk wants are deleted. A build counts against the rate limit of its target and of each server
+it reads from.
 """
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mooseng.ec import part_id
 from mooseng.errors import FsError
-from mooseng.master import placement
+from mooseng.master import classes, placement
 from mooseng.master.registry import Server
 
 
@@ -53,6 +66,54 @@ class ChunkView:
 
 
 @dataclass(frozen=True)
+class PieceView:
+    """A chunk stored in parts, or one to convert to another layout, as the registry sees it."""
+
+    chunk_id: int
+    version: int
+    ec: tuple[int, int] | None  # its layout now (None: copies)
+    target: tuple[int, int] | None  # the layout to convert to (== ec: none)
+    copies: int  # full copies wanted when the target is copies
+    valid: Mapping[int, tuple[int, ...]]  # part (-1: full copy) -> ids of servers with a valid copy of it
+    holders: Mapping[int, tuple[int, ...]]  # part -> ids of servers with any copy of it
+    length: int = 0  # the chunk's data bytes
+    damaged: tuple[tuple[int, int], ...] = ()  # (part, server) of copies failing a CRC check
+    returned: tuple[tuple[int, int], ...] = ()  # (part, server) of copies that came with a registration
+
+    def have(self, layout: tuple[int, int] | None) -> list[int]:
+        """The parts of `layout` with a valid copy."""
+        return [p for p in classes.pieces(layout) if self.valid.get(p)]
+
+
+@dataclass(frozen=True)
+class Build:
+    """`target` makes `part` (-1: a full copy) of the chunk at `version` from `sources`
+    ((part, server) pairs; part -1 is a full copy); `ec` is the geometry of the parts involved."""
+
+    chunk_id: int
+    version: int
+    ec: tuple[int, int]
+    part: int
+    sources: tuple[tuple[int, int], ...]
+    target: int
+    length: int
+    conversion: bool = False
+
+    @property
+    def stored_id(self) -> int:
+        return self.chunk_id if self.part < 0 else part_id(self.chunk_id, self.part)
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Every piece of layout `ec` exists at `version`: the chunk may take that layout."""
+
+    chunk_id: int
+    version: int
+    ec: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class Replicate:
     """`target` pulls `chunk_id` at `version` from `source`."""
 
@@ -66,7 +127,7 @@ class Replicate:
 
 @dataclass(frozen=True)
 class Delete:
-    chunk_id: int
+    chunk_id: int  # the stored id: a part's for a part
     server: int
 
 
@@ -81,6 +142,8 @@ class Limits:
 class Plan:
     replicate: list[Replicate] = field(default_factory=list)
     delete: list[Delete] = field(default_factory=list)
+    build: list[Build] = field(default_factory=list)
+    switch: list[Switch] = field(default_factory=list)
 
 
 def usage(server: Server) -> tuple[int, int] | None:
@@ -106,18 +169,28 @@ def plan(
     rebalancing: Mapping[int, int],
     limits: Limits,
     rng: random.Random,
+    pieces: Iterable[PieceView] = (),
 ) -> Plan:
     """The actions to take now.
 
-    `inflight`: chunk id -> replications of it under way (each counts as a copy to come);
-    `busy`: server id -> replications under way it takes part in; `rebalancing`: server id ->
-    rebalancing moves among those.
+    `inflight`: stored id -> replications or builds of it under way (each counts as a copy to
+    come); `busy`: server id -> those it takes part in; `rebalancing`: server id -> rebalancing
+    moves among those. `pieces`: the chunks in parts or to convert (the others are `chunks`).
     """
     alive = {s.server_id: s for s in servers if s.alive}
     busy = {sid: busy.get(sid, 0) for sid in alive}
     rebalancing = {sid: rebalancing.get(sid, 0) for sid in alive}
     out = Plan()
     repairs, extra, stable = [], [], []
+    rebuilds, converting = [], []
+    for view in pieces:
+        _ec_deletions(view, inflight, out)
+        if view.ec != view.target:
+            converting.append(view)
+        elif view.ec is not None and len(have := view.have(view.ec)) >= view.ec[0]:
+            if len(have) < sum(view.ec) and not all(
+                    view.valid.get(p) or inflight.get(part_id(view.chunk_id, p)) for p in classes.pieces(view.ec)):
+                rebuilds.append(view)
     for chunk in chunks:
         coming = inflight.get(chunk.chunk_id, 0)
         have = len(chunk.valid)
@@ -129,13 +202,20 @@ def plan(
             stable.append(chunk)
         if have >= chunk.goal:
             out.delete += [Delete(chunk.chunk_id, sid) for sid in chunk.damaged]
-    repairs.sort(key=lambda c: (len(c.valid) > 1, len(c.valid) / c.goal, c.chunk_id))
-    for chunk in repairs:
-        _repair(chunk, inflight.get(chunk.chunk_id, 0), alive, busy, limits, rng, out)
+    queue = [((len(c.valid) > 1, len(c.valid) / c.goal, c.chunk_id), c) for c in repairs]
+    queue += [((len(v.have(v.ec)) > v.ec[0], len(v.have(v.ec)) / sum(v.ec), v.chunk_id), v) for v in rebuilds]
+    queue.sort(key=lambda q: q[0])
+    for _, chunk in queue:
+        if isinstance(chunk, PieceView):
+            _rebuild(chunk, inflight, alive, busy, limits, rng, out)
+        else:
+            _repair(chunk, inflight.get(chunk.chunk_id, 0), alive, busy, limits, rng, out)
+    for view in sorted(converting, key=lambda v: v.chunk_id):
+        _convert(view, inflight, alive, busy, limits, rng, out)
     for chunk in sorted(extra, key=lambda c: c.chunk_id):
         ranked = sorted(chunk.valid, key=lambda sid: (sid in chunk.returned, _ratio(alive[sid]), sid), reverse=True)
         out.delete += [Delete(chunk.chunk_id, sid) for sid in ranked[: len(chunk.valid) - chunk.goal]]
-    if not repairs and not extra:  # usage is about to change: measure it again first
+    if not repairs and not extra and not rebuilds and not converting:  # usage is about to change: measure again
         _rebalance(stable, alive, busy, rebalancing, limits, out)
     return out
 
@@ -157,6 +237,122 @@ def _repair(chunk: ChunkView, coming: int, alive: dict[int, Server], busy: dict[
         busy[source] += 1
         busy[target.server_id] += 1
         out.replicate.append(Replicate(chunk.chunk_id, chunk.version, source, target.server_id, chunk.length))
+
+
+def _ec_deletions(view: PieceView, inflight: Mapping[int, int], out: Plan) -> None:
+    """Pieces of the chunk no layout of it wants; once nothing is being built for it, surplus
+    copies of a part (those that came back with a registration first, then the highest server
+    ids) and, once every part is valid without them, damaged ones."""
+    wanted = set(classes.pieces(view.ec)) | set(classes.pieces(view.target))
+    for part, sids in sorted(view.holders.items()):
+        if part not in wanted:
+            out.delete += [Delete(_stored(view.chunk_id, part), sid) for sid in sids]
+    if view.ec is None or any(inflight.get(_stored(view.chunk_id, p)) for p in wanted):
+        return
+    for part in classes.pieces(view.ec):
+        valid = view.valid.get(part, ())
+        keep = sorted(valid, key=lambda sid: ((part, sid) in view.returned, sid))[:1]
+        out.delete += [Delete(_stored(view.chunk_id, part), sid) for sid in valid if sid not in keep]
+    if len(view.have(view.ec)) == sum(view.ec):
+        out.delete += [Delete(_stored(view.chunk_id, part), sid) for part, sid in view.damaged]
+
+
+def _stored(chunk_id: int, part: int) -> int:
+    return chunk_id if part < 0 else part_id(chunk_id, part)
+
+
+def _part_sources(view: PieceView, busy: dict[int, int], limits: Limits) -> tuple[tuple[int, int], ...] | None:
+    """k valid parts of the chunk to decode from, each from its least busy holder, on servers
+    below the rate limit (data parts first: cheapest to decode); None if there are not k."""
+    k = view.ec[0]
+    sources = []
+    for part in view.have(view.ec):
+        free = [sid for sid in view.valid[part] if busy[sid] < limits.per_server]
+        if free:
+            sources.append((part, min(free, key=lambda sid: (busy[sid], sid))))
+        if len(sources) == k:
+            return tuple(sources)
+    return None
+
+
+def _order(build: Build, busy: dict[int, int], out: Plan) -> None:
+    for sid in {build.target, *(sid for _, sid in build.sources)}:
+        busy[sid] += 1
+    out.build.append(build)
+
+
+def _parts_on(view: PieceView, layout: tuple[int, int]) -> dict[int, int]:
+    """Server id -> parts of `layout` it holds (any copy) for this chunk."""
+    held: dict[int, int] = {}
+    for part in classes.pieces(layout):
+        for sid in view.holders.get(part, ()):
+            held[sid] = held.get(sid, 0) + 1
+    return held
+
+
+def _build_parts(view: PieceView, layout: tuple[int, int], sources_of, conversion: bool,
+                 inflight: Mapping[int, int], alive: dict[int, Server], busy: dict[int, int], limits: Limits,
+                 rng: random.Random, out: Plan) -> None:
+    """Order the parts of `layout` that have no valid copy and none under way."""
+    k, m = layout
+    held = _parts_on(view, layout)
+    for part in classes.pieces(layout):
+        if view.valid.get(part) or inflight.get(part_id(view.chunk_id, part)):
+            continue
+        sources = sources_of()
+        if sources is None:
+            return
+        full = {sid for sid, n in busy.items() if n >= limits.per_server}
+        target = placement.part_target(alive.values(), held, k, m, rng,
+                                       exclude=full | set(view.holders.get(part, ())))
+        if target is None:
+            return
+        held[target.server_id] = held.get(target.server_id, 0) + 1
+        _order(Build(view.chunk_id, view.version, layout, part, sources, target.server_id, view.length, conversion),
+               busy, out)
+
+
+def _rebuild(view: PieceView, inflight: Mapping[int, int], alive: dict[int, Server], busy: dict[int, int],
+             limits: Limits, rng: random.Random, out: Plan) -> None:
+    _build_parts(view, view.ec, lambda: _part_sources(view, busy, limits), False, inflight, alive, busy, limits,
+                 rng, out)
+
+
+def _convert(view: PieceView, inflight: Mapping[int, int], alive: dict[int, Server], busy: dict[int, int],
+             limits: Limits, rng: random.Random, out: Plan) -> None:
+    """Build the target layout's pieces; once they all exist (and nothing is under way), switch."""
+    chunk_id = view.chunk_id
+    under_way = any(inflight.get(_stored(chunk_id, p)) for p in classes.pieces(view.target))
+    if view.target is None:  # parts -> copies
+        copies = view.valid.get(-1, ())
+        if len(copies) >= view.copies and not under_way:
+            out.switch.append(Switch(chunk_id, view.version, None))
+            return
+        if len(view.have(view.ec)) < view.ec[0]:
+            return
+        taken = set(view.holders.get(-1, ()))
+        for _ in range(view.copies - len(copies) - inflight.get(chunk_id, 0)):
+            sources = _part_sources(view, busy, limits)
+            full = {sid for sid, n in busy.items() if n >= limits.per_server}
+            try:
+                [target] = placement.choose(alive.values(), 1, rng, exclude=taken | full)
+            except (FsError, ValueError):
+                return
+            if sources is None:
+                return
+            taken.add(target.server_id)
+            _order(Build(chunk_id, view.version, view.ec, -1, sources, target.server_id, view.length, True),
+                   busy, out)
+        return
+    if len(view.have(view.target)) == sum(view.target) and not under_way:  # copies -> parts
+        out.switch.append(Switch(chunk_id, view.version, view.target))
+        return
+
+    def from_copy():
+        free = [sid for sid in view.valid.get(-1, ()) if busy[sid] < limits.per_server]
+        return ((-1, min(free, key=lambda sid: (busy[sid], sid))),) if free else None
+
+    _build_parts(view, view.target, from_copy, True, inflight, alive, busy, limits, rng, out)
 
 
 def _ratio(server: Server) -> float:

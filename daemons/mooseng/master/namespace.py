@@ -75,6 +75,7 @@ class ChunkInfo(NamedTuple):
     ec: tuple[int, int] | None  # its layout now (None: full copies)
     target: tuple[int, int] | None  # the layout its class converts it to (== ec: none to do)
     goal: int  # pieces a healthy chunk of layout `ec` has (classes.goal)
+    copies: int  # full copies it keeps while (or once) it is in copies
     length: int  # its data bytes as the file's size says
     ino: int
 
@@ -356,7 +357,7 @@ class Namespace:
         n = self._inodes[ino]
         sclass = self._classes[n.sclass]
         return ChunkInfo(version, n.sclass, layout, classes.target(layout, sclass), classes.goal(layout, sclass),
-                         min(CHUNK_SIZE, max(0, n.size - index * CHUNK_SIZE)), ino)
+                         classes.goal(None, sclass), min(CHUNK_SIZE, max(0, n.size - index * CHUNK_SIZE)), ino)
 
     def piece_version(self, stored_id: int) -> int | None:
         """The version a stored piece (a full copy, or a part: ec.part_id) must have, or None if

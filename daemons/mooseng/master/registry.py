@@ -19,6 +19,12 @@ Chunk states (per class, as mfscli's matrix): stable (valid copies == goal), ove
 undergoal (fewer, at least 2), endangered (exactly 1 of a goal above 1), missing (none), and
 deleting: chunks no file refers to any more whose copies are still on chunkservers.
 
+Erasure-coded chunks: a part is stored, reported and deleted as a chunk of its own id
+(ec.part_id), so copies, fences and deletions here are per *stored id*; only the states, the
+touched set and attention are per chunk (`_pieces` maps a chunk to its stored ids). A chunk of
+layout (k, m) is stable with its k+m parts valid, undergoal with fewer, endangered with exactly
+k (one more loss and it is unreadable), missing below k, overgoal with a part valid twice.
+
 The counts per class and state are kept up to date as things change, so reading them costs
 nothing per chunk: every change of a chunk's copies, fence or disk health here marks the chunk
 touched; follow() adds the chunks the namespace reports changed and reclassifies only those. It
@@ -28,8 +34,10 @@ that it need not scan every chunk.
 """
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+from mooseng.ec import part_id, split_part_id
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +130,8 @@ class Registry:
         self.timeout_s = timeout_s
         self._next_session = first_session
         self._servers: dict[int, Server] = {}
-        self._copies: dict[int, dict[int, Copy]] = {}
+        self._copies: dict[int, dict[int, Copy]] = {}  # stored id -> server id -> copy
+        self._pieces: dict[int, set[int]] = {}  # chunk id -> its stored ids in _copies
         # chunk_id -> (version, server ids): those servers' copies up to that version lack its data.
         self._fences: dict[int, tuple[int, set[int]]] = {}
         self.bytes_read = 0
@@ -131,7 +140,7 @@ class Registry:
         self._states: dict[int, tuple[str, str]] = {}
         self._counts: dict[str, dict[str, int]] = {}
         self._touched: set[int] = set()
-        self._attention: set[int] = set()  # under goal with a valid copy, over goal, or damaged
+        self._attention: set[int] = set()  # under goal with a valid copy, over goal, damaged, converting
 
     # --- chunkserver protocol -----------------------------------------------------------------
 
@@ -202,7 +211,7 @@ class Registry:
         server.last_seen = now
         if disks:
             if _bad_disks(server.disks) != _bad_disks(disks):
-                self._touched |= server.chunks  # its copies on those disks change validity
+                self._touched.update(_chunk(c) for c in server.chunks)  # its copies on those disks change validity
             server.disks = list(disks)
         for ref in removed:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
@@ -239,10 +248,11 @@ class Registry:
         """Copies the server must delete among its dirty chunks, and those order_delete() chose;
         they leave the registry at once.
 
-        `version_of(chunk_id)` is the namespace's current version, None for an unknown chunk
-        (always deleted). A copy older than that, or fenced, is stale, but is kept while the
-        chunk has no valid copy at all: then the stale copies are all the data left, so they
-        wait for a valid copy to appear, which marks the chunk dirty again.
+        `version_of(stored_id)` is the version the namespace wants of that piece, None for a
+        piece no live chunk wants (unknown chunk, or not of its layout: always deleted). A copy
+        older than that, or fenced, is stale, but is kept while the chunk has no valid piece at
+        all: then the stale ones are all the data left, so they wait for a valid piece to
+        appear, which marks the chunk dirty again.
         """
         server = self._servers.get(server_id)
         if server is None:
@@ -257,11 +267,12 @@ class Registry:
             fence = self._fences.get(chunk_id)
             if fence is not None and (current is None or fence[0] < current):
                 del self._fences[chunk_id]  # superseded: copies up to its version are stale anyway
-                self._touched.add(chunk_id)
+                self._touched.add(_chunk(chunk_id))
             if current is not None:
                 if copy.version >= current and (copy.damaged or not self._fenced(chunk_id, server_id, copy.version)):
                     continue  # current, or damaged: the replication manager deletes it once at goal
-                if not any(self.is_valid(chunk_id, s, c, current) for s, c in self.copies(chunk_id)):
+                if not any(self.is_valid(stored, s, c, current) for stored in self._pieces.get(_chunk(chunk_id), ())
+                           for s, c in self.copies(stored)):
                     continue
             out.append(ChunkRef(chunk_id, copy.version, copy.disk))
             self._remove_copy(server, chunk_id)
@@ -315,7 +326,7 @@ class Registry:
             self._fences[chunk_id] = (version, fenced)
         elif old is not None and old[0] < version:
             del self._fences[chunk_id]
-        self._touched.add(chunk_id)
+        self._touched.add(_chunk(chunk_id))
         self.recheck([chunk_id])
 
     def fence_missing(self, chunk_id: int, written: int, current: int, addresses: Iterable[str]) -> None:
@@ -326,11 +337,13 @@ class Registry:
         if missed:
             self.fence(chunk_id, current, missed)
 
-    def recheck(self, chunk_ids: Iterable[int]) -> None:
-        """Check these chunks' copies against the namespace at each holder's next heartbeat."""
-        for chunk_id in chunk_ids:
-            for server_id in self._copies.get(chunk_id, ()):
-                self._servers[server_id].dirty.add(chunk_id)
+    def recheck(self, ids: Iterable[int]) -> None:
+        """Check every piece of these chunks (ids: chunk or stored ids) against the namespace at
+        each holder's next heartbeat."""
+        for chunk_id in {_chunk(i) for i in ids}:
+            for stored in self._pieces.get(chunk_id, ()):
+                for server_id in self._copies[stored]:
+                    self._servers[server_id].dirty.add(stored)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -382,26 +395,46 @@ class Registry:
         """Ids of the servers holding a valid copy, ascending."""
         return [s.server_id for s, c in self.copies(chunk_id) if self.is_valid(chunk_id, s, c, version)]
 
-    def classify(self, chunk_id: int, version: int, goal: int) -> str:
-        return state_of(len(self.valid_servers(chunk_id, version)), goal)
+    def part_holders(self, chunk_id: int, version: int, parts: int) -> list[Server | None]:
+        """Entry p: a server with a valid copy of part p of the chunk (the first by id), or None."""
+        out = []
+        for p in range(parts):
+            stored = part_id(chunk_id, p)
+            out.append(next((s for s, c in self.copies(stored) if self.is_valid(stored, s, c, version)), None))
+        return out
+
+    def valid_parts(self, chunk_id: int, version: int, parts: int) -> list[list[int]]:
+        """Entry p: the ids of the servers with a valid copy of part p, ascending."""
+        return [self.valid_servers(part_id(chunk_id, p), version) for p in range(parts)]
+
+    def pieces(self, chunk_id: int) -> list[int]:
+        """The stored ids of the chunk that some server holds, ascending (copy id first)."""
+        return sorted(self._pieces.get(chunk_id, ()))
+
+    def classify(self, chunk_id: int, version: int, goal: int, ec: tuple[int, int] | None = None) -> str:
+        """The state of a chunk of layout `ec` (None: copies, with this goal)."""
+        if ec is None:
+            return state_of(len(self.valid_servers(chunk_id, version)), goal)
+        parts = self.valid_parts(chunk_id, version, ec[0] + ec[1])
+        return ec_state_of(sum(1 for p in parts if p), sum(len(p) - 1 for p in parts if p), *ec)
 
     # --- chunk-state counts, kept up to date ---------------------------------------------------
 
-    def follow(self, namespace, goals: Mapping[str, int]) -> None:
+    def follow(self, namespace) -> None:
         """Bring the chunk states up to date with `namespace` (a master.namespace.Namespace, whose
         lock the caller holds): reclassify the chunks touched here or changed there since the last
         call, or every chunk the first time and after a snapshot replaced the namespace."""
         changed = namespace.take_chunk_changes()
         if changed is None:
-            self._recount(namespace.iter_chunks(), goals)
+            self._recount(namespace.iter_chunks())
             return
         touched, self._touched = self._touched | changed, set()
         for chunk_id in touched:
             info = namespace.chunk_info(chunk_id)
             if info is not None:
-                version, sclass = info
-                self._set_state(chunk_id, sclass, self.classify(chunk_id, version, goals[sclass]))
-            elif chunk_id in self._copies:
+                self._set_state(chunk_id, info.sclass, self.classify(chunk_id, info.version, info.goal, info.ec),
+                                info.ec != info.target)
+            elif chunk_id in self._pieces:
                 self._set_state(chunk_id, NO_CLASS, DELETING)
             else:
                 self._set_state(chunk_id, None, None)
@@ -413,7 +446,8 @@ class Registry:
 
     def attention(self) -> set[int]:
         """Chunks (as of the last follow()) the replication manager may have work for: below
-        their goal with a valid copy left, above it, or at it with a damaged copy besides."""
+        their goal with a valid copy left, above it, at it with a damaged copy besides, or to
+        convert to another layout (and not missing)."""
         return set(self._attention)
 
     def capacity(self) -> Capacity:
@@ -435,15 +469,16 @@ class Registry:
             self.bytes_written += bytes_written - last_written if bytes_written >= last_written else bytes_written
         server.counters = (bytes_read, bytes_written)
 
-    def _recount(self, chunks: Iterable[tuple[int, int, str]], goals: Mapping[str, int]) -> None:
-        """Classify every chunk afresh from (chunk_id, version, class name) of the whole namespace."""
+    def _recount(self, chunks) -> None:
+        """Classify every chunk afresh from (chunk_id, ChunkInfo) of the whole namespace."""
         self._states, self._counts, self._attention, self._touched = {}, {}, set(), set()
-        for chunk_id, version, sclass in chunks:
-            self._set_state(chunk_id, sclass, self.classify(chunk_id, version, goals[sclass]))
-        for chunk_id in self._copies.keys() - self._states.keys():
+        for chunk_id, info in chunks:
+            self._set_state(chunk_id, info.sclass, self.classify(chunk_id, info.version, info.goal, info.ec),
+                            info.ec != info.target)
+        for chunk_id in self._pieces.keys() - self._states.keys():
             self._set_state(chunk_id, NO_CLASS, DELETING)
 
-    def _set_state(self, chunk_id: int, sclass: str | None, state: str | None) -> None:
+    def _set_state(self, chunk_id: int, sclass: str | None, state: str | None, converting: bool = False) -> None:
         """Record the chunk's class and state (None: forget the chunk) and move it between counts."""
         old = self._states.get(chunk_id)
         if old is not None:
@@ -454,16 +489,21 @@ class Registry:
             return
         self._states[chunk_id] = (sclass, state)
         self._counts.setdefault(sclass, dict.fromkeys(STATES, 0))[state] += 1
-        if state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (
-                state == STABLE and any(c.damaged for c in self._copies.get(chunk_id, {}).values())):
+        if state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (converting and state != MISSING) or (
+                state == STABLE and any(c.damaged for stored in self._pieces.get(chunk_id, ())
+                                        for c in self._copies[stored].values())):
             self._attention.add(chunk_id)
         else:
             self._attention.discard(chunk_id)
 
     def _add_copy(self, server: Server, chunk_id: int, copy: Copy) -> None:
-        self._copies.setdefault(chunk_id, {})[server.server_id] = copy
+        held = self._copies.get(chunk_id)
+        if held is None:
+            held = self._copies[chunk_id] = {}
+            self._pieces.setdefault(_chunk(chunk_id), set()).add(chunk_id)
+        held[server.server_id] = copy
         server.chunks.add(chunk_id)
-        self._touched.add(chunk_id)
+        self._touched.add(_chunk(chunk_id))
 
     def _remove_copy(self, server: Server, chunk_id: int) -> None:
         held = self._copies.get(chunk_id)
@@ -471,9 +511,13 @@ class Registry:
             held.pop(server.server_id, None)
             if not held:
                 del self._copies[chunk_id]
+                pieces = self._pieces[_chunk(chunk_id)]
+                pieces.discard(chunk_id)
+                if not pieces:
+                    del self._pieces[_chunk(chunk_id)]
         server.chunks.discard(chunk_id)
         server.dirty.discard(chunk_id)
-        self._touched.add(chunk_id)
+        self._touched.add(_chunk(chunk_id))
 
     def _drop_copies(self, server: Server) -> None:
         for chunk_id in list(server.chunks):
@@ -482,6 +526,11 @@ class Registry:
     def _forget_server(self, server: Server) -> None:
         self._drop_copies(server)
         del self._servers[server.server_id]
+
+
+def _chunk(stored_id: int) -> int:
+    """The chunk a stored id (a full copy's, or a part's) belongs to."""
+    return split_part_id(stored_id)[0]
 
 
 def _bad_disks(disks: Iterable[Disk]) -> set[int]:
@@ -497,3 +546,12 @@ def state_of(valid: int, goal: int) -> str:
     if valid == goal:
         return STABLE
     return ENDANGERED if valid == 1 else UNDERGOAL
+
+
+def ec_state_of(parts: int, extra: int, k: int, m: int) -> str:
+    """The state of a k+m chunk with `parts` distinct valid parts and `extra` surplus copies of them."""
+    if parts < k:
+        return MISSING
+    if parts < k + m:
+        return ENDANGERED if parts == k else UNDERGOAL
+    return OVERGOAL if extra else STABLE
