@@ -21,6 +21,12 @@ instead of moving the version under the first one. A copy that refuses a new ver
 write session is open on it (EBUSY: a session from before a leader change) makes the bump roll
 back and answer EAGAIN too, so no writer's copies are fenced by another writer.
 
+Erasure-coded chunks (docs/DESIGN.md "Erasure coding"): their replies carry "ec": [k, m] and
+"servers" with one entry per part; versions move on every valid part (by part id); a commit
+reports the parts each server stored. A conversion the healer finds complete is switched here
+(switch_layout): under the inode lock, the new pieces take version + 1 and set_layout is logged,
+which leaves the old pieces stale.
+
 Lock order: an inode lock, then the metastore's lock, then the registry lock; never the other way
 round. Only an inode lock is ever held across a call to a chunkserver.
 """
@@ -38,9 +44,10 @@ from dataclasses import dataclass, field
 
 from mooseng import rpc, wire
 from mooseng.constants import CHUNK_SIZE
+from mooseng.ec import part_id, split_part_id
 from mooseng.errors import FsError
-from mooseng.master import healer, placement
-from mooseng.master.classes import CLASSES
+from mooseng.master import classes, healer, healing, placement
+from mooseng.master.classes import StorageClass
 from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
@@ -50,7 +57,6 @@ from mooseng.master.writelease import WriteLeases
 log = logging.getLogger(__name__)
 
 ROOT_CTX = {"uid": 0, "gid": 0, "gids": []}
-GOALS = {name: c.goal for name, c in CLASSES.items()}
 # A holder that has not confirmed a new version by then is left out of the write (and fenced).
 SET_VERSION_TIMEOUT_S = 2.0
 SET_VERSION_WORKERS = 32
@@ -102,8 +108,10 @@ TIME = Kind("nanoseconds or 'now'", _time)
 ANY = Kind("anything", lambda v: True)
 U32_LIST = Kind("a list of unsigned 32-bit integers", lambda v: type(v) is list and all(_u32(x) for x in v))
 STR_LIST = Kind("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v))
+_COPY_RECORDS = _records({"chunk_id": UINT, "version": UINT, "ok": STR_LIST}, {"parts": U32_LIST})
 COPIES = Kind(
-    "a list of {chunk_id, version, ok: [address...]}", _records({"chunk_id": UINT, "version": UINT, "ok": STR_LIST})
+    "a list of {chunk_id, version, ok: [address...], parts?: [part...] as long as ok}",
+    lambda v: _COPY_RECORDS(v) and all(r.get("parts") is None or len(r["parts"]) == len(r["ok"]) for r in v),
 )
 DISKS = Kind(
     "a list of {index, path, total_bytes, used_bytes, free_bytes, state, chunks}",
@@ -118,6 +126,12 @@ REPLICATED = Kind(
     "a list of {chunk_id, version, bytes, error}",
     _records({"chunk_id": UINT, "version": UINT, "bytes": UINT, "error": STR}),
 )
+BUILT = Kind(
+    "a list of {chunk_id, part, version, bytes, error}",
+    _records({"chunk_id": UINT, "part": Kind("a part number", lambda v: type(v) is int and -1 <= v < 32),
+              "version": UINT, "bytes": UINT, "error": STR}),
+)
+EC = Kind("[k, m]", lambda v: type(v) is list and len(v) == 2 and all(_u32(x) for x in v))
 
 QUERY, MUTATION = "query", "mutation"
 _VERSION_OPS = ("write_chunk", "setattr")  # ops that may ask chunkservers to take a new version
@@ -159,6 +173,8 @@ OPS = {
     "setxattr": Op(MUTATION, {"ino": UINT, "name": BYTES, "value": BYTES}, {"flags": UINT}),
     "removexattr": Op(MUTATION, {"ino": UINT, "name": BYTES}),
     "setclass": Op(MUTATION, {"ino": UINT, "sclass": STR}, {"recursive": BOOL}),
+    "class_create": Op(MUTATION, {"name": STR}, {"copies": UINT, "ec": EC, "tier": STR}),
+    "class_delete": Op(MUTATION, {"name": STR}),
     "write_chunk": Op(MUTATION, {"ino": UINT, "index": UINT}),
     # `chunks` (copies the client stored) goes to the registry; the namespace gets {ino, size}.
     "commit_write": Op(MUTATION, {"ino": UINT, "size": UINT}, {"chunks": COPIES}),
@@ -176,7 +192,7 @@ HEARTBEAT = Op(
     QUERY,
     {"server_id": U32, "session": UINT, "disks": DISKS, "added": CHUNK_REFS, "removed": CHUNK_REFS,
      "bytes_read": UINT, "bytes_written": UINT},
-    {"damaged": CHUNK_REFS, "replicated": REPLICATED},
+    {"damaged": CHUNK_REFS, "replicated": REPLICATED, "built": BUILT},
 )  # fmt: skip
 
 
@@ -266,8 +282,8 @@ class MasterService:
         self._stop = threading.Event()
         self._expiry: threading.Thread | None = None
         self.healer = healer.Healer(
-            registry, self._lock, self._settle_for_healer, self._chunk_goals, self.is_leader,
-            healing or healer.Settings(start_delay_s=registry.timeout_s),
+            registry, self._lock, self._settle_for_healer, self._chunk_table, self.is_leader,
+            healing or healer.Settings(start_delay_s=registry.timeout_s), switch=self.switch_layout,
         )  # fmt: skip
         self._ops = {
             "write_chunk": self._write_chunk,
@@ -417,14 +433,11 @@ class MasterService:
             return result
         if ref.get("new"):
             with self._store.view() as ns:
-                goal = GOALS[ns.query("getattr", {"ino": args["ino"]}, ROOT_CTX)["sclass"]]
-            with self._lock:
-                targets = placement.choose(self._registry.servers(), goal, self._rng)
+                sclass = ns.storage_class(ns.query("getattr", {"ino": args["ino"]}, ROOT_CTX)["sclass"])
+            ref["servers"] = self._place(sclass, ref.get("ec"))
         else:
             ref["expect_version"] = ref["version"]
-            with self._lock:
-                targets = self._registry.holders(ref["chunk_id"], ref["version"])
-        ref["servers"] = [s.address for s in targets]
+            ref["servers"] = self._servers_of(ref)
         return result
 
     def _redirect(self, leader: str) -> dict:
@@ -436,7 +449,7 @@ class MasterService:
     def _submit(self, op: str, args: dict, ctx: dict):
         """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
         entry = {"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()}
-        if self._request.client_id:
+        if getattr(self._request, "client_id", 0):
             entry["client_id"], entry["seq"] = self._request.client_id, self._request.seq
         result = self._store.submit(entry)
         if type(result) is dict and result.get("freed"):
@@ -456,25 +469,41 @@ class MasterService:
         ino, index = args["ino"], args["index"]
         with self._inodes.hold(ino):
             with self._store.view() as ns:
-                goal = GOALS[ns.query("getattr", {"ino": ino}, ROOT_CTX)["sclass"]]
+                sclass = ns.storage_class(ns.query("getattr", {"ino": ino}, ROOT_CTX)["sclass"])
                 [current] = ns.query("chunks", {"ino": ino, "index": index}, ROOT_CTX)
             chunk_id = current["chunk_id"]
             self._check_leases(ino, [chunk_id] if chunk_id else [])
             if chunk_id == 0:
-                with self._lock:
-                    placement.choose(self._registry.servers(), goal, self._rng)
+                self._place(sclass, sclass.ec)  # ENOSPC before anything is logged
                 result = self._submit("write_chunk", args, ctx)
                 _expect(result, "write_chunk", result["new"])
-                with self._lock:
-                    targets = placement.choose(self._registry.servers(), goal, self._rng)
+                servers = self._place(sclass, result.get("ec"))
             else:
                 version = current["version"]
-                result, targets = self._bump(chunk_id, version, "write_chunk", args, ctx)
+                result, servers = self._bump(chunk_id, version, current.get("ec"), "write_chunk", args, ctx)
                 _expect(result, "write_chunk", (result["chunk_id"], result["version"]) == (chunk_id, version + 1))
                 result["expect_version"] = result["version"]
             self._lease(result["chunk_id"], ino, index, result["version"])
-        result["servers"] = [s.address for s in targets]
+        result["servers"] = servers
         return result
+
+    def _place(self, sclass: StorageClass, ec: list | tuple | None) -> list[str]:
+        """Addresses for a new chunk of layout `ec` (class `sclass`): chain order for copies,
+        one per part for parts. ENOSPC (naming the class) if the cluster cannot take it."""
+        with self._lock:
+            servers = self._registry.servers()
+            if ec is None:
+                return [s.address for s in placement.choose(servers, classes.goal(None, sclass), self._rng)]
+            return [s.address for s in placement.choose_parts(servers, sclass.name, ec[0], ec[1], self._rng)]
+
+    def _servers_of(self, ref: dict) -> list[str]:
+        """The valid holders of a chunk ref at its version: best first for copies; for parts
+        entry p is part p's holder, "" for none."""
+        with self._lock:
+            if ref.get("ec") is None:
+                return [s.address for s in self._registry.holders(ref["chunk_id"], ref["version"])]
+            holders = self._registry.part_holders(ref["chunk_id"], ref["version"], sum(ref["ec"]))
+            return [s.address if s is not None else "" for s in holders]
 
     def _check_leases(self, ino: int, chunk_ids: list[int]) -> None:
         """EAGAIN if another client holds the write lease of one of the chunks (it retries)."""
@@ -513,23 +542,38 @@ class MasterService:
             reports = [r for r in args.get("chunks") or [] if r["ok"]]
             if reports:
                 with self._store.view() as ns:
-                    current = {r["chunk_id"]: ns.chunk_version(r["chunk_id"]) for r in reports}
+                    current = {r["chunk_id"]: ns.chunk_info(r["chunk_id"]) for r in reports}
                 with self._lock:
                     for r in reports:
-                        now = current[r["chunk_id"]]
-                        if now is None or r["version"] > now:
+                        info = current[r["chunk_id"]]
+                        if info is None or r["version"] > info.version:
                             continue
-                        if r["version"] == now:
-                            unknown = self._registry.record_copies(r["chunk_id"], now, r["ok"])
-                            if unknown:
-                                log.warning("commit of chunk %d names unknown chunkservers %s", r["chunk_id"], unknown)
-                        self._registry.fence_missing(r["chunk_id"], r["version"], now, r["ok"])
+                        if (info.ec is None) != (r.get("parts") is None):
+                            log.warning("commit of chunk %d ignored: it reports %s, the chunk is in %s", r["chunk_id"],
+                                        "copies" if r.get("parts") is None else "parts",
+                                        "copies" if info.ec is None else "parts")
+                            continue
+                        if info.ec is None:
+                            self._record(r["chunk_id"], r["version"], info.version, r["ok"])
+                            continue
+                        for p in classes.pieces(info.ec):
+                            stored = [a for a, q in zip(r["ok"], r["parts"]) if q == p]
+                            self._record(part_id(r["chunk_id"], p), r["version"], info.version, stored)
             try:
                 return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
             finally:
                 with self._lock:
                     for r in args.get("chunks") or []:
                         self._leases.release(r["chunk_id"], r["version"])
+
+    def _record(self, stored_id: int, written: int, now: int, addresses: list[str]) -> None:
+        """A client stored version `written` of a piece on `addresses`: record them if that is
+        the current version, and fence the piece's other copies that missed it (registry lock held)."""
+        if written == now and addresses:
+            unknown = self._registry.record_copies(stored_id, now, addresses)
+            if unknown:
+                log.warning("commit of piece %d names unknown chunkservers %s", stored_id, unknown)
+        self._registry.fence_missing(stored_id, written, now, addresses)
 
     def _setattr(self, args: dict, ctx: dict) -> dict:
         """setattr -> namespace result; a shrink inside a chunk adds the "servers" holding the tail.
@@ -552,16 +596,16 @@ class MasterService:
                 result = self._submit("setattr", args, ctx)
                 _expect(result, "setattr", result["tail"] is None)
                 return result
-            result, targets = self._bump(*cut, "setattr", args, ctx)
+            result, servers = self._bump(*cut, "setattr", args, ctx)
             tail = result["tail"]
             _expect(result, "setattr", tail is not None and (tail["chunk_id"], tail["version"]) == (cut[0], cut[1] + 1))
             tail["expect_version"] = tail["version"]
-            tail["servers"] = [s.address for s in targets]
+            tail["servers"] = servers
             self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"])
         return result
 
-    def _cut_chunk(self, ino: int, size: int) -> tuple[int, int] | None:
-        """(chunk_id, version) of the chunk a shrink of `ino` to `size` cuts, or None."""
+    def _cut_chunk(self, ino: int, size: int) -> tuple[int, int, list | None] | None:
+        """(chunk_id, version, layout) of the chunk a shrink of `ino` to `size` cuts, or None."""
         if size % CHUNK_SIZE == 0:
             return None
         with self._store.view() as ns:
@@ -571,58 +615,82 @@ class MasterService:
                 [ref] = ns.query("chunks", {"ino": ino, "index": size // CHUNK_SIZE}, ROOT_CTX)
             except FsError:
                 return None  # not a regular file, or gone: the setattr itself reports it
-        return (ref["chunk_id"], ref["version"]) if ref["chunk_id"] else None
+        return (ref["chunk_id"], ref["version"], ref.get("ec")) if ref["chunk_id"] else None
 
-    def _bump(self, chunk_id: int, version: int, op: str, args: dict, ctx: dict) -> tuple[dict, list[Server]]:
-        """Move the chunk's valid copies to version + 1, then log `op` (which makes that version).
+    def _bump(self, chunk_id: int, version: int, ec: list | None, op: str, args: dict,
+              ctx: dict) -> tuple[dict, list[str]]:
+        """Move the chunk's valid pieces (copies, or parts of layout `ec`) to version + 1, then
+        log `op` (which makes that version).
 
-        Returns the op's result and the copies at the new version.
+        Returns the op's result and the addresses to write to: the copies at the new version, or
+        for parts entry p the server of part p ("" if it has none at the new version). A chunk
+        in parts needs k of them to move, or the write could leave it unreadable.
         """
         self.healer.note_write(chunk_id)
         with self._lock:
-            holders = self._registry.holders(chunk_id, version)
-        if not holders:
-            raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}")
-        moved, failures, busy = self._set_version(chunk_id, version, version + 1, holders)
-        if busy:
-            # A write session is open on a copy (one from before this master led: it holds no
-            # lease for it). Moving the others would fence that writer's copies: move them back.
-            _, stuck, _ = self._set_version(chunk_id, version + 1, version, moved)
+            if ec is None:
+                pieces = [(s, chunk_id) for s in self._registry.holders(chunk_id, version)]
+            else:
+                pieces = [(s, part_id(chunk_id, p))
+                          for p, s in enumerate(self._registry.part_holders(chunk_id, version, sum(ec))) if s]
+        need = 1 if ec is None else ec[0]
+        if len(pieces) < need:
+            raise FsError(errno.EIO, f"chunk {chunk_id}: {len(pieces)} valid {'copies' if ec is None else 'parts'}, "
+                                     f"needs {need}")
+        moved, failures, busy = self._set_version(pieces, version, version + 1)
+        if busy or len(moved) < need:
+            # busy: a write session is open on a piece (one from before this master led: it holds
+            # no lease for it); moving the others would fence that writer's pieces. Too few moved:
+            # the chunk would be unreadable at the new version. Either way, move them back.
+            _, stuck, _ = self._set_version(moved, version + 1, version)
             if stuck:
-                log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(stuck))
-            raise FsError(errno.EAGAIN, f"chunk {chunk_id} is locked: a copy is being written ({'; '.join(failures)})")
-        if not moved:
-            raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}: {'; '.join(failures)}")
+                log.warning("chunk %d: pieces left at version %d: %s", chunk_id, version + 1, "; ".join(stuck))
+            if busy:
+                raise FsError(errno.EAGAIN, f"chunk {chunk_id} is locked: a copy is being written "
+                                            f"({'; '.join(failures)})")
+            raise FsError(errno.EIO, f"chunk {chunk_id}: too few valid pieces took a new version: {'; '.join(failures)}")
         if failures:
-            log.warning("chunk %d: copies left out of version %d: %s", chunk_id, version + 1, "; ".join(failures))
+            log.warning("chunk %d: pieces left out of version %d: %s", chunk_id, version + 1, "; ".join(failures))
         try:
             result = self._submit(op, args, ctx)
         except FsError:
-            # Refused by the namespace: move the copies back. Not after a store failure, when the
-            # entry may be durable after all: copies ahead of the namespace are valid, behind not.
+            # Refused by the namespace: move the pieces back. Not after a store failure, when the
+            # entry may be durable after all: pieces ahead of the namespace are valid, behind not.
             if self._store.failure is None:
-                _, failures, _ = self._set_version(chunk_id, version + 1, version, moved)
+                _, failures, _ = self._set_version(moved, version + 1, version)
                 if failures:
-                    log.warning("chunk %d: copies left at version %d: %s", chunk_id, version + 1, "; ".join(failures))
+                    log.warning("chunk %d: pieces left at version %d: %s", chunk_id, version + 1, "; ".join(failures))
             raise
         with self._lock:
-            self._registry.record_copies(chunk_id, version + 1, [s.address for s in moved])
-            # A holder that did not confirm may still take the version late, without the data.
-            confirmed = {s.server_id for s in moved}
-            self._registry.fence(chunk_id, version + 1, [s.server_id for s in holders if s.server_id not in confirmed])
-        return result, moved
+            confirmed = set(moved)
+            for server, stored in pieces:
+                if (server, stored) in confirmed:
+                    self._registry.record_copies(stored, version + 1, [server.address])
+                else:  # it may still take the version late, without the data
+                    self._registry.fence(stored, version + 1, [server.server_id])
+        if ec is None:
+            return result, [s.address for s, _ in moved]
+        servers = [""] * sum(ec)
+        for server, stored in moved:
+            servers[split_part_id(stored)[1]] = server.address
+        return result, servers
 
-    def _set_version(self, chunk_id: int, expect: int, version: int, servers: list[Server]):
-        """Ask the servers in parallel to move their copy from `expect` to `version`.
+    def _set_version(self, pieces: list[tuple[Server, int]], expect: int, version: int):
+        """Ask the servers in parallel to move their piece (server, stored id) from `expect` to
+        `version`.
 
-        Returns (the servers that confirmed, in the given order; "address: why" for the others;
-        whether one refused because a write session is open on its copy).
+        Returns (the pieces that confirmed, in the given order; "address: why" for the others;
+        whether one refused because a write session is open on it).
         """
-        params = {"chunk_id": chunk_id, "expect_version": expect, "version": version}
-        calls = [(s, self._pool.submit(self._chunkserver(s.address).call, "set_version", params)) for s in servers]
+        calls = [
+            (piece, self._pool.submit(self._chunkserver(piece[0].address).call, "set_version",
+                                      {"chunk_id": piece[1], "expect_version": expect, "version": version}))
+            for piece in pieces
+        ]
         wait([f for _, f in calls], timeout=SET_VERSION_TIMEOUT_S)
         done, failures, busy = [], [], False
-        for server, future in calls:
+        for piece, future in calls:
+            server = piece[0]
             if not future.done():
                 failures.append(f"{server.address}: no answer within {SET_VERSION_TIMEOUT_S:g} s")
                 continue
@@ -632,8 +700,51 @@ class MasterService:
                 failures.append(f"{server.address}: {exc}")
                 busy = busy or (exc.status == rpc.UNAVAILABLE and exc.message.startswith("[EBUSY]"))
             else:
-                done.append(server)
+                done.append(piece)
         return done, failures, busy
+
+    def switch_layout(self, order: healing.Switch) -> bool:
+        """Give a converted chunk its new layout: the pieces of that layout (complete at
+        order.version, as the healer found) take version + 1, then set_layout is logged, which
+        makes the same version in the namespace; the old pieces are then stale and deleted.
+        False (nothing changed) if the chunk moved on meanwhile, is being written, or a piece
+        did not take the version. Runs on the healer's thread."""
+        chunk_id, version = order.chunk_id, order.version
+        with self._store.view() as ns:
+            info = ns.chunk_info(chunk_id)
+        if info is None:
+            return False
+        with self._inodes.hold(info.ino):
+            with self._store.view() as ns:
+                info = ns.chunk_info(chunk_id)
+            if info is None or info.version != version or info.target != order.ec or info.ec == info.target:
+                return False
+            with self._lock:
+                if self._leases.blocker(chunk_id, 0, time.monotonic()) is not None:
+                    return False
+                pieces = [(s, stored) for stored in
+                          ([chunk_id] if order.ec is None else [part_id(chunk_id, p) for p in classes.pieces(order.ec)])
+                          for s in self._registry.holders(stored, version)]
+            moved, failures, _ = self._set_version(pieces, version, version + 1)
+            if failures:
+                _, stuck, _ = self._set_version(moved, version + 1, version)
+                log.warning("chunk %d: conversion to %s waits: %s%s", chunk_id, _layout_name(order.ec),
+                            "; ".join(failures), f" (left at version {version + 1}: {'; '.join(stuck)})" if stuck else "")
+                return False
+            try:
+                self._submit("set_layout", {"chunk_id": chunk_id, "version": version,
+                                            "ec": None if order.ec is None else list(order.ec)}, ROOT_CTX)
+            except FsError as exc:
+                if self._store.failure is None:
+                    self._set_version(moved, version + 1, version)
+                log.warning("chunk %d: conversion to %s refused: %s", chunk_id, _layout_name(order.ec), exc)
+                return False
+            with self._lock:
+                for server, stored in moved:
+                    self._registry.record_copies(stored, version + 1, [server.address])
+                self._registry.recheck([chunk_id])
+        log.info("chunk %d is now in %s (version %d)", chunk_id, _layout_name(order.ec), version + 1)
+        return True
 
     def _chunkserver(self, address: str) -> rpc.Client:
         with self._lock:
@@ -645,12 +756,11 @@ class MasterService:
         return client
 
     def _chunks(self, args: dict, ctx: dict) -> list:
-        """chunks{ino,index,count?} -> [{index, chunk_id, version, servers}] (valid copies, best first)."""
+        """chunks{ino,index,count?} -> [{index, chunk_id, version, ec?, servers}] (valid copies, best
+        first; for a chunk in parts, entry p is part p's server or "")."""
         refs = self._store.query("chunks", args, ctx)
-        with self._lock:
-            for ref in refs:
-                holders = self._registry.holders(ref["chunk_id"], ref["version"]) if ref["chunk_id"] else []
-                ref["servers"] = [s.address for s in holders]
+        for ref in refs:
+            ref["servers"] = self._servers_of(ref) if ref["chunk_id"] else []
         return refs
 
     def _open(self, args: dict, ctx: dict) -> dict:
@@ -665,32 +775,48 @@ class MasterService:
         return {"attr": attr, "chunks": refs}
 
     def _fileinfo(self, args: dict, ctx: dict) -> dict:
-        """fileinfo{ino} -> {attr, class, chunks: [{index, chunk_id, version, copies: [...]}]}; each
-        copy says whether it is valid and its state (see _copy_state)."""
+        """fileinfo{ino} -> {attr, class, progress, chunks: [{index, chunk_id, version, ec, target,
+        state, copies: [...]}]}: every piece of each chunk (a full copy is part -1), whether it is
+        valid and its state (see _copy_state); `target` is the layout the chunk converts to
+        (== ec: none), `progress` how many chunks are in the layout their class asks for."""
         with self._store.view() as ns:
             attr = ns.query("getattr", args, ctx)
+            sclass = ns.storage_class(attr["sclass"])
             refs = []
             if stat.S_ISREG(attr["mode"]):
                 for index in range(0, -(-attr["size"] // CHUNK_SIZE), CHUNKS_MAX):
                     refs += ns.query("chunks", {"ino": args["ino"], "index": index, "count": CHUNKS_MAX}, ctx)
+            refs = [r for r in refs if r["chunk_id"]]
+            infos = [ns.chunk_info(r["chunk_id"]) for r in refs]
+            wanted = {stored: ns.piece_version(stored) for r in refs
+                      for stored in self._registry_pieces(r["chunk_id"])}
         chunks = []
         with self._lock:
-            for ref in refs:
-                if not ref["chunk_id"]:
-                    continue
+            for ref, info in zip(refs, infos):
                 copies = []
-                for server, copy in self._registry.copies(ref["chunk_id"]):
-                    valid = self._registry.is_valid(ref["chunk_id"], server, copy, ref["version"])
-                    copies.append({
-                        "server_id": server.server_id,
-                        "address": server.address,
-                        "disk": copy.disk,
-                        "version": copy.version,
-                        "valid": valid,
-                        "state": _copy_state(valid, server, copy, ref["version"]),
-                    })  # fmt: skip
-                chunks.append({**ref, "copies": copies})
-        return {"attr": attr, "class": CLASSES[attr["sclass"]].to_dict(), "chunks": chunks}
+                for stored in self._registry.pieces(ref["chunk_id"]):
+                    for server, copy in self._registry.copies(stored):
+                        valid = wanted.get(stored) is not None and self._registry.is_valid(
+                            stored, server, copy, ref["version"])
+                        copies.append({
+                            "part": split_part_id(stored)[1],
+                            "server_id": server.server_id,
+                            "address": server.address,
+                            "disk": copy.disk,
+                            "version": copy.version,
+                            "valid": valid,
+                            "state": _copy_state(valid, server, copy, ref["version"], wanted.get(stored) is None),
+                        })  # fmt: skip
+                target = None if info.target is None else list(info.target)
+                state = self._registry.classify(ref["chunk_id"], info.version, info.goal, info.ec)
+                chunks.append({**ref, "ec": ref.get("ec"), "target": target, "state": state, "copies": copies})
+        done = sum(1 for info in infos if info.ec == info.target)
+        return {"attr": attr, "class": sclass.to_dict(), "chunks": chunks,
+                "progress": {"converted": done, "total": len(infos)}}
+
+    def _registry_pieces(self, chunk_id: int) -> list[int]:
+        with self._lock:
+            return self._registry.pieces(chunk_id)
 
     def _statfs(self, args: dict, ctx: dict) -> dict:
         """statfs{} -> namespace counts + byte totals over the live chunkservers' healthy disks."""
@@ -705,6 +831,9 @@ class MasterService:
         with self._store.view() as ns:
             inodes = ns.inode_count
         total, by_class = self.chunk_states()
+        with self._store.view() as ns:
+            for sclass in ns.classes:  # every class has its row, also before it has chunks
+                by_class.setdefault(sclass.name, dict.fromkeys(STATES, 0))
         metadata = self._metadata_counters()
         now = time.monotonic()
         with self._lock:
@@ -736,20 +865,21 @@ class MasterService:
         """(chunks in the namespace, chunks per class and state): costs a little per chunk changed
         since the last call, nothing per chunk (see registry.py)."""
         with self._store.view() as ns, self._lock:
-            self._registry.follow(ns, GOALS)
+            self._registry.follow(ns)
             return ns.chunk_count, self._registry.chunk_states()
 
     def _settle_for_healer(self) -> int:
         """Settle the chunk states; return the namespace's next chunk id (the sweep's bound)."""
         with self._store.view() as ns, self._lock:
-            self._registry.follow(ns, GOALS)
+            self._registry.follow(ns)
             return ns.next_chunk_id
 
     def gauges(self) -> Gauges:
         """What Prometheus scrapes: the counts kept up to date, and the registry's servers now."""
         total, by_class = self.chunk_states()
-        for name in GOALS:  # every class has its series, also before it has chunks
-            by_class.setdefault(name, dict.fromkeys(STATES, 0))
+        with self._store.view() as ns:
+            for sclass in ns.classes:  # every class has its series, also before it has chunks
+                by_class.setdefault(sclass.name, dict.fromkeys(STATES, 0))
         index = self._store.last_index
         with self._lock:
             servers = self._registry.servers()
@@ -818,8 +948,9 @@ class MasterService:
 
     def _heartbeat(self, params: dict, data, peer: str) -> dict:
         """heartbeat{server_id, session, disks, added, removed, bytes_read, bytes_written, damaged?,
-        replicated?} -> {reregister, delete: [{chunk_id, version, disk (None: not known)}],
-        replicate: [{chunk_id, version, source}]} (the healer's orders for this server)."""
+        replicated?, built?} -> {reregister, delete: [{chunk_id, version, disk (None: not known)}],
+        replicate: [{chunk_id, version, source}], build: [...]} (the healer's orders for this
+        server; chunk ids here are stored ids, a part's for a part)."""
         if not self._store.is_leader():
             raise self._not_leader("heartbeat", self._store.leader_address())
         try:
@@ -843,30 +974,32 @@ class MasterService:
             )
         if not ok:
             log.info("chunkserver %d has no valid session: asking it to register again", server_id)
-            return {"reregister": True, "delete": [], "replicate": []}
+            return {"reregister": True, "delete": [], "replicate": [], "build": []}
         for ref in damaged:
             log.warning("chunkserver %d reports its copy of chunk %d (version %d) damaged", server_id,
                         ref.chunk_id, ref.version)
         self.healer.report(server_id, params.get("replicated") or [])
+        self.healer.report_built(server_id, params.get("built") or [])
         with self._store.view() as ns, self._lock:
-            deletes = self._registry.deletions(server_id, ns.chunk_version)
+            deletes = self._registry.deletions(server_id, ns.piece_version)
         if deletes:
-            log.info("chunkserver %d: %d copies to delete (unknown, stale, damaged or over goal)", server_id,
-                     len(deletes))
+            log.info("chunkserver %d: %d pieces to delete (unknown, stale, not of the layout, damaged or over goal)",
+                     server_id, len(deletes))
         return {
             "reregister": False,
             "delete": [{"chunk_id": c.chunk_id, "version": c.version, "disk": c.disk} for c in deletes],
             "replicate": self.healer.take(server_id),
+            "build": self.healer.take_builds(server_id),
         }
 
-    def _chunk_goals(self, chunk_ids: Iterable[int]) -> list[tuple[int, int, int]]:
-        """(chunk_id, version, goal) of those of the chunks the namespace has, for the healer."""
+    def _chunk_table(self, chunk_ids: Iterable[int]) -> list[tuple[int, object]]:
+        """(chunk_id, namespace.ChunkInfo) of those of the chunks the namespace has, for the healer."""
         out = []
         with self._store.view() as ns:
             for chunk_id in chunk_ids:
                 info = ns.chunk_info(chunk_id)
                 if info is not None:
-                    out.append((chunk_id, info[0], GOALS[info[1]]))
+                    out.append((chunk_id, info))
         return out
 
 
@@ -874,6 +1007,10 @@ def _expect(result, op: str, holds: bool) -> None:
     """The inode lock makes a logged op do what was prepared for it; anything else is a bug."""
     if not holds:
         raise RuntimeError(f"{op} did not do what was prepared for it: {result!r:.300}")
+
+
+def _layout_name(ec) -> str:
+    return "copies" if ec is None else f"{ec[0]}+{ec[1]} parts"
 
 
 def _disk(d: dict) -> Disk:
@@ -884,10 +1021,12 @@ def _ref(c: dict) -> ChunkRef:
     return ChunkRef(c["chunk_id"], c["version"], c["disk"], c.get("length") or 0, bool(c.get("damaged")))
 
 
-def _copy_state(valid: bool, server, copy, version: int) -> str:
-    """How fileinfo marks a copy: valid, or why not."""
+def _copy_state(valid: bool, server, copy, version: int, unwanted: bool = False) -> str:
+    """How fileinfo marks a copy (or part): valid, or why not."""
     if valid:
         return "valid"
+    if unwanted:
+        return "unwanted"
     if copy.damaged:
         return "damaged"
     if not server.alive:
