@@ -18,6 +18,7 @@ import msgpack
 import pytest
 
 from mooseng import rpc
+from mooseng.ec import part_id
 from mooseng.master.service import SET_VERSION_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,12 +213,12 @@ def ref(chunk_id, version):
     return {"chunk_id": chunk_id, "version": version, "disk": 0, "length": 0}
 
 
-def register(m, sid, cluster="mooseng", chunks=(), address=None):
+def register(m, sid, cluster="mooseng", chunks=(), address=None, disks=None):
     params = {
         "cluster_id": cluster,
         "server_id": sid,
         "address": address or f"127.0.0.1:{9400 + sid}",
-        "disks": [disk()],
+        "disks": disks or [disk()],
         "chunks": [ref(c, v) for c, v in chunks],
     }
     return m.call("register", params)["session"]
@@ -446,7 +447,12 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     assert master.ok("setclass", ino=ino, sclass="fast")["changed"] == 1
     w1 = master.ok("write_chunk", ino=ino, index=1)
     assert sorted(w1["servers"]) == sorted(by_address)
-    assert master.meta("setclass", ino=ino, sclass="archive")[0] == errno.ENOTSUP
+    # An erasure-coded class needs 12 disks; three servers of one disk cannot take a new chunk.
+    assert master.ok("setclass", ino=ino, sclass="archive")["changed"] == 1
+    code, _, message = master.meta("write_chunk", ino=ino, index=2)
+    assert (code, message) == (errno.ENOSPC, "storage class 'archive' (erasure coding 8+4) needs 12 disks with "
+                                             "8 MiB free on live chunkservers; the cluster has 3")
+    master.ok("setclass", ino=ino, sclass="fast")
 
     # Chunk 1 was never committed: no copy, so another write session cannot start.
     code, _, message = master.meta("write_chunk", ino=ino, index=1)
@@ -527,6 +533,74 @@ def test_one_writer_per_chunk_others_get_eagain_until_it_commits(master, fakes):
     assert meta(2, "release_write", ino=ino, chunk_id=chunk_id, version=4) == (0, {}, "")
     code, third, _ = meta(1, "write_chunk", ino=ino, index=0)
     assert code == 0 and third["version"] == 5
+
+
+def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
+    """archive (8+4) on three servers of four disks: a new chunk's 12 parts go 4 to a server; a
+    commit records the parts each server stored, a rewrite moves every valid part to the new
+    version, a part that missed the write is fenced, fileinfo lists the parts, and the healer
+    orders the missing parts rebuilt from 8 others; the built reports complete the chunk."""
+    master = masters(timeout_s=2.0).start()
+    four = [disk(i) for i in range(4)]
+    sessions = {sid: register(master, sid, address=fake.address, disks=four) for sid, fake in fakes.items()}
+    by_address = {fake.address: sid for sid, fake in fakes.items()}
+    ino = master.ok("mknod", parent=1, name=b"cold", mode=S_IFREG | 0o644)["ino"]
+    master.ok("setclass", ino=ino, sclass="archive")
+    w = master.ok("write_chunk", ino=ino, index=0)
+    c = w["chunk_id"]
+    assert w["ec"] == [8, 4] and len(w["servers"]) == 12
+    assert sorted(w["servers"].count(a) for a in by_address) == [4, 4, 4]
+    assert len(set(w["servers"][:3])) == 3, "the data parts take the servers in turn"
+    parts = [p for p in range(12) if p != 5]  # part 5's write failed
+    for p in parts:
+        fakes[by_address[w["servers"][p]]].copies[part_id(c, p)] = [1, b"part %d" % p]
+    bad = {"chunk_id": c, "version": 1, "ok": w["servers"], "parts": [0]}
+    with pytest.raises(rpc.RpcError) as info:
+        master.call("meta", {"op": "commit_write", "args": {"ino": ino, "size": 1000, "chunks": [bad]}})
+    assert info.value.status == rpc.INVALID_ARGUMENT
+    master.ok("commit_write", ino=ino, size=1000,
+              chunks=[{"chunk_id": c, "version": 1, "ok": [w["servers"][p] for p in parts], "parts": parts}])
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert chunk["ec"] == [8, 4] and chunk["servers"] == [w["servers"][p] if p != 5 else "" for p in range(12)]
+
+    again = master.ok("write_chunk", ino=ino, index=0)
+    assert (again["version"], again["expect_version"], again["servers"]) == (2, 2, chunk["servers"])
+    assert [fakes[by_address[w["servers"][p]]].version(part_id(c, p)) for p in parts] == [2] * 11
+    stored = [p for p in parts if p != 7]  # part 7 took the version but missed the data
+    master.ok("commit_write", ino=ino, size=1000,
+              chunks=[{"chunk_id": c, "version": 2, "ok": [w["servers"][p] for p in stored], "parts": stored}])
+    info = master.ok("fileinfo", ino=ino)
+    [chunk] = info["chunks"]
+    assert (chunk["ec"], chunk["target"], chunk["state"]) == ([8, 4], [8, 4], "undergoal")
+    assert [(x["part"], x["valid"], x["state"]) for x in chunk["copies"]] == [
+        (p, p != 7, "fenced" if p == 7 else "valid") for p in parts]
+    assert info["progress"] == {"converted": 1, "total": 1}
+    assert master.ok("status")["chunks"]["by_class"]["archive"]["undergoal"] == 1
+
+    orders, deadline = [], time.monotonic() + 20
+    while len(orders) < 2 and time.monotonic() < deadline:
+        for sid, session in sessions.items():
+            reply = master.call("heartbeat", {"server_id": sid, "session": session, "disks": [], "added": [],
+                                              "removed": [], "bytes_read": 0, "bytes_written": 0})
+            orders += [(sid, o) for o in reply["build"]]
+        time.sleep(0.2)
+    assert sorted(o["part"] for _, o in orders) == [5, 7]
+    for sid, o in orders:
+        assert (o["chunk_id"], o["version"], o["ec"], o["length"]) == (c, 2, [8, 4], 1000)
+        assert len(o["sources"]) == 8 and all(s["part"] in stored for s in o["sources"])
+        assert all(s["address"] == w["servers"][s["part"]] for s in o["sources"])
+        # no server above 4 parts of the chunk: the part goes to the server that lost it
+        assert fakes[sid].address == w["servers"][o["part"]]
+    for sid, o in orders:
+        master.call("heartbeat", {
+            "server_id": sid, "session": sessions[sid], "disks": [], "bytes_read": 0,
+            "bytes_written": 0, "added": [ref(part_id(c, o["part"]), 2)],
+            "removed": [ref(part_id(c, 7), 2)] if o["part"] == 7 else [],  # the fenced copy, deleted
+            "built": [{"chunk_id": c, "part": o["part"], "version": 2, "bytes": 65536, "error": ""}]})  # fmt: skip
+    [chunk] = master.ok("fileinfo", ino=ino)["chunks"]
+    assert chunk["state"] == "stable"
+    status = master.ok("status")
+    assert status["chunks"]["by_class"]["archive"]["stable"] == 1 and status["chunks"]["replication"]["built"] == 2
 
 
 def test_no_copy_takes_the_version_is_eio_and_logs_nothing(master, fakes):

@@ -455,3 +455,38 @@ def test_kept_counts_equal_a_full_count_after_random_events(seed):
         counts, attention = full_count(sim.reg, sim.ns)
         assert sim.reg.chunk_states() == counts
         assert sim.reg.attention() == attention
+
+
+def test_a_fenced_copy_once_removed_lets_a_new_one_there_count(reg):
+    s1 = register(reg, 1, chunks=[ChunkRef(5, 2, 0)])
+    register(reg, 2, chunks=[ChunkRef(5, 2, 0)])
+    reg.fence(5, 2, [1])
+    assert reg.valid_servers(5, 2) == [2]
+    beat(reg, 1, s1, 1.0, added=[ChunkRef(5, 2, 0)])  # the same copy again (a header change): still fenced
+    assert reg.valid_servers(5, 2) == [2]
+    beat(reg, 1, s1, 2.0, removed=[ChunkRef(5, 2, 0)])
+    beat(reg, 1, s1, 3.0, added=[ChunkRef(5, 2, 1)])  # made afresh (a rebuilt part, a replication)
+    assert reg.valid_servers(5, 2) == [1, 2]
+
+
+def test_erasure_coded_states_count_distinct_valid_parts(reg):
+    k, m, c = 4, 2, 7
+    register(reg, 1, chunks=[ChunkRef(part_id(c, p), 1, p) for p in (0, 1, 2)])
+    s2 = register(reg, 2, chunks=[ChunkRef(part_id(c, p), 1, p) for p in (3, 4)])
+    assert reg.classify(c, 1, 6, (k, m)) == UNDERGOAL
+    beat(reg, 2, s2, 1.0, added=[ChunkRef(part_id(c, 5), 1, 2)])
+    assert reg.classify(c, 1, 6, (k, m)) == STABLE
+    register(reg, 3, chunks=[ChunkRef(part_id(c, 0), 1, 0)])
+    assert reg.classify(c, 1, 6, (k, m)) == OVERGOAL
+    reg.expire(TIMEOUT + 0.5)  # servers 1 and 3 were silent: parts 3, 4, 5 are left
+    assert reg.classify(c, 1, 6, (k, m)) == MISSING
+    assert [None if s is None else s.server_id for s in reg.part_holders(c, 1, 6)] == [None, None, None, 2, 2, 2]
+    reg2 = Registry("mooseng", TIMEOUT)
+    register(reg2, 1, chunks=[ChunkRef(part_id(c, p), 1, p) for p in range(4)] + [ChunkRef(c, 1, 0)])
+    assert reg2.classify(c, 1, 6, (k, m)) == ENDANGERED
+    assert reg2.pieces(c) == [c] + [part_id(c, p) for p in range(4)]
+    table = [(c, 1, "ec42", 6, (k, m)), (8, 1, "default", 2)]
+    reg2.follow(TableNamespace(table))
+    assert reg2.chunk_states()["ec42"][ENDANGERED] == 1 and reg2.attention() == {c}
+    # the copy is not of the layout: deleted at the next heartbeat; a stale part too once parts are valid
+    assert reg2.deletions(1, {part_id(c, p): 1 for p in range(4)}.get) == [ChunkRef(c, 1, 0)]

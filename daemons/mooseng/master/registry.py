@@ -217,6 +217,15 @@ class Registry:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
             if copy is not None and copy.version <= ref.version:
                 self._remove_copy(server, ref.chunk_id)
+                copy = None
+            fence = self._fences.get(ref.chunk_id)
+            if copy is None and fence is not None and server_id in fence[1]:
+                # That copy is gone: whatever the server stores under this id later is made
+                # afresh (a rebuilt part can land where a fenced one was deleted).
+                fence[1].discard(server_id)
+                if not fence[1]:
+                    del self._fences[ref.chunk_id]
+                self._touched.add(_chunk(ref.chunk_id))
         for ref in added:
             copy = self._copies.get(ref.chunk_id, {}).get(server_id)
             if copy is None or copy.version <= ref.version:

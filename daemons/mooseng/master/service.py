@@ -635,8 +635,8 @@ class MasterService:
                           for p, s in enumerate(self._registry.part_holders(chunk_id, version, sum(ec))) if s]
         need = 1 if ec is None else ec[0]
         if len(pieces) < need:
-            raise FsError(errno.EIO, f"chunk {chunk_id}: {len(pieces)} valid {'copies' if ec is None else 'parts'}, "
-                                     f"needs {need}")
+            raise FsError(errno.EIO, f"no valid copy of chunk {chunk_id}" if ec is None else
+                          f"chunk {chunk_id} has {len(pieces)} valid parts, needs {need}")
         moved, failures, busy = self._set_version(pieces, version, version + 1)
         if busy or len(moved) < need:
             # busy: a write session is open on a piece (one from before this master led: it holds
@@ -648,7 +648,9 @@ class MasterService:
             if busy:
                 raise FsError(errno.EAGAIN, f"chunk {chunk_id} is locked: a copy is being written "
                                             f"({'; '.join(failures)})")
-            raise FsError(errno.EIO, f"chunk {chunk_id}: too few valid pieces took a new version: {'; '.join(failures)}")
+            what = f"no valid copy of chunk {chunk_id}" if ec is None else \
+                f"chunk {chunk_id}: {len(moved)} parts took the new version, needs {need}"
+            raise FsError(errno.EIO, f"{what}: {'; '.join(failures)}")
         if failures:
             log.warning("chunk %d: pieces left out of version %d: %s", chunk_id, version + 1, "; ".join(failures))
         try:
@@ -662,9 +664,9 @@ class MasterService:
                     log.warning("chunk %d: pieces left at version %d: %s", chunk_id, version + 1, "; ".join(failures))
             raise
         with self._lock:
-            confirmed = set(moved)
+            confirmed = {(server.server_id, stored) for server, stored in moved}
             for server, stored in pieces:
-                if (server, stored) in confirmed:
+                if (server.server_id, stored) in confirmed:
                     self._registry.record_copies(stored, version + 1, [server.address])
                 else:  # it may still take the version late, without the data
                     self._registry.fence(stored, version + 1, [server.server_id])
