@@ -746,10 +746,17 @@ class MasterService:
             return ns.next_chunk_id
 
     def gauges(self) -> Gauges:
-        """What Prometheus scrapes: the counts kept up to date, and the registry's servers now."""
+        """What Prometheus scrapes: the counts kept up to date, and the registry's servers now.
+
+        Chunk states are the leader's: a follower's registry is empty (chunkservers register
+        with the leader only), so it would count every chunk missing. It exports none.
+        """
         total, by_class = self.chunk_states()
-        for name in GOALS:  # every class has its series, also before it has chunks
-            by_class.setdefault(name, dict.fromkeys(STATES, 0))
+        if self._store.is_leader():
+            for name in GOALS:  # every class has its series, also before it has chunks
+                by_class.setdefault(name, dict.fromkeys(STATES, 0))
+        else:
+            by_class = {}
         index = self._store.last_index
         with self._lock:
             servers = self._registry.servers()
