@@ -630,7 +630,7 @@ class MasterService:
                 future.result()
             except rpc.RpcError as exc:
                 failures.append(f"{server.address}: {exc}")
-                busy = busy or (exc.status == rpc.UNAVAILABLE and exc.message.startswith("[EBUSY]"))
+                busy = busy or exc.status == rpc.ABORTED
             else:
                 done.append(server)
         return done, failures, busy
