@@ -289,6 +289,8 @@ def test_errors_map_to_status_codes(servers, client):
     assert client.read(cs1.addr, 8, 3, 0, 65536) == (bytes(range(256)) * 256)
     metrics = urllib.request.urlopen(f"http://{cs1.metrics}/metrics", timeout=10).read().decode()
     assert "mooseng_crc_errors_total 1.0" in metrics
+    assert 'mooseng_operation_errors_total{error="DATA_LOSS",op="read"} 1.0' in metrics
+    assert 'mooseng_operation_errors_total{error="NOT_FOUND",op="read"} ' in metrics  # start-up probes too
     assert "mooseng_chunks_total 1.0" in metrics
     assert 'mooseng_disk_bytes{disk="%s",kind="free"}' % cs1.data_dirs[0] in metrics
     for op in ("read", "write", "commit"):

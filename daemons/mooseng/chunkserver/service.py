@@ -178,12 +178,20 @@ class ChunkServerService:
 
         def handle(params: dict, data: bytearray, peer: str):
             started = time.perf_counter()
+            error = "INTERNAL"
             try:
-                return method(params, data)
+                reply = method(params, data)
+                error = ""
+                return reply
             except FsError as exc:
-                raise _status(exc) from None
+                status = _status(exc)
+                error = rpc.STATUS_NAMES[status.status]
+                raise status from None
+            except rpc.RpcError as exc:
+                error = rpc.STATUS_NAMES.get(exc.status, str(exc.status))
+                raise
             finally:
-                self._metrics.observe(op, time.perf_counter() - started)
+                self._metrics.observe(op, time.perf_counter() - started, error)
 
         return handle
 

@@ -364,10 +364,16 @@ class MasterService:
         """meta{op, args, client_id?, seq?, uid?, gid?, gids?} -> {errno, message, result, leader}."""
         start = time.perf_counter()
         op = params.get("op")
+        error = "INTERNAL"
         try:
-            return self._run(params)
+            reply = self._run(params)
+            error = errno.errorcode.get(reply["errno"], str(reply["errno"])) if reply["errno"] else ""
+            return reply
+        except rpc.RpcError as exc:
+            error = rpc.STATUS_NAMES.get(exc.status, str(exc.status))
+            raise
         finally:
-            self._metrics.observe(op if type(op) is str and op in OPS else "invalid", time.perf_counter() - start)
+            self._metrics.observe(op if type(op) is str and op in OPS else "invalid", time.perf_counter() - start, error)
 
     def _run(self, params: dict) -> dict:
         try:
