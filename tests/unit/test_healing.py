@@ -1,10 +1,13 @@
 """The replication planner, driven through simulated failures: a lost server, priorities, rate
-limits, over-goal copies, stale holders, full servers, and rebalancing onto a new server."""
+limits, over-goal copies, stale holders, full servers, and rebalancing onto a new server; for
+erasure-coded chunks rebuilds (endangered first), conversions between layouts, and deletions of
+pieces no layout wants."""
 
 import random
 
+from mooseng.ec import part_id
 from mooseng.master import healing
-from mooseng.master.healing import ChunkView, Limits
+from mooseng.master.healing import ChunkView, Delete, Limits, PieceView, Switch
 from mooseng.master.registry import Disk, Server
 
 MiB = 1 << 20
@@ -222,3 +225,120 @@ def test_rebalancing_off_with_a_zero_limit():
     for c in range(1, 21):
         sim.add_chunk(c, [1], goal=1)
     assert sim.plan(Limits(rebalance_per_server=0, rebalance_threshold=0.001)).replicate == []
+
+
+# --- erasure-coded chunks and conversions -------------------------------------------------------
+
+
+def ec_servers(n=3, disks=4):
+    return [Server(sid, f"127.0.0.1:{9400 + sid}", sid, 0.0,
+                   [Disk(d, f"/d{d}", 1000 * MiB, 100 * MiB, 900 * MiB, "ok") for d in range(disks)], True)
+            for sid in range(1, n + 1)]  # fmt: skip
+
+
+def spread(parts, servers=3):
+    """part -> (server,): part p on server 1 + p % servers."""
+    return {p: (1 + p % servers,) for p in parts}
+
+
+def piece_view(chunk_id, valid, ec=(8, 4), target="same", copies=2, holders=None, **kw):
+    target = ec if target == "same" else target
+    return PieceView(chunk_id, 1, ec, target, copies, valid, holders if holders is not None else valid,
+                     4 * MiB, **kw)
+
+
+def ec_plan(pieces, chunks=(), servers=None, limits=Limits(), inflight=None, busy=None):
+    return healing.plan(chunks, servers or ec_servers(), inflight=inflight or {}, busy=busy or {}, rebalancing={},
+                        limits=limits, rng=random.Random(1), pieces=pieces)
+
+
+def per_server_after(view, builds):
+    held = {}
+    for sids in view.holders.values():
+        for sid in sids:
+            held[sid] = held.get(sid, 0) + 1
+    for b in builds:
+        held[b.target] = held.get(b.target, 0) + 1
+    return held
+
+
+def test_lost_parts_are_rebuilt_from_k_others_up_to_m_per_server():
+    view = piece_view(2, spread(range(8)))  # exactly k = 8 left: endangered
+    plan = ec_plan([view])
+    assert sorted(b.part for b in plan.build) == [8, 9, 10, 11]
+    for b in plan.build:
+        assert (b.chunk_id, b.version, b.ec, b.length, b.conversion) == (2, 1, (8, 4), 4 * MiB, False)
+        assert sorted(p for p, _ in b.sources) == list(range(8))
+        assert all(view.valid[p] == (sid,) for p, sid in b.sources)
+    assert per_server_after(view, plan.build) == {1: 4, 2: 4, 3: 4}
+    assert plan.switch == [] and plan.delete == []
+    # under way: not ordered twice
+    inflight = {part_id(2, b.part): 1 for b in plan.build}
+    assert ec_plan([view], inflight=inflight).build == []
+
+
+def test_exactly_k_parts_or_one_copy_come_first():
+    undergoal = piece_view(1, spread(range(10)))  # 10 of 12
+    endangered = piece_view(5, spread(range(8)))  # 8 of 12
+    one_copy = ChunkView(3, 1, 2, (1,), (1,), 4 * MiB)
+    two_of_three = ChunkView(4, 1, 3, (1, 2), (1, 2), 4 * MiB)
+    # one replication or build at a time per server: a build keeps all three busy
+    plan = ec_plan([undergoal, endangered], [one_copy, two_of_three], limits=Limits(per_server=1))
+    assert [(r.chunk_id) for r in plan.replicate] == [3] and plan.build == []
+    plan = ec_plan([undergoal, endangered], [two_of_three], limits=Limits(per_server=1))
+    assert [b.chunk_id for b in plan.build] == [5] and plan.replicate == []
+    plan = ec_plan([undergoal, endangered])
+    assert [b.chunk_id for b in plan.build] == [5] * 4 + [1] * 2
+
+
+def test_an_unreadable_chunk_gets_no_orders():
+    assert ec_plan([piece_view(1, spread(range(7)))]).build == []
+
+
+def test_copies_are_encoded_into_parts_then_switched():
+    copies = {-1: (1, 2)}
+    view = piece_view(3, copies, ec=None, target=(8, 4))
+    plan = ec_plan([view])
+    assert sorted(b.part for b in plan.build) == list(range(12))
+    assert all(b.conversion and b.ec == (8, 4) and len(b.sources) == 1 and b.sources[0][0] == -1 for b in plan.build)
+    assert per_server_after(piece_view(3, {}, ec=None, target=(8, 4)), plan.build) == {1: 4, 2: 4, 3: 4}
+    assert plan.switch == [] and plan.delete == []
+    done = piece_view(3, {**copies, **spread(range(12))}, ec=None, target=(8, 4))
+    assert ec_plan([done]).switch == [Switch(3, 1, (8, 4))]
+    assert ec_plan([done], inflight={part_id(3, 0): 1}).switch == [], "a build under way: not yet"
+
+
+def test_parts_are_decoded_into_copies_then_switched():
+    view = piece_view(4, spread(range(12)), target=None, copies=2)
+    plan = ec_plan([view])
+    assert [b.part for b in plan.build] == [-1, -1]
+    assert len({b.target for b in plan.build}) == 2
+    assert all(b.conversion and b.ec == (8, 4) and len(b.sources) == 8 for b in plan.build)
+    assert ec_plan([view], inflight={4: 2}).build == []
+    done = piece_view(4, {**spread(range(12)), -1: (1, 3)}, target=None, copies=2)
+    assert ec_plan([done]).switch == [Switch(4, 1, None)]
+
+
+def test_repairs_go_before_conversions():
+    rebuild = piece_view(9, spread(range(11)))
+    convert = piece_view(2, {-1: (1, 2)}, ec=None, target=(8, 4))
+    plan = ec_plan([convert, rebuild], limits=Limits(per_server=1))
+    assert [(b.chunk_id, b.part) for b in plan.build] == [(9, 11)]
+
+
+def test_pieces_no_layout_wants_surplus_and_damaged_parts_are_deleted():
+    valid = spread(range(12))
+    holders = {**valid, -1: (2,), 12: (3,), 0: (1, 2)}
+    valid = {**valid, 0: (1, 2)}
+    view = piece_view(6, valid, holders=holders, returned=((0, 1),))
+    plan = ec_plan([view])
+    assert sorted(plan.delete, key=lambda d: (d.chunk_id, d.server)) == [
+        Delete(6, 2), Delete(part_id(6, 0), 1), Delete(part_id(6, 12), 3)]
+    # a damaged part goes once the chunk is whole without it (it was rebuilt elsewhere)
+    holders = {**spread(range(12)), 4: (2, 3)}
+    whole = piece_view(6, spread(range(12)), holders=holders, damaged=((4, 3),))
+    assert ec_plan([whole]).delete == [Delete(part_id(6, 4), 3)]
+    broken = piece_view(6, {p: s for p, s in spread(range(12)).items() if p != 4}, holders={4: (3,)},
+                        damaged=((4, 3),))
+    plan = ec_plan([broken])
+    assert plan.delete == [] and [b.part for b in plan.build] == [4] and plan.build[0].target != 3
