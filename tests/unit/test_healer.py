@@ -7,6 +7,8 @@ import threading
 import pytest
 from support.chunktable import TableNamespace, info
 
+from mooseng.ec import part_id
+from mooseng.master import healing
 from mooseng.master.healer import WRITE_GRACE_S, Healer, Settings
 from mooseng.master.healing import Limits
 from mooseng.master.registry import ChunkRef, Disk, Registry
@@ -185,3 +187,39 @@ def test_the_sweep_covers_every_chunk_and_catches_what_the_accounting_missed(big
     for _ in range(200 // 10):
         big.healer.run_once()
     assert set().union(*big.looked_at) >= set(range(1, 201))
+
+
+def test_build_orders_go_out_once_built_reports_complete_them_and_switches_are_called():
+    """A 4+2 chunk lost part 5: the build order goes out once in DESIGN.md's format, the `built`
+    report counts; a chunk whose conversion is complete is handed to the switch callback."""
+    now = [0.0]
+    reg = Registry("mooseng", 10.0)
+    four = [Disk(d, f"/d{d}", 100 * GiB, 10 * GiB, 90 * GiB, "ok", 0) for d in range(4)]
+    sessions = {sid: reg.register("mooseng", sid, f"127.0.0.1:{9400 + sid}", four,
+                                  [ChunkRef(part_id(1, p), 1, p // 3) for p in range(5) if p % 3 + 1 == sid]
+                                  + [ChunkRef(part_id(2, p), 1, p // 3) for p in range(6) if p % 3 + 1 == sid]
+                                  + ([ChunkRef(2, 1, 0)] if sid == 1 else []), 0.0)
+                for sid in (1, 2, 3)}  # fmt: skip
+    rows = {1: info(1, "ec42", 6, (4, 2), length=1000), 2: info(1, "ec42", 2, None, (4, 2), length=7)}
+    switched = []
+    healer = Healer(reg, threading.Lock(), lambda: reg.follow(TableNamespace(
+                        [(c, 1, "ec42", i.goal, i.ec, i.target) for c, i in rows.items()])) or 3,
+                    lambda ids: [(c, rows[c]) for c in ids if c in rows], lambda: True,
+                    Settings(start_delay_s=0.0), random.Random(1), clock=lambda: now[0],
+                    switch=lambda order: switched.append(order) or True)  # fmt: skip
+    plan = healer.run_once()
+    assert [(b.chunk_id, b.part) for b in plan.build] == [(1, 5)]
+    assert switched == [healing.Switch(2, 1, (4, 2))] and healer.snapshot()["conversions"] == 1
+    target = plan.build[0].target
+    [order] = healer.take_builds(target)
+    assert order == {"chunk_id": 1, "version": 1, "ec": [4, 2], "part": 5, "length": 1000,
+                     "sources": [{"part": p, "address": f"127.0.0.1:{9400 + sid}"} for p, sid in plan.build[0].sources]}
+    assert healer.take_builds(target) == [] and healer.take(target) == []
+    assert healer.snapshot()["builds_in_progress"] == 1
+    now[0] = 1.0
+    assert healer.run_once().build == [], "under way: not planned again"
+    reg.heartbeat(target, sessions[target], [], [ChunkRef(part_id(1, 5), 1, 3)], [], 0, 0, 1.0)
+    healer.report_built(target, [{"chunk_id": 1, "part": 5, "version": 1, "bytes": 65536, "error": ""}])
+    snap = healer.snapshot()
+    assert (snap["built"], snap["built_bytes"], snap["builds_in_progress"]) == (1, 65536, 0)
+    assert reg.classify(1, 1, 6, (4, 2)) == "stable"
