@@ -93,6 +93,7 @@ def test_status_text(cluster, master, tree):
             assert node.addr("api") in out
             assert str(node.dir / "disk4") in out
     assert "CLASS" in out and "default" in out
+    assert any(line.split()[:1] == ["archive"] for line in out.splitlines()), "every class has its row"
 
 
 def test_master_endpoints_default_from_the_environment(cluster, tree):
@@ -102,11 +103,50 @@ def test_master_endpoints_default_from_the_environment(cluster, tree):
 
 def test_classes(master):
     classes = json.loads(ok(mooseng("classes", "--json", master=master)))
-    assert [(c["name"], c["goal"], c["available"]) for c in classes] == [
-        ("default", 2, True), ("fast", 3, True), ("archive", 12, False),
+    assert [(c["name"], c["goal"], c["ec"], c["builtin"]) for c in classes][:3] == [
+        ("default", 2, None, True), ("fast", 3, None, True), ("archive", 12, [8, 4], True),
     ]  # fmt: skip
     out = ok(mooseng("classes", master=master))
     assert "fast" in out and "3 copies" in out and "erasure coding 8+4" in out
+
+
+def test_class_create_list_and_delete(master, tree):
+    made = json.loads(ok(mooseng("class", "create", "cold6", "--ec", "4+2", "--tier", "cold", "--json",
+                                 master=master)))
+    assert (made["name"], made["goal"], made["ec"], made["builtin"]) == ("cold6", 6, [4, 2], False)
+    out = ok(mooseng("class", "create", "single", "--copies", "1", master=master))
+    assert out == "created storage class single: 1 copy, tier standard\n"
+    listed = ok(mooseng("classes", master=master))
+    assert "erasure coding 4+2" in listed and "single" in listed
+    path = tree / "dir" / "a.bin"
+    ok(mooseng("setclass", "cold6", str(path), master=master))
+    assert fails(mooseng("class", "delete", "cold6", master=master)) == (
+        "mooseng: class delete cold6: storage class 'cold6' is used by 1 inode")
+    ok(mooseng("setclass", "default", str(path), master=master))
+    assert ok(mooseng("class", "delete", "cold6", master=master)) == "deleted storage class cold6\n"
+    assert ok(mooseng("class", "delete", "single", master=master)) == "deleted storage class single\n"
+    names = [c["name"] for c in json.loads(ok(mooseng("classes", "--json", master=master)))]
+    assert names == ["default", "fast", "archive"]
+
+
+def test_class_create_refuses_bad_input(master):
+    assert fails(mooseng("class", "create", "z", "--ec", "0+4", master=master)) == (
+        "mooseng: class create z: storage class 'z': ec must be K+M with K, M >= 1, got (0, 4)")
+    assert fails(mooseng("class", "create", "z", "--ec", "30+3", master=master)) == (
+        "mooseng: class create z: storage class 'z': ec 30+3 has more than 32 parts")
+    assert fails(mooseng("class", "create", "archive", "--copies", "2", master=master)) == (
+        "mooseng: class create archive: storage class 'archive' exists")
+    assert fails(mooseng("class", "create", "a b", "--copies", "2", master=master)).startswith(
+        "mooseng: class create a b: bad storage class name 'a b'")
+    assert fails(mooseng("class", "delete", "archive", master=master)) == (
+        "mooseng: class delete archive: storage class 'archive' is built in")
+    assert fails(mooseng("class", "delete", "gold", master=master)) == (
+        "mooseng: class delete gold: no storage class 'gold'")
+    assert fails(mooseng("class", "create", "z", "--ec", "8x4", master=master), 2) == (
+        "mooseng: class create: --ec: expected K+M (data+parity parts, e.g. 8+4), got '8x4'")
+    assert fails(mooseng("class", "create", "z", "--ec", "8+4", "--copies", "2", master=master), 2) == (
+        "mooseng: class create: give exactly one of --copies N or --ec K+M")
+    assert mooseng("class", "rename", "z", master=master).returncode == 2
 
 
 def test_status_shows_a_dead_chunkserver_and_undergoal_chunks(cluster_factory):
@@ -186,6 +226,21 @@ def test_setclass_recursive_and_not(master, tree):
     assert getclass(f"mfs:/{TOP}/dir/sub") == "fast"
 
 
+def test_setclass_archive_on_a_written_file_starts_its_conversion(master, tree):
+    """Through the mount path, as for copies; the chunks convert in the background (the master
+    orders the parts built), and fileinfo shows how far that got."""
+    path = tree / "cold.bin"
+    path.write_bytes(os.urandom(1000))
+    assert ok(mooseng("setclass", "archive", str(path), master=master)) == f"{path}: archive (1 inode changed)\n"
+    info = json.loads(ok(mooseng("fileinfo", "--json", str(path), master=master)))
+    assert (info["class"]["name"], info["class"]["ec"], info["progress"]["total"]) == ("archive", [8, 4], 1)
+    [chunk] = info["chunks"]
+    assert chunk["target"] == [8, 4]
+    if info["progress"]["converted"] == 0:
+        assert chunk["ec"] is None
+        assert "converting to parts 8+4" in ok(mooseng("fileinfo", str(path), master=master))
+
+
 # --- user errors ----------------------------------------------------------------------------------
 
 
@@ -204,12 +259,9 @@ def test_path_outside_any_mount(master, tmp_path):
     assert fails(mooseng("getclass", "mfs:relative", master=master)).startswith("mooseng: not an absolute")
 
 
-def test_unknown_and_unavailable_class(master, tree):
+def test_unknown_class(master, tree):
     assert fails(mooseng("setclass", "gold", str(tree), master=master)) == (
         "mooseng: no such storage class: gold (classes: default, fast, archive)"
-    )
-    assert fails(mooseng("setclass", "archive", str(tree), master=master)).startswith(
-        f"mooseng: cannot set class archive on {tree}: storage class 'archive'"
     )
 
 

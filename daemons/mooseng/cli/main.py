@@ -1,4 +1,4 @@
-"""mooseng: look at and administer a MooseNG cluster (mfscli, mfsfileinfo and mfs[gs]etsclass in one).
+"""mooseng: look at and administer a MooseNG cluster (mfscli, mfsfileinfo, mfs[gs]etsclass, mfsscadmin in one).
 
 PATH names a file in one of two ways:
   - a path inside a mounted MooseNG file system (found in /proc/mounts), e.g. /mnt/mooseng/dir/f;
@@ -188,24 +188,43 @@ def chunk_matrix(chunks: dict) -> list[str]:
     return lines
 
 
+def layout(ec: list | None) -> str:
+    return "copies" if ec is None else f"parts {ec[0]}+{ec[1]}"
+
+
 def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
     ino = resolve(master, args.path)
     info = master.call("fileinfo", ino=ino)
     attr, sclass = info["attr"], info["class"]
     result = {"path": args.path, "inode": ino, **info}
     lines = [f"{args.path}: inode {ino}, {attr['size']} bytes, class {sclass['name']} ({sclass['description']})"]
+    progress = info.get("progress")
+    if progress and progress["converted"] < progress["total"]:
+        lines.append(f"\tconverting: {progress['converted']} of {progress['total']} chunks in the class's layout")
     for chunk in info["chunks"]:
-        lines.append(
-            f"\tchunk {chunk['index']}: {chunk['chunk_id']:016X}_{chunk['version']:08X} "
-            f"(id:{chunk['chunk_id']} ver:{chunk['version']})"
-        )
+        ec = chunk.get("ec")
+        head = (f"\tchunk {chunk['index']}: {chunk['chunk_id']:016X}_{chunk['version']:08X} "
+                f"(id:{chunk['chunk_id']} ver:{chunk['version']})")
+        if ec is not None:
+            head += f" {layout(ec)}, {chunk['state']}"
+        if chunk.get("target", ec) != ec:
+            head += f", converting to {layout(chunk['target'])}"
+        lines.append(head)
         if not any(c["valid"] for c in chunk["copies"]):
             lines.append("\t\tno valid copies !!!")
-        for n, copy in enumerate(chunk["copies"], 1):
-            disk = "?" if copy["disk"] is None else copy["disk"]
-            why = copy.get("state", "invalid").upper()
-            state = "VALID" if copy["valid"] else f"INVALID: {why} (version {copy['version']})"
-            lines.append(f"\t\tcopy {n}: {copy['address']} (chunkserver {copy['server_id']}, disk {disk}): {state}")
+        elif ec is not None and chunk["state"] == "missing":
+            lines.append(f"\t\tfewer than {ec[0]} valid parts: unreadable !!!")
+        copies = 0
+        for piece in chunk["copies"]:
+            disk = "?" if piece["disk"] is None else piece["disk"]
+            why = piece.get("state", "invalid").upper()
+            state = "VALID" if piece["valid"] else f"INVALID: {why} (version {piece['version']})"
+            if piece.get("part", -1) < 0:
+                copies += 1
+                what = f"copy {copies}"
+            else:
+                what = f"part {piece['part']}"
+            lines.append(f"\t\t{what}: {piece['address']} (chunkserver {piece['server_id']}, disk {disk}): {state}")
     if not info["chunks"]:
         lines.append("\tno chunks")
     return result, lines
@@ -236,11 +255,35 @@ def cmd_setclass(master: Master, args) -> tuple[dict, list[str]]:
 
 def cmd_classes(master: Master, args) -> tuple[list, list[str]]:
     classes = master.call("classes")
-    lines = [f"{'NAME':<10} {'GOAL':>4}  {'REDUNDANCY':<22} {'TIER':<9} AVAILABLE"]
+    width = max([10, *(len(c["name"]) for c in classes)])
+    lines = [f"{'NAME':<{width}} {'GOAL':>4}  {'REDUNDANCY':<22} {'TIER':<9} BUILT IN"]
     for c in classes:
-        available = "yes" if c["available"] else "not yet"
-        lines.append(f"{c['name']:<10} {c['goal']:>4}  {c['description']:<22} {c['tier']:<9} {available}")
+        builtin = "yes" if c["builtin"] else "no"
+        lines.append(f"{c['name']:<{width}} {c['goal']:>4}  {c['description']:<22} {c['tier']:<9} {builtin}")
     return classes, lines
+
+
+def parse_ec(text: str) -> list[int]:
+    """K+M as [k, m]; the master checks the geometry itself."""
+    match = re.fullmatch(r"(\d+)\+(\d+)", text)
+    if match is None:
+        raise QuietError(f"class create: --ec: expected K+M (data+parity parts, e.g. 8+4), got {text!r}", 2)
+    return [int(match.group(1)), int(match.group(2))]
+
+
+def cmd_class(master: Master, args) -> tuple[dict, list[str]]:
+    """class create NAME --copies N | --ec K+M [--tier T]; class delete NAME."""
+    try:
+        if args.action == "delete":
+            master.call("class_delete", name=args.name)
+            return {"action": "delete", "name": args.name}, [f"deleted storage class {args.name}"]
+        if (args.copies is None) == (args.ec is None):
+            raise QuietError("class create: give exactly one of --copies N or --ec K+M", 2)
+        spec = {"copies": args.copies} if args.ec is None else {"ec": parse_ec(args.ec)}
+        made = master.call("class_create", name=args.name, tier=args.tier, **spec)
+    except FsError as exc:
+        raise QuietError(f"class {args.action} {args.name}: {exc.message}") from None
+    return made, [f"created storage class {made['name']}: {made['description']}, tier {made['tier']}"]
 
 
 def cmd_master(master: Master, args) -> tuple[dict, list[str]]:
@@ -274,6 +317,7 @@ COMMANDS = {
     "getclass": cmd_getclass,
     "setclass": cmd_setclass,
     "classes": cmd_classes,
+    "class": cmd_class,
 }
 
 
@@ -333,6 +377,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("sclass", metavar="CLASS")
     p.add_argument("path", metavar="PATH")
     sub.add_parser("classes", parents=[common], help="the storage classes")
+    p = sub.add_parser("class", parents=[common], help="create or delete a storage class (as root)")
+    p.add_argument("action", choices=("create", "delete"))
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--copies", type=int, metavar="N", help="create: N full copies of every chunk")
+    p.add_argument("--ec", metavar="K+M", help="create: K data + M parity parts (erasure coding), K+M <= 32")
+    p.add_argument("--tier", default="standard", help="create: a label for the tier (default: standard)")
     p = sub.add_parser("master", parents=[common], help="change the Raft group: add/remove a master, move leadership")
     p.add_argument("action", choices=("add", "remove", "transfer-leader"))
     p.add_argument("node", metavar="NAME[=HOST:PORT]", help="master node id; for add, =its raft address")

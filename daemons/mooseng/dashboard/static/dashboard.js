@@ -104,7 +104,7 @@ function renderClasses(classes) {
     fill(tbody, [row([el("td", "unavailable: " + (classes.reason || ""), "note")])]);
     return;
   }
-  fill(tbody, classes.map(c => row([c.name, num(c.goal), c.description, c.tier, c.available ? "yes" : "not yet"])));
+  fill(tbody, classes.map(c => row([c.name, num(c.goal), c.description, c.tier, c.builtin ? "yes" : "no"])));
 }
 
 function renderLinks(links) {
