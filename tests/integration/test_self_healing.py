@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from mooseng.chunkserver.store import chunk_path
+from mooseng.client.chunkclient import ChunkClient
 from mooseng.client.fs import Client
 from mooseng.client.masterclient import MasterClient
 from mooseng.constants import CHUNK_SIZE
+from mooseng.ec import part_id
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
 from mooseng.master.registry import (
     ENDANGERED,
@@ -429,3 +431,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_an_archive_chunk_spread_over_three_chunkservers_survives_losing_one(harness):
+    """archive (8+4) on 3 chunkservers x 4 disks: the master places 4 parts on each server, counts
+    the chunk stable with its 12 parts, endangered (exactly k = 8 left, still readable) while a
+    whole server is down, and stable again when it comes back with its parts. The parts are
+    written the way an EC client does (one session per part at its part id, then commit_write
+    with `parts`); planning waits 60 s so that no rebuild changes what is counted."""
+    h = harness(env={"MOOSENG_HEALING_INTERVAL_S": "60"})
+    ino = h.master.call("mknod", {"parent": 1, "name": b"cold", "mode": 0o100644})["ino"]
+    h.master.call("setclass", {"ino": ino, "sclass": "archive"})
+    w = h.master.call("write_chunk", {"ino": ino, "index": 0})
+    c, servers = w["chunk_id"], w["servers"]
+    assert w["ec"] == [8, 4] and sorted(servers.count(a) for a in set(servers)) == [4, 4, 4]
+    rng = random.Random(5)
+    parts = [rng.randbytes(256 * 1024) for _ in range(12)]
+    chunks = ChunkClient()
+    try:
+        for p, address in enumerate(servers):
+            assert chunks.write(part_id(c, p), 1, 0, [address], [(0, memoryview(parts[p]))]).ok == [address]
+        h.master.call("commit_write", {"ino": ino, "size": 2 * MiB, "chunks": [
+            {"chunk_id": c, "version": 1, "ok": servers, "parts": list(range(12))}]})  # fmt: skip
+
+        def archive(state: str) -> int:
+            return h.status()["chunks"]["by_class"]["archive"][state]
+
+        assert archive(STABLE) == 1
+        [chunk] = h.fileinfo("cold")["chunks"]
+        assert sorted((x["part"], x["address"], x["valid"]) for x in chunk["copies"]) == [
+            (p, servers[p], True) for p in range(12)]
+        lost = servers[1]
+        victim = h.node_of(lost)
+        h.cluster.kill(victim.name)
+        wait_for(f"{victim.name} down", lambda: archive(ENDANGERED) == 1, 10, 0.05)
+        assert archive(STABLE) == archive(MISSING) == 0
+        [chunk] = h.fileinfo("cold")["chunks"]
+        assert sorted(x["part"] for x in chunk["copies"] if x["valid"]) == [p for p in range(12) if servers[p] != lost]
+        for p, address in enumerate(servers):  # the 8 parts left are all there is to read
+            if address != lost:
+                assert bytes(b"".join(chunks.read(part_id(c, p), 1, 0, len(parts[p]), [address]))) == parts[p]
+        h.cluster.restart(victim.name)
+        wait_for(f"{victim.name} back with its parts", lambda: archive(STABLE) == 1, 15, 0.05)
+        assert h.master.call("fileinfo", {"ino": ino})["progress"] == {"converted": 1, "total": 1}
+    finally:
+        chunks.close()
