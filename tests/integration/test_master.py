@@ -601,6 +601,9 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
     assert chunk["state"] == "stable"
     status = master.ok("status")
     assert status["chunks"]["by_class"]["archive"]["stable"] == 1 and status["chunks"]["replication"]["built"] == 2
+    text = master.scrape()
+    assert "mooseng_build_pieces_total 2.0" in text and "mooseng_build_bytes_total 131072.0" in text
+    assert 'mooseng_chunks{sclass="archive",state="stable"} 1.0' in text
 
 
 def test_no_copy_takes_the_version_is_eio_and_logs_nothing(master, fakes):

@@ -27,7 +27,7 @@ class Gauges:
     disk_bytes: list[tuple[str, str, str, int]] = field(default_factory=list)
     raft: dict = field(default_factory=dict)  # RaftNode.status(); empty without raft
     disks: dict[str, int] = field(default_factory=dict)  # ok / damaged, over the live chunkservers
-    replication: dict[str, int] = field(default_factory=dict)  # chunks, bytes, failures (counters)
+    replication: dict[str, int] = field(default_factory=dict)  # healer.snapshot(): chunks, bytes, built...
 
 
 class MasterMetrics:
@@ -91,7 +91,12 @@ class _GaugeCollector:
         yield disk_states
         for name, key, what in (("mooseng_replication_chunks", "chunks", "Chunk copies made by replication"),
                                 ("mooseng_replication_bytes", "bytes", "Bytes copied by replication"),
-                                ("mooseng_replication_failures", "failures", "Replications that failed or timed out")):
+                                ("mooseng_replication_failures", "failures", "Replications that failed or timed out"),
+                                ("mooseng_build_pieces", "built", "Parts or copies made by build orders (EC rebuilds, "
+                                                                  "conversions)"),
+                                ("mooseng_build_bytes", "built_bytes", "Bytes written by build orders"),
+                                ("mooseng_build_failures", "build_failures", "Build orders that failed or timed out"),
+                                ("mooseng_conversions", "conversions", "Chunks that took a new layout")):
             yield CounterMetricFamily(name, what, value=g.replication.get(key, 0))
         servers = GaugeMetricFamily("mooseng_chunkservers", "Registered chunkservers by state", labels=["state"])
         for state, n in g.chunkservers.items():
