@@ -185,6 +185,10 @@ def chunk_matrix(chunks: dict) -> list[str]:
     if rep:
         lines.append(f"replication: {rep['chunks']} chunks ({human(rep['bytes'])}) copied, {rep['failures']} failed, "
                      f"{rep['in_progress']} in progress")
+        if rep.get("built") or rep.get("builds_in_progress") or rep.get("build_failures"):
+            lines.append(f"erasure coding: {rep['built']} parts or copies ({human(rep['built_bytes'])}) built, "
+                         f"{rep['build_failures']} failed, {rep['builds_in_progress']} in progress, "
+                         f"{rep['conversions']} chunks converted")
     return lines
 
 
