@@ -742,10 +742,10 @@ class MasterService:
             try:
                 self._submit("set_layout", {"chunk_id": chunk_id, "version": version,
                                             "ec": None if order.ec is None else list(order.ec)}, ROOT_CTX)
-            except FsError as exc:
+            except (FsError, NotLeader) as exc:
                 if self._store.failure is None:
                     self._set_version(moved, version + 1, version)
-                log.warning("chunk %d: conversion to %s refused: %s", chunk_id, _layout_name(order.ec), exc)
+                log.warning("chunk %d: conversion to %s not logged: %s", chunk_id, _layout_name(order.ec), exc)
                 return False
             with self._lock:
                 for server, stored in moved:
