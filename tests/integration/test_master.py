@@ -589,13 +589,16 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
         assert (o["chunk_id"], o["version"], o["ec"], o["length"]) == (c, 2, [8, 4], 1000)
         assert len(o["sources"]) == 8 and all(s["part"] in stored for s in o["sources"])
         assert all(s["address"] == w["servers"][s["part"]] for s in o["sources"])
-        # no server above 4 parts of the chunk: the part goes to the server that lost it
-        assert fakes[sid].address == w["servers"][o["part"]]
+    # no server above 4 parts of the chunk: the two parts go to the servers that lost them
+    after = [w["servers"][p] for p in stored] + [fakes[sid].address for sid, _ in orders]
+    assert sorted(after.count(a) for a in by_address) == [4, 4, 4]
+    fenced = by_address[w["servers"][7]]  # its chunkserver deleted the fenced copy as told
+    master.call("heartbeat", {"server_id": fenced, "session": sessions[fenced], "disks": [], "added": [],
+                              "removed": [ref(part_id(c, 7), 2)], "bytes_read": 0, "bytes_written": 0})
     for sid, o in orders:
         master.call("heartbeat", {
-            "server_id": sid, "session": sessions[sid], "disks": [], "bytes_read": 0,
+            "server_id": sid, "session": sessions[sid], "disks": [], "bytes_read": 0, "removed": [],
             "bytes_written": 0, "added": [ref(part_id(c, o["part"]), 2)],
-            "removed": [ref(part_id(c, 7), 2)] if o["part"] == 7 else [],  # the fenced copy, deleted
             "built": [{"chunk_id": c, "part": o["part"], "version": 2, "bytes": 65536, "error": ""}]})  # fmt: skip
     [chunk] = master.ok("fileinfo", ino=ino)["chunks"]
     assert chunk["state"] == "stable"
