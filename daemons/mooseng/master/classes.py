@@ -14,6 +14,7 @@ that parts of another geometry become copies first, because part ids do not say 
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 MAX_COPIES = 9  # as MooseFS's goal
@@ -46,10 +47,15 @@ class StorageClass:
                 raise ValueError(f"storage class {self.name!r}: ec {ec[0]}+{ec[1]} has more than {MAX_PARTS} parts")
             object.__setattr__(self, "ec", tuple(self.ec))
 
-    @property
+    @cached_property
     def goal(self) -> int:
         """Pieces a healthy chunk has: full copies, or data + parity parts."""
         return self.copies if self.ec is None else self.ec[0] + self.ec[1]
+
+    @cached_property
+    def keeps(self) -> int:
+        """Full copies a chunk of this class keeps while (or once) it is in copies."""
+        return goal(None, self)
 
     def describe(self) -> str:
         if self.ec is None:

@@ -441,8 +441,8 @@ class Registry:
         for chunk_id in touched:
             info = namespace.chunk_info(chunk_id)
             if info is not None:
-                self._set_state(chunk_id, info.sclass, self.classify(chunk_id, info.version, info.goal, info.ec),
-                                info.ec != info.target)
+                version, sclass, ec, target, goal, _, _, _ = info
+                self._set_state(chunk_id, sclass, self.classify(chunk_id, version, goal, ec), ec != target)
             elif chunk_id in self._pieces:
                 self._set_state(chunk_id, NO_CLASS, DELETING)
             else:
@@ -481,9 +481,8 @@ class Registry:
     def _recount(self, chunks) -> None:
         """Classify every chunk afresh from (chunk_id, ChunkInfo) of the whole namespace."""
         self._states, self._counts, self._attention, self._touched = {}, {}, set(), set()
-        for chunk_id, info in chunks:
-            self._set_state(chunk_id, info.sclass, self.classify(chunk_id, info.version, info.goal, info.ec),
-                            info.ec != info.target)
+        for chunk_id, (version, sclass, ec, target, goal, _, _, _) in chunks:
+            self._set_state(chunk_id, sclass, self.classify(chunk_id, version, goal, ec), ec != target)
         for chunk_id in self._pieces.keys() - self._states.keys():
             self._set_state(chunk_id, NO_CLASS, DELETING)
 
@@ -499,11 +498,18 @@ class Registry:
         self._states[chunk_id] = (sclass, state)
         self._counts.setdefault(sclass, dict.fromkeys(STATES, 0))[state] += 1
         if state in (UNDERGOAL, ENDANGERED, OVERGOAL) or (converting and state != MISSING) or (
-                state == STABLE and any(c.damaged for stored in self._pieces.get(chunk_id, ())
-                                        for c in self._copies[stored].values())):
+                state == STABLE and self._damaged(chunk_id)):
             self._attention.add(chunk_id)
         else:
             self._attention.discard(chunk_id)
+
+    def _damaged(self, chunk_id: int) -> bool:
+        """Whether a copy of any piece of the chunk failed a CRC check (plain loops: follow()'s cost)."""
+        for stored in self._pieces.get(chunk_id, ()):
+            for copy in self._copies[stored].values():
+                if copy.damaged:
+                    return True
+        return False
 
     def _add_copy(self, server: Server, chunk_id: int, copy: Copy) -> None:
         held = self._copies.get(chunk_id)
