@@ -609,6 +609,88 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
     assert 'mooseng_chunks{sclass="archive",state="stable"} 1.0' in text
 
 
+def test_setclass_archive_converts_a_chunk_of_copies_into_parts(masters, fakes):
+    """A file of 2 copies set to archive: the healer orders its 12 parts built from a copy; once
+    the chunkservers report them, the master moves them to a new version, logs the new layout,
+    and the old copies (now stale and of no layout the chunk has) are deleted."""
+    master = masters(timeout_s=2.0).start()
+    four = [disk(i) for i in range(4)]
+    sessions = {sid: register(master, sid, address=fake.address, disks=four) for sid, fake in fakes.items()}
+    by_address = {fake.address: sid for sid, fake in fakes.items()}
+    ino = master.ok("mknod", parent=1, name=b"warm", mode=S_IFREG | 0o644)["ino"]
+    w = master.ok("write_chunk", ino=ino, index=0)
+    c = w["chunk_id"]
+    for address in w["servers"]:
+        fakes[by_address[address]].copies[c] = [1, b"data"]
+    master.ok("commit_write", ino=ino, size=1000, chunks=[report(c, 1, w["servers"])])
+    assert master.ok("setclass", ino=ino, sclass="archive")["changed"] == 1
+    info = master.ok("fileinfo", ino=ino)
+    assert (info["chunks"][0]["ec"], info["chunks"][0]["target"], info["progress"]) == (
+        None, [8, 4], {"converted": 0, "total": 1})
+
+    def beat(sid, **kw):
+        params = {"server_id": sid, "session": sessions[sid], "disks": [], "added": [], "removed": [],
+                  "bytes_read": 0, "bytes_written": 0, **kw}
+        return master.call("heartbeat", params)
+
+    orders, deletes, deadline = {}, [], time.monotonic() + 20
+    while len(orders) < 12 and time.monotonic() < deadline:
+        for sid in fakes:
+            for o in beat(sid)["build"]:
+                orders[o["part"]] = (sid, o)
+        time.sleep(0.1)
+    assert sorted(orders) == list(range(12))
+    assert sorted(sorted(sid for sid, _ in orders.values()).count(s) for s in fakes) == [4, 4, 4]
+    for part, (sid, o) in orders.items():
+        assert (o["chunk_id"], o["version"], o["ec"], o["length"]) == (c, 1, [8, 4], 1000)
+        [source] = o["sources"]
+        assert source["part"] == -1 and source["address"] in w["servers"]
+        fakes[sid].copies[part_id(c, part)] = [1, b"part %d" % part]
+        beat(sid, added=[ref(part_id(c, part), 1)],
+             built=[{"chunk_id": c, "part": part, "version": 1, "bytes": 1000, "error": ""}])
+    while time.monotonic() < deadline:
+        for sid in fakes:
+            deletes += [(sid, d["chunk_id"], d["version"]) for d in beat(sid)["delete"]]
+        info = master.ok("fileinfo", ino=ino)
+        if info["chunks"][0]["ec"] == [8, 4] and len(deletes) == 2:
+            break
+        time.sleep(0.1)
+    [chunk] = info["chunks"]
+    assert (chunk["ec"], chunk["target"], chunk["version"], chunk["state"]) == ([8, 4], [8, 4], 2, "stable")
+    assert info["progress"] == {"converted": 1, "total": 1}
+    assert sorted((x["part"], x["valid"]) for x in chunk["copies"]) == [(p, True) for p in range(12)]
+    assert [fakes[sid].version(part_id(c, p)) for p, (sid, _) in sorted(orders.items())] == [2] * 12
+    assert sorted(deletes) == sorted((by_address[a], c, 1) for a in w["servers"]), "the old copies go"
+    assert master.ok("status")["chunks"]["replication"]["conversions"] == 1
+    [ref_] = master.ok("chunks", ino=ino, index=0)
+    assert ref_["ec"] == [8, 4] and ref_["servers"] == [fakes[sid].address for sid, _ in
+                                                        (orders[p] for p in range(12))]
+
+    # and back: 2 copies decoded from 8 parts each, then the 12 parts go
+    master.ok("setclass", ino=ino, sclass="default")
+    copies, deletes, deadline = {}, [], time.monotonic() + 20
+    while len(copies) < 2 and time.monotonic() < deadline:
+        for sid in fakes:
+            copies.update((sid, o) for o in beat(sid)["build"])
+        time.sleep(0.1)
+    assert len(copies) == 2
+    for sid, o in copies.items():
+        assert (o["chunk_id"], o["version"], o["ec"], o["part"]) == (c, 2, [8, 4], -1) and len(o["sources"]) == 8
+        fakes[sid].copies[c] = [2, b"data"]
+        beat(sid, added=[ref(c, 2)], built=[{"chunk_id": c, "part": -1, "version": 2, "bytes": 1000, "error": ""}])
+    while time.monotonic() < deadline and len(deletes) < 12:
+        for sid in fakes:
+            deletes += [(d["chunk_id"], d["version"]) for d in beat(sid)["delete"]]
+        time.sleep(0.1)
+    assert sorted(deletes) == sorted((part_id(c, p), 2) for p in range(12))
+    info = master.ok("fileinfo", ino=ino)
+    [chunk] = info["chunks"]
+    assert (chunk["ec"], chunk["target"], chunk["version"], chunk["state"]) == (None, None, 3, "stable")
+    assert sorted((x["part"], x["server_id"], x["valid"]) for x in chunk["copies"]) == [
+        (-1, sid, True) for sid in sorted(copies)]
+    assert [fakes[sid].version(c) for sid in copies] == [3, 3]
+
+
 def test_no_copy_takes_the_version_is_eio_and_logs_nothing(master, fakes):
     for sid, fake in fakes.items():
         register(master, sid, address=fake.address)
