@@ -608,6 +608,18 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
     assert "mooseng_build_pieces_total 2.0" in text and "mooseng_build_bytes_total 131072.0" in text
     assert 'mooseng_chunks{sclass="archive",state="stable"} 1.0' in text
 
+    # Two servers refuse the new version: 4 parts could move, 8 are needed. Nothing is logged and
+    # the 4 go back, so the chunk stays readable at version 2.
+    refusing = [sid for sid in fakes if sid != by_address[w["servers"][0]]]
+    for sid in refusing:
+        fakes[sid].mode = "refuse"
+    before = master.last_index()
+    code, _, message = master.meta("write_chunk", ino=ino, index=0)
+    assert code == errno.EIO and message.startswith(f"chunk {c}: 4 parts took the new version, needs 8: ")
+    assert master.last_index() == before
+    assert {fakes[sid].version(part_id(c, p)) for sid, fake in fakes.items() for p in range(12)
+            if part_id(c, p) in fake.copies} == {2}
+
 
 def test_setclass_archive_converts_a_chunk_of_copies_into_parts(masters, fakes):
     """A file of 2 copies set to archive: the healer orders its 12 parts built from a copy; once
