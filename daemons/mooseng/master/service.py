@@ -538,10 +538,12 @@ class MasterService:
     def _commit_write(self, args: dict, ctx: dict):
         """commit_write{ino,size,chunks?} -> attr; takes the client's report of stored copies first.
 
-        A report names the copies that stored a write session's data (or a truncation). Every
-        other copy at that version or later missed it: it is fenced (never valid again until it
-        is gone). An empty `ok` fences nothing: the client got EIO, the data of the failed range is
-        undefined on every copy alike. Only a report of the current version records copies.
+        A report names the copies that stored a write session's data (or a truncation); for a
+        chunk in parts, `parts` says which part each stored. Every other copy (of that part) at
+        that version or later missed it: it is fenced (never valid again until it is gone). An
+        empty `ok`, or fewer than k parts, fences nothing: the client got EIO, the data of the
+        failed range is undefined on every copy alike. Only a report of the current version
+        records copies.
         """
         with self._inodes.hold(args["ino"]):
             self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
@@ -562,6 +564,8 @@ class MasterService:
                         if info.ec is None:
                             self._record(r["chunk_id"], r["version"], info.version, r["ok"])
                             continue
+                        if len(set(r["parts"])) < info.ec[0]:
+                            continue  # a failed session (EIO), as an empty `ok` for copies: fence nothing
                         for p in classes.pieces(info.ec):
                             stored = [a for a, q in zip(r["ok"], r["parts"]) if q == p]
                             self._record(part_id(r["chunk_id"], p), r["version"], info.version, stored)
