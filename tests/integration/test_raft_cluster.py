@@ -264,3 +264,26 @@ def test_only_the_leader_exports_chunk_states(masters):
     for node in masters.nodes:
         if node.kind == "master" and node.name != leader:
             assert states(node) == {}, node.name
+
+
+def test_operator_classes_are_replicated_and_survive_a_leader_change(masters):
+    """A class made on the leader is in the replicated metadata: the next leader has it, and a
+    file can take it there."""
+    endpoints = masters.master_endpoints
+    made = mooseng(endpoints, "class", "create", "rep42", "--ec", "4+2")
+    assert made.returncode == 0, made.stderr
+    leader = masters.leader()
+    other = next(n.name for n in masters.nodes if n.kind == "master" and n.name != leader)
+    moved = mooseng(endpoints, "master", "transfer-leader", other)
+    assert moved.returncode == 0, moved.stderr
+    assert masters.leader() == other
+    client = MasterClient(endpoints, timeout_s=20)
+    try:
+        assert [c["ec"] for c in client.call("classes", {}) if c["name"] == "rep42"] == [[4, 2]]
+        f = client.call("mknod", {"parent": 1, "name": b"rep42-file", "mode": 0o100644})
+        client.call("setclass", {"ino": f["ino"], "sclass": "rep42"})
+        client.call("unlink", {"parent": 1, "name": b"rep42-file"})
+    finally:
+        client.close()
+    gone = mooseng(endpoints, "class", "delete", "rep42")
+    assert gone.returncode == 0, gone.stderr
