@@ -8,7 +8,8 @@ replicas that apply the same entries in the same order reach byte-identical `dum
 no I/O, no clock (time comes in the entry's "ts") and no randomness; ids come from counters.
 
 Optional args and their defaults: mknod `rdev`=0, rename/setxattr `flags`=0,
-setclass `recursive`=False, readdir `offset`=0 and `limit`=READDIR_MAX, chunks `count`=1.
+setclass `recursive`=False, readdir `offset`=0 and `limit`=READDIR_MAX, chunks `count`=1,
+class_create `tier`="standard" (and exactly one of `copies`, `ec`), set_layout `ec`=None (copies).
 Everything else listed in docs/DESIGN.md is required; a missing or mistyped arg is EINVAL.
 
 Deliberate limits of this model:
