@@ -303,6 +303,12 @@ def test_write_without_chunkservers_is_enospc_and_allocates_nothing(master):
         ({"op": "setattr", "args": {"ino": 1, "atime": "yesterday"}}, "'atime' must be nanoseconds or 'now'"),
         ({"op": "commit_write", "args": {"ino": 2, "size": 1, "chunks": [{"chunk_id": 1}]}}, "'chunks' must be"),
         ({"op": "lookup", "args": {"parent": 1, "name": b"a", 7: 1}}, "unknown arg 7"),
+        ({"op": "class_create", "args": {"name": "x", "ec": "8+4"}}, "'ec' must be [k, m]"),
+        ({"op": "class_create", "args": {"name": "x", "ec": [8, 4, 1]}}, "'ec' must be [k, m]"),
+        ({"op": "class_create", "args": {"name": "x", "copies": -1}}, "'copies' must be an unsigned integer"),
+        ({"op": "set_layout", "args": {"chunk_id": 1, "version": 1}}, "unknown op 'set_layout'"),
+        ({"op": "commit_write", "args": {"ino": 2, "size": 1, "chunks": [
+            {"chunk_id": 1, "version": 1, "ok": ["a:1"], "parts": [0, 1]}]}}, "'chunks' must be"),
         ({"args": {}}, "missing arg 'op'"),
         ({"op": ["getattr"], "args": {"ino": 1}}, "'op' must be a string"),
         ({"op": "getattr"}, "missing arg 'args'"),
@@ -393,6 +399,11 @@ GOOD_HEARTBEAT = {"server_id": 7, "session": 1, "disks": [disk()], "added": [ref
         ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5}]}, "'replicated' must be a list of"),
         ("heartbeat", {"replicated": [{"chunk_id": 1, "version": 1, "bytes": 5, "error": 0}]},
          "'replicated' must be a list of"),
+        ("heartbeat", {"built": [{"chunk_id": 1, "part": 32, "version": 1, "bytes": 5, "error": ""}]},
+         "'built' must be a list of"),
+        ("heartbeat", {"built": [{"chunk_id": 1, "part": -2, "version": 1, "bytes": 5, "error": ""}]},
+         "'built' must be a list of"),
+        ("heartbeat", {"built": [{"chunk_id": 1, "version": 1, "bytes": 5, "error": ""}]}, "'built' must be a list of"),
     ],
 )
 def test_malformed_chunkserver_reports_are_invalid_argument(shared_master, method, change, fragment):
