@@ -335,7 +335,8 @@ def test_write_chunk_and_commit(fs):
         {"index": 2, "chunk_id": c2, "version": 1},
         {"index": 3, "chunk_id": 0, "version": 0},
     ]
-    assert [(c, i.version, i.sclass) for c, i in sorted(fs.ns.iter_chunks())] == [(r["chunk_id"], 2, "default"), (c2, 1, "default")]
+    assert [(c, i.version, i.sclass) for c, i in sorted(fs.ns.iter_chunks())] == [
+        (r["chunk_id"], 2, "default"), (c2, 1, "default")]
     assert fs.ns.chunk_count == 2
     d = fs.mkdir(ROOT_INODE, b"d")
     s = fs.do("symlink", parent=ROOT_INODE, name=b"s", target=b"f")["ino"]

@@ -228,7 +228,8 @@ def cmd_fileinfo(master: Master, args) -> tuple[dict, list[str]]:
                 what = f"copy {copies}"
             else:
                 what = f"part {piece['part']}"
-            lines.append(f"\t\t{what}: {piece['address']} (chunkserver {piece['server_id']}, disk {disk}): {state}")
+            where = f"{piece['address']} (chunkserver {piece['server_id']}, disk {disk})"
+            lines.append(f"\t\t{what}: {where}: {state}")
     if not info["chunks"]:
         lines.append("\tno chunks")
     return result, lines

@@ -740,8 +740,9 @@ class MasterService:
             moved, failures, _ = self._set_version(pieces, version, version + 1)
             if failures:
                 _, stuck, _ = self._set_version(moved, version + 1, version)
+                left = f" (left at version {version + 1}: {'; '.join(stuck)})" if stuck else ""
                 log.warning("chunk %d: conversion to %s waits: %s%s", chunk_id, _layout_name(order.ec),
-                            "; ".join(failures), f" (left at version {version + 1}: {'; '.join(stuck)})" if stuck else "")
+                            "; ".join(failures), left)
                 return False
             try:
                 self._submit("set_layout", {"chunk_id": chunk_id, "version": version,
