@@ -66,6 +66,8 @@ def last_entries_record_end(raw: bytes) -> int:
     off, end = 0, 0
     while off < len(raw):
         length, _ = struct.unpack_from("<II", raw, off)
+        if length == 0:
+            break  # preallocated zeros after the last record
         if wire.unpack(raw[off + 8 : off + 8 + length])[0] == "E":
             end = off + 8 + length
         off += 8 + length
