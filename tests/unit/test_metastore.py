@@ -204,6 +204,9 @@ def test_automatic_snapshots_and_recovery_from_them(data):
     with Single(data, snapshot_every=25) as store:
         for i in range(60):
             store.submit(create(b"f%d" % i))
+        deadline = time.monotonic() + 5  # the loop thread takes snapshots, right after the turn that made one due
+        while store.snapshot_index < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert store.snapshot_index >= 50 and store.last_snapshot_time is not None
         before = dump(store)
     with Single(data) as store:

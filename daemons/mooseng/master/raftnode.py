@@ -186,7 +186,7 @@ class RaftNode:
         self.conf_state = ConfState()
         self.node: RawNode | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._proposals: dict[int, _Waiter] = {}  # proposal counter -> waiter; loop thread only
+        self._proposals: dict[int, _Waiter] = {}  # proposal counter -> waiter; in turns only
         self._pids = itertools.count(1)
         self._reads: dict[bytes, list[_Waiter]] = {}  # ReadIndex context -> waiters
         self._read_ready: list[_Waiter] = []  # read index known, waiting for apply
@@ -201,7 +201,7 @@ class RaftNode:
         self._started = False
         self.failure: BaseException | None = None
         self.transport: RaftTransport | None = None
-        # For status and metrics (written by the loop thread, read anywhere).
+        # For status and metrics (written in turns, read anywhere).
         self.role = Role.FOLLOWER
         self.lead = NONE
         self.term = 0
@@ -289,7 +289,7 @@ class RaftNode:
         self._wait(waiter, READ_TIMEOUT_S, "no read index in time")
 
     def call(self, fn, timeout_s: float = 5.0):
-        """Run fn(rawnode) in the loop thread (admin requests); its result or exception."""
+        """Run fn(rawnode) in a turn (admin requests); its result or exception."""
         waiter = _Waiter()
         self._submit(("call", fn, waiter), waiter)
         return self._wait(waiter, timeout_s, "the raft loop did not answer in time")
@@ -328,7 +328,7 @@ class RaftNode:
             with self._turn_lock:
                 if self._stop.is_set():
                     return
-                self._turn()
+                self._turn(snapshot=True)
             self._drive()
 
     def _submit(self, item, waiter: "_Waiter | None" = None) -> None:
@@ -356,9 +356,10 @@ class RaftNode:
                     self._kick.set()
                 return
 
-    def _turn(self) -> None:
+    def _turn(self, snapshot: bool = False) -> None:
         """One turn of the Ready loop (the caller holds the turn lock): step everything queued,
-        tick when a tick is due, then persist, send, apply and advance every Ready."""
+        tick when a tick is due, then persist, send, apply and advance every Ready; with
+        `snapshot` (the loop thread), take a snapshot when one is due."""
         node = self.node
         if self.failure is not None:
             self._drop_queued()
@@ -385,6 +386,8 @@ class RaftNode:
             while node.has_ready():
                 self._handle_ready(node.ready())
             self._answer_exchanges()
+            if snapshot and self._snapshot_due():
+                self.take_snapshot()
         except LogWriteError as exc:
             self.failure = exc
         except BaseException as exc:
@@ -393,6 +396,9 @@ class RaftNode:
         if self.failure is not None:
             self._fail_waiters(FsError(5, f"metadata log failed: {self.failure}"))
             self._drop_queued()
+
+    def _snapshot_due(self) -> bool:
+        return bool(self.snapshot_every) and self.applied - self.storage.snapshot().index >= self.snapshot_every
 
     def _drop_queued(self) -> None:
         """After a failure: whatever waits in the queue gets the error (raft calls: no answer)."""
@@ -507,8 +513,8 @@ class RaftNode:
         if self._read_ready:
             self._release_reads()
         node.advance(rd)
-        if self.snapshot_every and self.applied - self.storage.snapshot().index >= self.snapshot_every:
-            self.take_snapshot()
+        if self._snapshot_due():
+            self._kick.set()  # the loop thread takes it: no peer's call or client's op waits in it
 
     def _send(self, msgs: list[Message]) -> None:
         """To the peers' senders, or onto the reply of a peer's call this turn answers."""
@@ -640,12 +646,12 @@ class RaftNode:
 
     def suspend_lease(self) -> None:
         """A new voter, or a transferee, may win an election without waiting out stickiness:
-        no lease reads until that is over (loop thread)."""
+        no lease reads until that is over (in a turn)."""
         self._lease_until = 0.0
         self._no_lease_until = time.monotonic() + 2 * self.election_tick * self.tick_s
 
     def take_snapshot(self) -> Snapshot:
-        """Snapshot the state machine at the applied index and compact the log (loop thread, or
+        """Snapshot the state machine at the applied index and compact the log (the loop thread, or
         before start)."""
         with self.state.lock:
             data = self.state.dump()
