@@ -28,6 +28,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
+from mooseng.client import ecio
 from mooseng.client.chunkclient import StaleSession, zeros
 from mooseng.client.masterclient import ROOT, Attr, Cred
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
@@ -307,7 +308,9 @@ class InodeData:
         self.errors = 0  # failed background writes so far; handles compare with what they saw
         self.errors_logged = 0  # of those, how many flush_all has reported
         self.last_error: FsError | None = None
-        self._locations: dict[int, tuple[int, int, list[str]]] = {}  # index -> (chunk_id, version, servers)
+        # index -> (chunk_id, version, servers, ec): ec is None for copies, else [k, m] and
+        # servers has k+m entries, the server of each part ("" for none)
+        self._locations: dict[int, tuple[int, int, list[str], list[int] | None]] = {}
         self._locations_gen = 0  # bumped by our own commits: older `chunks` answers are stale
 
     # --- attributes ---
@@ -475,10 +478,19 @@ class InodeData:
         master = self.files.master
         for attempt in range(1, SESSION_ATTEMPTS + 1):
             chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
-            chunk_id, version = chunk["chunk_id"], chunk["version"]
+            chunk_id, version, geometry = chunk["chunk_id"], chunk["version"], chunk.get("ec")
             try:
-                result = self.files.chunks.write(chunk_id, version, chunk["expect_version"],
-                                                 chunk.get("servers", []), ext.items())
+                if geometry:
+                    ref = ecio.EcChunk.of(chunk_id, version, geometry, chunk.get("servers", []))
+                    old_length = 0 if chunk.get("new") else min(CHUNK_SIZE, max(0, self.attr.size - index * CHUNK_SIZE))
+                    stored = ecio.write(self.files.chunks, ref, chunk["expect_version"], ext.items(), old_length)
+                    report = {"chunk_id": chunk_id, "version": version, "ok": stored.ok, "parts": stored.parts}
+                    servers = stored.servers(ref)
+                else:
+                    result = self.files.chunks.write(chunk_id, version, chunk["expect_version"],
+                                                     chunk.get("servers", []), ext.items())
+                    report = {"chunk_id": chunk_id, "version": version, "ok": result.ok}
+                    servers = result.ok
                 break
             except FsError as exc:
                 try:
@@ -491,10 +503,10 @@ class InodeData:
         attr = master.call("commit_write", {
             "ino": self.ino,
             "size": index * CHUNK_SIZE + ext.end(),
-            "chunks": [{"chunk_id": chunk_id, "version": version, "ok": result.ok}],
+            "chunks": [report],
         }, cred)
         with self.lock:
-            self._locations[index] = (chunk_id, version, result.ok)
+            self._locations[index] = (chunk_id, version, servers, geometry)
             self._locations_gen += 1
         return self.files.on_attr(Attr.from_dict(attr))
 
@@ -583,16 +595,19 @@ class InodeData:
         for attempt, delay in enumerate(READ_RETRY_DELAYS):
             if delay:
                 time.sleep(delay)
-            chunk_id, version, servers = self._location(index, refresh=attempt > 0)
+            chunk_id, version, servers, geometry = self._location(index, refresh=attempt > 0)
             if chunk_id == 0:  # a hole
                 return zeros(length)
             try:
+                if geometry:
+                    ref = ecio.EcChunk.of(chunk_id, version, geometry, servers)
+                    return ecio.read(self.files.chunks, ref, in_chunk, length)
                 return self.files.chunks.read(chunk_id, version, in_chunk, length, servers)
             except FsError as exc:
                 error = exc
         raise error
 
-    def _location(self, index: int, refresh: bool) -> tuple[int, int, list[str]]:
+    def _location(self, index: int, refresh: bool) -> tuple[int, int, list[str], list[int] | None]:
         master = self.files.master
         while True:
             with self.lock:
@@ -607,7 +622,7 @@ class InodeData:
             with self.lock:
                 if self._locations_gen == gen:  # else our own commit overtook it: ask again
                     self._learn_locations(refs)
-                    return self._locations.get(index, (0, 0, []))
+                    return self._locations.get(index, (0, 0, [], None))
 
     def learn_locations(self, refs: list[dict]) -> None:
         """Chunk refs the master sent (with their servers)."""
@@ -616,7 +631,7 @@ class InodeData:
 
     def _learn_locations(self, refs: list[dict]) -> None:
         for ref in refs:
-            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
+            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []), ref.get("ec"))
 
 
 def _immutable(data) -> bool:
