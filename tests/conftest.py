@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,18 @@ import pytest
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
 
 CI = os.environ.get("CI") == "true"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"pytest got {signal.Signals(signum).name}")
+
+
+def pytest_configure(config):
+    """A run stopped by SIGTERM or SIGHUP (a CI timeout, a closed terminal) ends as Ctrl-C does:
+    pytest then still tears down every fixture, so the daemons, mounts and namespaces the tests
+    started are stopped instead of outliving the run."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -13,9 +13,14 @@ from mooseng.wire import parse_addr
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+ERRORS_NAME = "mooseng_operation_errors_total"
+
+
 class OpStats:
     """Per-op count and latency histogram on the hot path of every request, exposed as the
-    counter `count_name` (optional) and the histogram `duration_name`, both labelled `op`.
+    counter `count_name` (optional) and the histogram `duration_name`, both labelled `op`, and
+    the failures as `mooseng_operation_errors_total{op, error}` (an errno or status name), so an
+    operator sees EIO or ENOSPC rise, not only the request rate.
 
     About 1 us per observation: a labelled prometheus_client Counter plus Histogram cost 5 to 10 us
     (a lock per value, a linear scan of the buckets), which a metadata op served in 50 us feels.
@@ -27,11 +32,15 @@ class OpStats:
         self._bounds = tuple(buckets)
         self._lock = threading.Lock()
         self._ops: dict[str, list] = {}  # op -> [count, sum, count per bucket..., count above the last]
+        self._errors: dict[tuple[str, str], int] = {}  # (op, error) -> failures
         registry.register(self)
 
-    def observe(self, op: str, seconds: float) -> None:
+    def observe(self, op: str, seconds: float, error: str = "") -> None:
+        """Count one request of `op` that took `seconds`; `error` names how it failed, if it did."""
         i = bisect_left(self._bounds, seconds)  # the first bucket whose bound is >= seconds
         with self._lock:
+            if error:
+                self._errors[op, error] = self._errors.get((op, error), 0) + 1
             rec = self._ops.get(op)
             if rec is None:
                 rec = self._ops[op] = [0, 0.0] + [0] * (len(self._bounds) + 1)
@@ -46,6 +55,7 @@ class OpStats:
         duration_name, duration_doc, count_name, count_doc = self._names
         with self._lock:
             ops = {op: list(rec) for op, rec in self._ops.items()}
+            errors = sorted(self._errors.items())
         histogram = HistogramMetricFamily(duration_name, duration_doc, labels=["op"])
         counter = CounterMetricFamily(count_name, count_doc, labels=["op"]) if count_name else None
         for op, (count, total, *per_bucket) in sorted(ops.items()):
@@ -60,6 +70,12 @@ class OpStats:
         if counter is not None:
             yield counter
         yield histogram
+        if errors:  # the series appear with the first failure, as the ops do with their first request
+            failures = CounterMetricFamily(ERRORS_NAME, "Requests that failed, by op and errno or status name",
+                                           labels=["op", "error"])
+            for (op, error), n in errors:
+                failures.add_metric([op, error], n)
+            yield failures
 
 
 def serve(addr: str):

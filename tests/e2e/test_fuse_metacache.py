@@ -7,6 +7,7 @@
 - A cold small-file read is two master calls (lookup, open with the chunk locations).
 """
 
+import errno
 import os
 import re
 import time
@@ -101,3 +102,23 @@ def test_a_name_another_client_creates_is_refused_to_an_exclusive_create_at_once
         os.open(mine / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     with open(mine / "x", "rb") as f:  # and the name is known here now
         assert f.read() == b"theirs"
+
+
+def test_the_client_counts_failed_operations_by_errno(cluster, workdir):
+    """An rmdir of a non-empty directory fails with ENOTEMPTY (the kernel asks the client, the
+    client the master); the mount's metrics count it by op and errno."""
+    port = cluster.node("client-1").ports["metrics"]
+    series = 'mooseng_operation_errors_total{error="ENOTEMPTY",op="rmdir"} '
+
+    def failed_rmdirs() -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return next((float(line[len(series):]) for line in text.splitlines() if line.startswith(series)), 0.0)
+
+    (workdir / "full").mkdir()
+    (workdir / "full" / "f").touch()
+    before = failed_rmdirs()
+    for _ in range(3):
+        with pytest.raises(OSError) as info:
+            os.rmdir(workdir / "full")
+        assert info.value.errno == errno.ENOTEMPTY
+    assert failed_rmdirs() == before + 3

@@ -220,6 +220,25 @@ def test_chunk_client_fails_over(servers):
             chunks.close()
 
 
+def test_full_disks_are_resource_exhausted_and_enospc_when_every_copy_is_full(tmp_path, servers, client):
+    """A chunkserver whose disks are full (here: leave_free above the disks' size) answers a new
+    chunk with RESOURCE_EXHAUSTED; a write that no copy could take is ENOSPC, not EIO, so the
+    application sees "no space left" as MooseFS reports it. One copy with room is enough."""
+    full = Chunkserver(tmp_path, 3, f"127.0.0.1:{free_port()}")
+    full.config.write_text(full.config.read_text().replace("leave_free_mb = 0", "leave_free_mb = 1000000000"))
+    full.start()
+    chunks = ChunkClient()
+    try:
+        assert status_of(lambda: client.write(full.addr, 71, 1, 0, [], [(0, b"x")])) == rpc.RESOURCE_EXHAUSTED
+        with pytest.raises(FsError) as info:
+            chunks.write(72, 1, 0, [full.addr], [(0, b"y")])
+        assert info.value.errno == errno.ENOSPC and "RESOURCE_EXHAUSTED" in info.value.message
+        assert chunks.write(73, 1, 0, [full.addr, servers[0].addr], [(0, b"z")]) == ([servers[0].addr], [full.addr])
+    finally:
+        chunks.close()
+        assert full.stop() == 0
+
+
 def test_holes_and_reads_past_the_data_are_zeros(servers, client):
     cs1, _ = servers
     client.write(cs1.addr, 5, 1, 0, [], [(2 * MiB, b"tail")])
@@ -270,6 +289,8 @@ def test_errors_map_to_status_codes(servers, client):
     assert client.read(cs1.addr, 8, 3, 0, 65536) == (bytes(range(256)) * 256)
     metrics = urllib.request.urlopen(f"http://{cs1.metrics}/metrics", timeout=10).read().decode()
     assert "mooseng_crc_errors_total 1.0" in metrics
+    assert 'mooseng_operation_errors_total{error="DATA_LOSS",op="read"} 1.0' in metrics
+    assert 'mooseng_operation_errors_total{error="NOT_FOUND",op="read"} ' in metrics  # start-up probes too
     assert "mooseng_chunks_total 1.0" in metrics
     assert 'mooseng_disk_bytes{disk="%s",kind="free"}' % cs1.data_dirs[0] in metrics
     for op in ("read", "write", "commit"):

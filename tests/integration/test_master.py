@@ -672,7 +672,10 @@ def test_metrics_endpoint(master):
     heartbeat(master, 1, session, read=15, written=400)
     before = _metric(master.scrape(), "mooseng_raft_applied_index")
     master.ok("mkdir", parent=1, name=b"m", mode=0o755)
+    assert master.meta("lookup", parent=1, name=b"absent")[0] == errno.ENOENT
     text = master.scrape()
+    assert 'mooseng_operation_errors_total{error="ENOENT",op="lookup"} 1.0' in text
+    assert 'mooseng_operation_errors_total{error="EEXIST"' not in text
     assert "mooseng_raft_leader 1.0" in text
     assert 'mooseng_client_operations_total{op="mkdir"} 1.0' in text
     assert 'mooseng_operation_duration_seconds_count{op="mkdir"} 1.0' in text

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mooseng import rpc
+from mooseng.client.fs import Client
 from mooseng.client.masterclient import MasterClient
 from mooseng.localcluster import AUTO_PORTS, LocalCluster
 from support.polling import wait_for
@@ -242,3 +243,24 @@ def test_malformed_raft_calls_are_refused_and_the_master_lives_on(masters):
     finally:
         client.close()
     assert raft_status(node.addr("api"))["role"] in ("leader", "follower")
+
+
+def test_only_the_leader_exports_chunk_states(masters):
+    """A follower knows no chunkserver, so counting would call every chunk missing."""
+    client = Client(masters.master_endpoints, timeout_s=20)
+    try:
+        client.write_file("/chunk-states", b"x" * 1000)
+    finally:
+        client.close()
+    leader = masters.leader()
+
+    def states(node) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{node.addr('metrics')}/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        return {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("mooseng_chunks{")}
+
+    wait_for("the leader to count the chunk", lambda: states(masters.node(leader)).get(
+        'mooseng_chunks{sclass="default",state="endangered"}', 0) == 1, timeout=20)
+    for node in masters.nodes:
+        if node.kind == "master" and node.name != leader:
+            assert states(node) == {}, node.name

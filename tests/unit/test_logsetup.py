@@ -3,6 +3,7 @@
 import logging
 
 from mooseng import logsetup
+from mooseng.client import mount
 
 
 def record(msg, *args, exc_info=None) -> logging.LogRecord:
@@ -39,3 +40,9 @@ def test_setup_installs_one_handler_at_the_level(capsys):
         logging.getLogger().setLevel(logging.WARNING)
     assert "hidden" not in err
     assert err.count("\n") == 1 and " WARNING node=client-1 mooseng.x: shown" in err
+
+
+def test_client_node_name_tells_hosts_and_mounts_apart(monkeypatch):
+    monkeypatch.setattr(mount.socket, "gethostname", lambda: "client-2")
+    assert mount.node_name("/mnt/mooseng") == "client@client-2:/mnt/mooseng"
+    assert mount.node_name("/mnt/a") != mount.node_name("/mnt/b")

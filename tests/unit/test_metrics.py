@@ -26,3 +26,17 @@ def test_without_a_counter_only_the_histogram_is_exposed():
     OpStats("y_seconds", "latency", registry=registry).observe("commit", 0.1)
     text = generate_latest(registry).decode()
     assert 'y_seconds_count{op="commit"} 1.0' in text and "_total" not in text
+
+
+def test_failures_are_counted_by_op_and_error_name():
+    registry = CollectorRegistry()
+    stats = OpStats("z_seconds", "latency", registry=registry)
+    stats.observe("lookup", 0.001)
+    assert "mooseng_operation_errors_total" not in generate_latest(registry).decode()
+    stats.observe("lookup", 0.001, "ENOENT")
+    stats.observe("lookup", 0.001, "ENOENT")
+    stats.observe("write", 0.001, "ENOSPC")
+    text = generate_latest(registry).decode()
+    assert 'mooseng_operation_errors_total{error="ENOENT",op="lookup"} 2.0' in text
+    assert 'mooseng_operation_errors_total{error="ENOSPC",op="write"} 1.0' in text
+    assert 'z_seconds_count{op="lookup"} 3.0' in text  # failures are requests too

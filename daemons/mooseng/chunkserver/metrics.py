@@ -21,8 +21,8 @@ class ChunkserverMetrics:
         )
         REGISTRY.register(_StoreCollector(store, scrubber))
 
-    def observe(self, op: str, seconds: float) -> None:
-        self._ops.observe(op, seconds)
+    def observe(self, op: str, seconds: float, error: str = "") -> None:
+        self._ops.observe(op, seconds, error)
 
 
 class _StoreCollector:

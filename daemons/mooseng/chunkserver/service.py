@@ -24,8 +24,9 @@ master), and its key is refused for a while after, so that late pieces of it can
 incomplete session.
 
 Errors: CRC mismatch DATA_LOSS, no such chunk NOT_FOUND, wrong version or no such session
-FAILED_PRECONDITION, malformed request INVALID_ARGUMENT, chunk busy or disk full UNAVAILABLE,
-I/O error INTERNAL. To a client each one means "try another copy".
+FAILED_PRECONDITION, malformed request INVALID_ARGUMENT, chunk busy (a write session is open)
+ABORTED, disk full RESOURCE_EXHAUSTED, I/O error INTERNAL. To a client each one means "try another
+copy"; when every copy of a write says RESOURCE_EXHAUSTED the application gets ENOSPC.
 """
 
 import errno
@@ -66,8 +67,9 @@ _U64 = (1 << 64) - 1
 _ERRNO_STATUS = {
     errno.ENOENT: rpc.NOT_FOUND,
     errno.EINVAL: rpc.INVALID_ARGUMENT,
-    errno.EBUSY: rpc.UNAVAILABLE,
-    errno.ENOSPC: rpc.UNAVAILABLE,
+    errno.EBUSY: rpc.ABORTED,
+    errno.ENOSPC: rpc.RESOURCE_EXHAUSTED,
+    errno.EDQUOT: rpc.RESOURCE_EXHAUSTED,
     errno.EEXIST: rpc.ALREADY_EXISTS,
 }
 
@@ -182,12 +184,20 @@ class ChunkServerService:
 
         def handle(params: dict, data: bytearray, peer: str):
             started = time.perf_counter()
+            error = "INTERNAL"
             try:
-                return method(params, data)
+                reply = method(params, data)
+                error = ""
+                return reply
             except FsError as exc:
-                raise _status(exc) from None
+                status = _status(exc)
+                error = rpc.STATUS_NAMES[status.status]
+                raise status from None
+            except rpc.RpcError as exc:
+                error = rpc.STATUS_NAMES.get(exc.status, str(exc.status))
+                raise
             finally:
-                self._metrics.observe(op, time.perf_counter() - started)
+                self._metrics.observe(op, time.perf_counter() - started, error)
 
         return handle
 

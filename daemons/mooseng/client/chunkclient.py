@@ -88,7 +88,7 @@ class _Target:
     (chunk id, versions) and pieces, and how it went. Targets of one session share params and
     pieces, except the parts of an erasure-coded chunk: each its own id and data."""
 
-    __slots__ = ("addr", "chain", "params", "pieces", "inflight", "error", "stale", "failed", "ok")
+    __slots__ = ("addr", "chain", "params", "pieces", "inflight", "error", "stale", "full", "failed", "ok")
 
     def __init__(self, addr: str, chain: list[str], params: dict, pieces: list[tuple[int, list[memoryview]]]):
         self.addr = addr
@@ -98,6 +98,7 @@ class _Target:
         self.inflight: list[Future] = []
         self.error: str | None = None  # the target itself failed: why
         self.stale = False  # its first failure was FAILED_PRECONDITION (a version mismatch)
+        self.full = False  # its first failure was RESOURCE_EXHAUSTED (its disks are full)
         self.failed: set[str] = set()  # servers of its chain that failed
         self.ok: list[str] = []  # after commit: the servers that stored the session
 
@@ -112,6 +113,7 @@ class _Target:
     def fail(self, exc: rpc.RpcError) -> None:
         if self.error is None:
             self.error, self.stale = str(exc), exc.status == rpc.FAILED_PRECONDITION
+            self.full = exc.status == rpc.RESOURCE_EXHAUSTED
 
     def commit_result(self, reply: dict) -> None:
         self.failed.update(reply["failed"])
@@ -192,13 +194,14 @@ class ChunkClient:
         """Store `extents` ((offset in chunk, data) pairs) on every copy in `servers`.
 
         Copies that fail are reported and left out (the chunk is then under goal); EIO only if no
-        copy stored the data (StaleSession if every copy refused it for its version).
+        copy stored the data (StaleSession if every copy refused it for its version, ENOSPC if
+        every copy's server was full).
         `extents` must stay unchanged until this returns.
         """
         pieces = list(_pieces(extents)) or [(0, [])]  # no data: the session still opens the copies
         params = {"chunk_id": chunk_id, "version": version, "expect_version": expect_version}
         servers = list(servers)
-        ok, failed, why, stale = [], [], [], True
+        ok, failed, why, stale, full = [], [], [], True, True
         if self.write_mode == "chain":
             # If the head fails, the copies behind it never got the whole session: start again
             # with the next one as head (a copy that has the session already joins it again).
@@ -209,6 +212,7 @@ class ChunkClient:
                     failed.append(head.addr)
                     why.append(f"{head.addr}: {head.error}")
                     stale = stale and head.stale
+                    full = full and head.full
                     servers = servers[1:]
                     continue
                 ok, failed = head.ok, failed + head.failed_in_order()
@@ -223,12 +227,15 @@ class ChunkClient:
                     failed.append(target.addr)
                     why.append(f"{target.addr}: {target.error}")
                     stale = stale and target.stale
+                    full = full and target.full
         if failed:
             log.warning("write of chunk %016x v%d: copies failed: %s", chunk_id, version, "; ".join(why))
         if not ok:
             detail = "; ".join(why) or "no copy is available"
             message = f"chunk {chunk_id:016x} v{version}: no copy stored the data: {detail}"
-            raise StaleSession(message) if why and stale else FsError(errno.EIO, message)
+            if why and stale:
+                raise StaleSession(message)
+            raise FsError(errno.ENOSPC if why and full else errno.EIO, message)
         return WriteResult(ok, failed)
 
     def write_parts(self, version: int, expect_version: int,

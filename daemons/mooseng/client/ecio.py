@@ -208,8 +208,10 @@ def _send(chunks: ChunkClient, chunk: EcChunk, expect_version: int,
     if why:
         log.warning("write of chunk %016x v%d: parts failed: %s", chunk.chunk_id, chunk.version, "; ".join(why))
     if len(done) < k:
-        raise FsError(errno.EIO, f"chunk {chunk.chunk_id:016x} v{chunk.version}: {len(done)} parts stored the "
-                                 f"data, {k} needed: {'; '.join(why)}")
+        full = all(error is None or error.startswith("RESOURCE_EXHAUSTED") for error in errors)
+        raise FsError(errno.ENOSPC if full and len(done) < len(targets) else errno.EIO,
+                      f"chunk {chunk.chunk_id:016x} v{chunk.version}: {len(done)} parts stored the data, "
+                      f"{k} needed: {'; '.join(why)}")
     return Stored([chunk.servers[p] for p in done], done)
 
 

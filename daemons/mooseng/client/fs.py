@@ -40,10 +40,16 @@ def _op(name: str):
         @functools.wraps(fn)
         def timed(*args, **kwargs):
             start = time.perf_counter()
+            error = "INTERNAL"
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                error = ""
+                return result
+            except FsError as exc:
+                error = errno.errorcode.get(exc.errno, str(exc.errno))
+                raise
             finally:
-                observe(name, time.perf_counter() - start)
+                observe(name, time.perf_counter() - start, error)
 
         return timed
 

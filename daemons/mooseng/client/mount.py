@@ -10,6 +10,7 @@ import ctypes
 import errno
 import logging
 import os
+import socket
 import stat
 import sys
 
@@ -39,6 +40,12 @@ FUSE_OPTIONS = (
 )
 
 
+def node_name(mountpoint: str) -> str:
+    """The client's node id in log lines: the host tells apart clients in containers or on hosts
+    that all mount at /mnt/mooseng, the mount point several mounts on one host."""
+    return f"client@{socket.gethostname()}:{mountpoint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mooseng-mount", description="Mount MooseNG with FUSE")
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with a [client] table")
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     mountpoint = os.path.abspath(opts.mountpoint or cfg.mount_point)
-    logsetup.setup(f"client:{mountpoint}", cfg.log_level)
+    logsetup.setup(node_name(mountpoint), cfg.log_level)
     try:
         return run(cfg, mountpoint, max(1, opts.workers))
     except QuietError as exc:

@@ -41,8 +41,8 @@ class MasterMetrics:
         """Expose the gauges `gauges()` returns, computed at every scrape."""
         REGISTRY.register(_GaugeCollector(gauges))
 
-    def observe(self, op: str, seconds: float) -> None:
-        self._ops.observe(op, seconds)
+    def observe(self, op: str, seconds: float, error: str = "") -> None:
+        self._ops.observe(op, seconds, error)
 
 
 _RAFT_GAUGES = [

@@ -364,10 +364,16 @@ class MasterService:
         """meta{op, args, client_id?, seq?, uid?, gid?, gids?} -> {errno, message, result, leader}."""
         start = time.perf_counter()
         op = params.get("op")
+        error = "INTERNAL"
         try:
-            return self._run(params)
+            reply = self._run(params)
+            error = errno.errorcode.get(reply["errno"], str(reply["errno"])) if reply["errno"] else ""
+            return reply
+        except rpc.RpcError as exc:
+            error = rpc.STATUS_NAMES.get(exc.status, str(exc.status))
+            raise
         finally:
-            self._metrics.observe(op if type(op) is str and op in OPS else "invalid", time.perf_counter() - start)
+            self._metrics.observe(op if type(op) is str and op in OPS else "invalid", time.perf_counter() - start, error)
 
     def _run(self, params: dict) -> dict:
         try:
@@ -630,7 +636,7 @@ class MasterService:
                 future.result()
             except rpc.RpcError as exc:
                 failures.append(f"{server.address}: {exc}")
-                busy = busy or (exc.status == rpc.UNAVAILABLE and exc.message.startswith("[EBUSY]"))
+                busy = busy or exc.status == rpc.ABORTED
             else:
                 done.append(server)
         return done, failures, busy
@@ -746,10 +752,17 @@ class MasterService:
             return ns.next_chunk_id
 
     def gauges(self) -> Gauges:
-        """What Prometheus scrapes: the counts kept up to date, and the registry's servers now."""
+        """What Prometheus scrapes: the counts kept up to date, and the registry's servers now.
+
+        Chunk states are the leader's: a follower's registry is empty (chunkservers register
+        with the leader only), so it would count every chunk missing. It exports none.
+        """
         total, by_class = self.chunk_states()
-        for name in GOALS:  # every class has its series, also before it has chunks
-            by_class.setdefault(name, dict.fromkeys(STATES, 0))
+        if self._store.is_leader():
+            for name in GOALS:  # every class has its series, also before it has chunks
+                by_class.setdefault(name, dict.fromkeys(STATES, 0))
+        else:
+            by_class = {}
         index = self._store.last_index
         with self._lock:
             servers = self._registry.servers()
