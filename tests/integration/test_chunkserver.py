@@ -504,7 +504,7 @@ def test_a_write_cut_off_by_the_client_can_be_retried(servers, client):
 
 
 class _NoMetrics:
-    def observe(self, op, seconds):
+    def observe(self, op, seconds, error=""):
         pass
 
 

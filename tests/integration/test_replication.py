@@ -20,7 +20,7 @@ MiB = 1 << 20
 
 
 class _NoMetrics:
-    def observe(self, op, seconds):
+    def observe(self, op, seconds, error=""):
         pass
 
 
