@@ -110,7 +110,10 @@ def run_target(target: Target, params: Params, repeat: int, workloads: list[str]
                     continue
                 t0 = time.monotonic()
                 try:
-                    out = workload(work, params, target.make_cold)
+                    if getattr(workload, "needs_target", False):
+                        out = workload(work, params, target.make_cold, target=target)
+                    else:
+                        out = workload(work, params, target.make_cold)
                 except Exception as e:
                     res["errors"].setdefault(name, describe_error(e))
                     log(f"{target.name}: {name} failed after {time.monotonic() - t0:.1f} s: {describe_error(e)}")
