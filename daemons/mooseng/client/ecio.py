@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from typing import Iterable, NamedTuple
 
 from mooseng import ec, rpc
@@ -133,22 +134,113 @@ def _why(chunk: EcChunk, p: int, failure: str | Exception) -> str:
 def write(chunks: ChunkClient, chunk: EcChunk, expect_version: int, extents: Iterable[tuple[int, object]],
           old_length: int) -> Stored:
     """Store `extents` ((offset in chunk, data), sorted, disjoint) in a chunk that held
-    `old_length` bytes before (0 for a new chunk); FsError(EIO) if fewer than k parts took it."""
+    `old_length` bytes before (0 for a new chunk); FsError(EIO) if fewer than k parts took it.
+
+    The touched rows are scattered straight into one buffer per part (a part's rows contiguous),
+    so the encoding is one call over whole parts and every part goes out without another copy;
+    the buffers are reused from one session to the next (see ARENAS).
+    """
     k, m = chunk.k, chunk.m
     extents = [(offset, memoryview(data).cast("B")) for offset, data in extents]
     new_length = max([old_length] + [offset + len(data) for offset, data in extents])
     lengths = ec.part_lengths(new_length, k, m)
-    per_part: list[list[tuple[int, memoryview]]] = [[] for _ in range(k + m)]
-    for first, end in _row_runs(extents, k):
-        stripe = _stripe(chunks, chunk, expect_version, extents, first, end, old_length, new_length)
-        parity = [bytearray((end - first) * B) for _ in range(m)]
-        blocks = ec.encode_rows(ec.codec(k, m), stripe, parity)
-        for p in range(k + m):
-            for r, block in enumerate(blocks[p], first):
-                take = min(B, lengths[p] - r * B)
-                if take > 0:
-                    per_part[p].append((r * B, block[:take]))
-    return _send(chunks, chunk, expect_version, per_part)
+    runs = _row_runs(extents, k)
+    arena = _Arena(sum(end - first for first, end in runs) * B * (k + m))
+    try:
+        per_part: list[list[tuple[int, memoryview]]] = [[] for _ in range(k + m)]
+        pos = 0
+        for first, end in runs:
+            size = (end - first) * B
+            parts = [arena.view[pos + p * size:pos + (p + 1) * size] for p in range(k + m)]
+            pos += (k + m) * size
+            for part in parts[:k]:
+                _zero(part)
+            _fill_rows(chunks, chunk, extents, parts[:k], first, end, old_length, new_length, expect_version)
+            ec.codec(k, m).encode(parts[:k], parts[k:])
+            for p in range(k + m):
+                n = min(size, lengths[p] - first * B)
+                if n > 0:
+                    per_part[p].append((first * B, parts[p][:n]))
+        return _send(chunks, chunk, expect_version, per_part)
+    finally:
+        arena.release()
+
+
+# Session buffers are reused: fresh memory costs its page faults, several times the copy itself
+# (a 64 MiB chunk of 8+4 writing into new buffers took 2.2 client CPU s/GiB against 1.0 for two
+# copies; reused, 1.0 to 1.4). ARENAS buffers of up to ARENA_KEEP bytes (a whole 8+4 chunk) are
+# kept for the process; a session finding none free allocates its own.
+ARENAS = 2
+ARENA_KEEP = CHUNK_SIZE * 3 // 2
+_arenas: list[bytearray] = []
+_arenas_lock = threading.Lock()
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+class _Arena:
+    """A buffer of at least `size` bytes for one write, handed back to the pool by release()."""
+
+    def __init__(self, size: int):
+        with _arenas_lock:
+            fits = [b for b in _arenas if len(b) >= size]
+            self._buf = min(fits, key=len) if fits else None
+            if self._buf is not None:
+                _arenas.remove(self._buf)
+        if self._buf is None:
+            self._buf = bytearray(size)
+        self.view = memoryview(self._buf)[:size]
+
+    def release(self) -> None:
+        """After the write: nothing holds a view of the buffer any more (the sessions are over)."""
+        if len(self._buf) <= ARENA_KEEP:
+            with _arenas_lock:
+                _arenas.append(self._buf)
+                if len(_arenas) > ARENAS:
+                    _arenas.remove(min(_arenas, key=len))
+
+
+def _zero(view: memoryview) -> None:
+    for pos in range(0, len(view), len(_ZEROS)):
+        n = min(len(_ZEROS), len(view) - pos)
+        view[pos:pos + n] = _ZEROS[:n]
+
+
+def _scatter(data_parts: list[memoryview], first: int, k: int, offset: int, data: memoryview, stop: int) -> None:
+    """Copy chunk bytes `data` at `offset` (up to chunk offset `stop`) into the data parts' rows
+    from row `first` on: chunk block b goes to part b % k, row b // k."""
+    base = first * k * B
+    a, end = max(offset, base), min(offset + len(data), stop)
+    while a < end:
+        b = a // B
+        n = min(end, (b + 1) * B) - a
+        at = (b // k - first) * B + a - b * B
+        data_parts[b % k][at:at + n] = data[a - offset:a - offset + n]
+        a += n
+
+
+def _fill_rows(chunks: ChunkClient, chunk: EcChunk, extents, data_parts: list[memoryview], first: int, end: int,
+               old_length: int, new_length: int, expect_version: int) -> None:
+    """The data parts' rows [first, end): the old data where the extents leave gaps (read from
+    the parts), the extents over it; zeros past new_length."""
+    k = chunk.k
+    base, stop = first * k * B, min(end * k * B, new_length)
+    gaps, pos = [], base
+    for offset, data in extents:
+        if offset + len(data) <= base or offset >= stop:
+            continue
+        if offset > pos:
+            gaps.append((pos, offset))
+        pos = max(pos, offset + len(data))
+    if pos < stop:
+        gaps.append((pos, stop))
+    gaps = [(a, min(b, old_length)) for a, b in gaps if a < old_length]
+    if gaps and expect_version:
+        a, b = gaps[0][0], gaps[-1][1]
+        for piece in read(chunks, chunk, a, b - a, version=chunk.version):
+            _scatter(data_parts, first, k, a, memoryview(piece).cast("B"), stop)
+            a += len(piece)
+    for offset, data in extents:
+        _scatter(data_parts, first, k, offset, data, stop)
 
 
 def _row_runs(extents: list[tuple[int, memoryview]], k: int) -> list[tuple[int, int]]:
@@ -163,36 +255,6 @@ def _row_runs(extents: list[tuple[int, memoryview]], k: int) -> list[tuple[int, 
         else:
             runs.append([first, end])
     return [(first, end) for first, end in runs]
-
-
-def _stripe(chunks: ChunkClient, chunk: EcChunk, expect_version: int, extents, first: int, end: int,
-            old_length: int, new_length: int) -> memoryview:
-    """Chunk bytes of rows [first, end) up to new_length: the old data where the extents leave
-    gaps (read from the parts), the extents over it."""
-    base = first * chunk.k * B
-    stop = min(end * chunk.k * B, new_length)
-    stripe = memoryview(bytearray(stop - base))
-    gaps, pos = [], base
-    for offset, data in extents:
-        if offset + len(data) <= base or offset >= stop:
-            continue
-        if offset > pos:
-            gaps.append((pos, offset))
-        pos = max(pos, offset + len(data))
-    if pos < stop:
-        gaps.append((pos, stop))
-    gaps = [(a, min(b, old_length)) for a, b in gaps if a < old_length]
-    if gaps and expect_version:
-        a, b = gaps[0][0], gaps[-1][1]
-        pos = a - base
-        for piece in read(chunks, chunk, a, b - a, version=chunk.version):
-            stripe[pos:pos + len(piece)] = piece
-            pos += len(piece)
-    for offset, data in extents:
-        a, b = max(offset, base), min(offset + len(data), stop)
-        if a < b:
-            stripe[a - base:b - base] = data[a - offset:b - offset]
-    return stripe
 
 
 def _send(chunks: ChunkClient, chunk: EcChunk, expect_version: int,
