@@ -27,6 +27,7 @@ class FakeParts:
         self.down: set[str] = set()
         self.corrupt: set[int] = set()
         self.reads: list[tuple[str, int, int, int]] = []
+        self.suspects: set[str] = set()  # servers that failed a read a moment ago
 
     def read_many(self, requests):
         out = []
@@ -45,6 +46,9 @@ class FakeParts:
             else:
                 out.append(memoryview(bytes(f[1][offset:offset + length]).ljust(length, b"\0")))
         return out
+
+    def suspect(self, addr):
+        return addr in self.suspects
 
     def write_parts(self, version, expect_version, parts):
         errors = []
@@ -137,6 +141,21 @@ def test_a_part_at_another_version_is_decoded_around():
     ref = chunk_ref(k, m, 1)
     parts.files[(ref.servers[1], ref.part(1))] = (7, bytearray(b"x" * 2 * B))  # stale or foreign
     assert read(parts, k, m, 1, 0, len(data)) == data
+
+
+def test_parts_on_a_suspect_server_are_decoded_around_without_asking_it():
+    k, m = 4, 2
+    parts = FakeParts()
+    data = random.Random(11).randbytes(3 * k * B)
+    write(parts, k, m, 1, [(0, data)], 0)
+    parts.suspects = {"cs-1"}  # e.g. hung: its last read timed out
+    parts.reads.clear()
+    assert read(parts, k, m, 1, 0, len(data)) == data
+    assert all(addr != "cs-1" for addr, *_ in parts.reads)
+    parts.suspects = {"cs-0", "cs-1", "cs-2"}  # more than m: asked anyway, they answer
+    parts.reads.clear()
+    assert read(parts, k, m, 1, 0, len(data)) == data
+    assert {"cs-0", "cs-1", "cs-2"} <= {addr for addr, *_ in parts.reads}
 
 
 def test_more_than_m_lost_parts_is_eio_naming_them():

@@ -163,7 +163,8 @@ class ChunkClient:
     def read_many(self, requests: list[tuple[str, int, int, int, int]]) -> list[memoryview | Exception]:
         """Each (server, chunk id, version, offset, length) read in parallel, from that server
         only: its bytes, or the FsError / rpc.RpcError it failed with (the parts of an
-        erasure-coded chunk, where the caller decides what replaces a failed one)."""
+        erasure-coded chunk, where the caller decides what replaces a failed one). A server that
+        fails is suspect for SUSPECT_S (suspect())."""
         spans = []  # (request index, offset, length)
         for i, (_, _, _, offset, length) in enumerate(requests):
             spans += [(i, pos, min(READ_PIECE, offset + length - pos)) for pos in range(offset, offset + length, READ_PIECE)]
@@ -177,10 +178,15 @@ class ChunkClient:
                 pieces[i].append(future.result())
             except (rpc.RpcError, FsError) as exc:
                 errors[i] = errors[i] or exc
+                self._suspect[requests[i][0]] = time.monotonic() + SUSPECT_S
         out: list[memoryview | Exception] = []
         for error, got in zip(errors, pieces):
             out.append(error if error is not None else got[0] if len(got) == 1 else memoryview(b"".join(got)))
         return out
+
+    def suspect(self, addr: str) -> bool:
+        """Whether a read from `addr` failed in the last SUSPECT_S (a caller with a choice avoids it)."""
+        return self._suspect.get(addr, 0) > time.monotonic()
 
     def _read_piece(self, addr: str, chunk_id: int, version: int, offset: int, length: int) -> memoryview:
         params = {"chunk_id": chunk_id, "version": version, "offset": offset, "length": length}

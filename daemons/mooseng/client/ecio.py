@@ -74,8 +74,13 @@ def read(chunks: ChunkClient, chunk: EcChunk, offset: int, length: int, version:
     plan = ec.read_plan(offset, length, k)
     got: dict[int, tuple[int, memoryview]] = {}
     failed: dict[int, str | Exception] = {}
-    asked = [(p, start, stop) for p, start, stop in plan if chunk.servers[p]]
     failed.update({p: "no server holds it" for p, _, _ in plan if not chunk.servers[p]})
+    # A server that failed a read a moment ago (down, or hung until the call timed out) is not
+    # waited for again while m others can stand in for its parts.
+    suspect = [p for p, _, _ in plan if p not in failed and chunks.suspect(chunk.servers[p])]
+    if len(failed) + len(suspect) <= m:
+        failed.update({p: f"{chunk.servers[p]} failed a read a moment ago" for p in suspect})
+    asked = [(p, start, stop) for p, start, stop in plan if p not in failed]
     results = chunks.read_many([(chunk.servers[p], chunk.part(p), version, start, stop - start)
                                 for p, start, stop in asked])
     for (p, start, _), result in zip(asked, results):
@@ -103,6 +108,7 @@ def _degraded(chunks: ChunkClient, chunk: EcChunk, version: int, first: int, end
         if start <= first * B and start + len(buf) >= end * B:
             inputs[p] = buf[first * B - start:end * B - start]
     candidates = [p for p in range(k + m) if p not in failed and inputs[p] is None and chunk.servers[p]]
+    candidates.sort(key=lambda p: chunks.suspect(chunk.servers[p]))  # stable: data parts first
     while sum(i is not None for i in inputs) < k:
         need = k - sum(i is not None for i in inputs)
         batch, candidates = candidates[:need], candidates[need:]
