@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 class Target:
     name = ""
     title = ""
+    storage_classes = False  # set_class/degrade/restore work (the `classes` workload)
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -225,6 +226,7 @@ class MooseNGTarget(Target):
     """
 
     name, title = "mooseng", "MooseNG"
+    storage_classes = True
     CLIENT = 1
 
     def __init__(self, workdir: Path, port_base: int | None = 0):

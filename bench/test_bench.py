@@ -73,6 +73,13 @@ def test_every_workload_runs_on_a_local_directory(tmp_path: Path):
     assert all(value > 0 for value in metrics.values())
 
 
+def test_render_marks_workloads_a_target_cannot_run():
+    local = target({"stat": 5.0}) | {"not_applicable": ["classes"]}
+    text = report.render({"local": local}, metrics_table(TINY), META | {"targets": ["local"]})
+    row = next(line for line in text.splitlines() if line.startswith("| class archive (EC 8+4): sequential write"))
+    assert "| n/a |" in row
+
+
 def test_render_marks_workloads_not_selected():
     meta = META | {"targets": ["mooseng"], "workloads": ["metadata"]}
     text = report.render({"mooseng": target({"stat": 5.0})}, metrics_table(TINY), meta)
