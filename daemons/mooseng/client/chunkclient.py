@@ -164,7 +164,7 @@ class ChunkClient:
         """Each (server, chunk id, version, offset, length) read in parallel, from that server
         only: its bytes, or the FsError / rpc.RpcError it failed with (the parts of an
         erasure-coded chunk, where the caller decides what replaces a failed one). A server that
-        fails is suspect for SUSPECT_S (suspect())."""
+        is unreachable or times out is suspect for SUSPECT_S (suspect())."""
         spans = []  # (request index, offset, length)
         for i, (_, _, _, offset, length) in enumerate(requests):
             spans += [(i, pos, min(READ_PIECE, offset + length - pos)) for pos in range(offset, offset + length, READ_PIECE)]
@@ -178,7 +178,8 @@ class ChunkClient:
                 pieces[i].append(future.result())
             except (rpc.RpcError, FsError) as exc:
                 errors[i] = errors[i] or exc
-                self._suspect[requests[i][0]] = time.monotonic() + SUSPECT_S
+                if isinstance(exc, rpc.RpcError) and exc.status == rpc.UNAVAILABLE:  # the server, not the part
+                    self._suspect[requests[i][0]] = time.monotonic() + SUSPECT_S
         out: list[memoryview | Exception] = []
         for error, got in zip(errors, pieces):
             out.append(error if error is not None else got[0] if len(got) == 1 else memoryview(b"".join(got)))
