@@ -206,3 +206,38 @@ def test_heartbeat_orders_run_and_are_reported(tmp_path, trio, client):
     finally:
         assert cs.stop() == 0
         master.server.stop()
+
+
+def test_client_writes_reads_and_cuts_parts_on_real_chunkservers(trio):
+    """client/ecio.py over real chunkservers: a new chunk's parts, a read-modify-write, reads with
+    a whole server stopped (its 4 parts decoded from the others), a truncation while it is down."""
+    from mooseng.client import ecio
+    from mooseng.client.chunkclient import ChunkClient
+
+    k, m = 8, 4
+    chunks = ChunkClient()
+    try:
+        servers = [trio[p % 3].addr for p in range(k + m)]
+        data = bytearray(random.Random(12).randbytes(5 * MiB + 4321))
+        stored = ecio.write(chunks, ecio.EcChunk.of(CHUNK, 1, [k, m], servers), 0, [(0, bytes(data))], 0)
+        assert stored.parts == list(range(12))
+        ref = ecio.EcChunk.of(CHUNK, 1, [k, m], servers)
+        assert b"".join(ecio.read(chunks, ref, 0, len(data))) == data
+        # a second session rewrites a few bytes in the middle of a stripe (the others are read first)
+        ref2 = ecio.EcChunk.of(CHUNK, 2, [k, m], servers)
+        for p in range(k + m):
+            rpc.Client(servers[p]).call("set_version", {"chunk_id": ec.part_id(CHUNK, p), "expect_version": 1,
+                                                        "version": 2})
+        data[3 * MiB + 5:3 * MiB + 12] = b"patched"
+        ecio.write(chunks, ref2, 2, [(3 * MiB + 5, b"patched")], len(data))
+        assert b"".join(ecio.read(chunks, ref2, 0, len(data))) == data
+        trio[1].stop()
+        assert b"".join(ecio.read(chunks, ref2, 0, len(data))) == data
+        assert b"".join(ecio.read(chunks, ref2, 3 * MiB, 100)) == data[3 * MiB:3 * MiB + 100]
+        ref3 = ecio.EcChunk.of(CHUNK, 3, [k, m], servers)
+        cut = ecio.truncate(chunks, ref3, 2, 2 * MiB + 77)
+        assert cut.parts == [p for p in range(12) if p % 3 != 1]
+        assert b"".join(ecio.read(chunks, ref3, 0, 3 * MiB)) == data[:2 * MiB + 77] + bytes(MiB - 77)
+    finally:
+        chunks.close()
+        trio[1].start()

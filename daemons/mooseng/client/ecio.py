@@ -227,7 +227,8 @@ def _scatter(data_parts: list[memoryview], first: int, k: int, offset: int, data
 def _fill_rows(chunks: ChunkClient, chunk: EcChunk, extents, data_parts: list[memoryview], first: int, end: int,
                old_length: int, new_length: int, expect_version: int) -> None:
     """The data parts' rows [first, end): the old data where the extents leave gaps (read from
-    the parts), the extents over it; zeros past new_length."""
+    the parts at expect_version: where the master moved them first, that is the new version),
+    the extents over it; zeros past new_length."""
     k = chunk.k
     base, stop = first * k * B, min(end * k * B, new_length)
     gaps, pos = [], base
@@ -242,7 +243,7 @@ def _fill_rows(chunks: ChunkClient, chunk: EcChunk, extents, data_parts: list[me
     gaps = [(a, min(b, old_length)) for a, b in gaps if a < old_length]
     if gaps and expect_version:
         a, b = gaps[0][0], gaps[-1][1]
-        for piece in read(chunks, chunk, a, b - a, version=chunk.version):
+        for piece in read(chunks, chunk, a, b - a, version=expect_version):
             _scatter(data_parts, first, k, a, memoryview(piece).cast("B"), stop)
             a += len(piece)
     for offset, data in extents:
@@ -297,7 +298,7 @@ def truncate(chunks: ChunkClient, chunk: EcChunk, expect_version: int, length: i
     cut = rows - 1 if length % (k * B) else None  # a row the cut leaves partly filled
     parity_rows = None
     if cut is not None:
-        stripe = bytearray(b"".join(read(chunks, chunk, cut * k * B, length - cut * k * B)))
+        stripe = bytearray(b"".join(read(chunks, chunk, cut * k * B, length - cut * k * B, version=expect_version)))
         parity = [bytearray(B) for _ in range(m)]
         parity_rows = ec.encode_rows(ec.codec(k, m), stripe, parity)[k:]
     ok: list[int] = []
