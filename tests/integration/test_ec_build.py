@@ -5,7 +5,6 @@ heartbeat orders, compared byte for byte; copies -> parts and parts -> copy; bad
 import os
 import random
 import signal
-import time
 import urllib.request
 
 import pytest
