@@ -198,8 +198,6 @@ class Builder:
         self._results: list[dict] = []
         self._clients: dict[str, rpc.Client] = {}
         self._stop = threading.Event()
-        self.bytes = 0  # built here (metrics: mooseng_build_bytes_total)
-        self.failures = 0
 
     def submit(self, orders: list) -> None:
         for raw in orders:
@@ -217,8 +215,6 @@ class Builder:
         except ValueError as exc:
             n, error = 0, f"malformed build order: {exc}"
             log.warning("%s", error)
-            with self._lock:
-                self.failures += 1
         except (FsError, rpc.RpcError) as exc:
             n, error = 0, str(exc)
             log.warning("%s", exc)
@@ -237,38 +233,27 @@ class Builder:
                 raise FsError(errno.EEXIST, f"{order.name()}: already running here")
             self._running.add(target)
         try:
-            n = self._build(order, target)
-        except BaseException:
-            with self._lock:
-                self.failures += 1
-            raise
+            if self._store.get(target) is not None:
+                raise FsError(errno.EEXIST, f"{order.name()}: chunk {target:016X} is already here")
+            the_plan = plan(order, self._stored_lengths(order))
+            for why in the_plan.ignored:
+                log.warning("%s: ignoring %s", order.name(), why)
+            replica = self._store.open_replica(target, order.version)
+            try:
+                if the_plan.copy is not None:
+                    self._encode(order, the_plan, replica)
+                else:
+                    self._decode(order, the_plan, replica)
+                replica.finish(the_plan.length, None)
+            except rpc.RpcError as exc:  # a source's failure; its status would mislead the caller
+                replica.abort()
+                raise BuildError(f"{order.name()}: {exc}") from None
+            except BaseException:
+                replica.abort()
+                raise
         finally:
             with self._lock:
                 self._running.discard(target)
-        with self._lock:
-            self.bytes += n["bytes"]
-        return n
-
-    def _build(self, order: Order, target: int) -> dict:
-        """Plan from the sources' lengths, then encode or decode into a replica file."""
-        if self._store.get(target) is not None:
-            raise FsError(errno.EEXIST, f"{order.name()}: chunk {target:016X} is already here")
-        the_plan = plan(order, self._stored_lengths(order))
-        for why in the_plan.ignored:
-            log.warning("%s: ignoring %s", order.name(), why)
-        replica = self._store.open_replica(target, order.version)
-        try:
-            if the_plan.copy is not None:
-                self._encode(order, the_plan, replica)
-            else:
-                self._decode(order, the_plan, replica)
-            replica.finish(the_plan.length, None)
-        except rpc.RpcError as exc:  # a source's failure; its status would mislead the caller
-            replica.abort()
-            raise BuildError(f"{order.name()}: {exc}") from None
-        except BaseException:
-            replica.abort()
-            raise
         log.info("%s: %d bytes", order.name(), the_plan.length)
         return {"bytes": the_plan.length, "ignored": the_plan.ignored}
 

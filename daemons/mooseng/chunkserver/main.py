@@ -47,8 +47,8 @@ def run(cfg) -> None:
     replicator = Replicator(store, cfg.replication_workers, cfg.replication_mb_s * 1e6)
     builder = Builder(store, cfg.replication_workers, replicator.pacer)
     scrubber = Scrubber(store, cfg.scrub_mb_s * 1e6) if cfg.scrub_mb_s > 0 else None
-    observed = ChunkserverMetrics(store, scrubber, builder)
-    service = ChunkServerService(store, advertise, observed, replicator=replicator, builder=builder)
+    service = ChunkServerService(store, advertise, ChunkserverMetrics(store, scrubber), replicator=replicator,
+                                 builder=builder)
     handlers.update(service.handlers())
     server.start()
     link = MasterLink(

@@ -15,21 +15,20 @@ from mooseng.metrics import OpStats
 class ChunkserverMetrics:
     """Create once per process: the metrics go into the default registry that metrics.serve exposes."""
 
-    def __init__(self, store: ChunkStore, scrubber: Scrubber | None = None, builder=None):
+    def __init__(self, store: ChunkStore, scrubber: Scrubber | None = None):
         self._ops = OpStats(
             "mooseng_operation_duration_seconds", "Time to serve a chunkserver request (a write: one piece; commit: the durable end of a session)"
         )
-        REGISTRY.register(_StoreCollector(store, scrubber, builder))
+        REGISTRY.register(_StoreCollector(store, scrubber))
 
     def observe(self, op: str, seconds: float, error: str = "") -> None:
         self._ops.observe(op, seconds, error)
 
 
 class _StoreCollector:
-    def __init__(self, store: ChunkStore, scrubber: Scrubber | None, builder):
+    def __init__(self, store: ChunkStore, scrubber: Scrubber | None):
         self._store = store
         self._scrubber = scrubber
-        self._builder = builder  # chunkserver/builder.py: parts of erasure-coded chunks built here
 
     def describe(self):
         return []  # computed at scrape time; nothing to check at registration
@@ -45,11 +44,6 @@ class _StoreCollector:
                                   value=scrub.bytes if scrub else 0)
         yield CounterMetricFamily("mooseng_scrub_errors", "Copies the background scrubber found damaged",
                                   value=scrub.errors if scrub else 0)
-        build = self._builder
-        yield CounterMetricFamily("mooseng_build_bytes", "Bytes of erasure-coded parts (or copies from parts) built here",
-                                  value=build.bytes if build else 0)
-        yield CounterMetricFamily("mooseng_build_failures", "Builds of parts (or copies from parts) that failed here",
-                                  value=build.failures if build else 0)
         space = GaugeMetricFamily("mooseng_disk_bytes", "Data dir space (free: usable by new chunks)", labels=["disk", "kind"])
         damaged = GaugeMetricFamily("mooseng_disk_damaged", "1 if the data dir is damaged", labels=["disk"])
         for disk in store.disk_stats():
