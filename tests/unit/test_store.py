@@ -6,6 +6,7 @@ import random
 import shutil
 import struct
 import threading
+import time
 import zlib
 
 import pytest
@@ -328,9 +329,46 @@ def test_parts_of_one_chunk_go_to_distinct_disks(tmp_path, monkeypatch):
         s.write(ec.part_id(8, 0), 1, 0, 0, b"another chunk's part")  # siblings are per chunk
         assert s.get(ec.part_id(8, 0)).disk == 0
         replica = s.open_replica(ec.part_id(8, 1), 1)  # a rebuilt part, too
+        other = s.open_replica(ec.part_id(8, 2), 1)  # sees the first while it is still a .tmp file
+        assert len({replica.disk.index, other.disk.index, 0}) == 3
+        with pytest.raises(FsError, match="already here"):
+            s.open_replica(ec.part_id(8, 1), 1)
+        other.abort()
         replica.write(b"rebuilt")
         replica.finish(7, None)
         assert s.get(ec.part_id(8, 1)).disk != 0
+    finally:
+        s.close()
+
+
+def test_parts_created_at_once_still_take_distinct_disks(tmp_path, monkeypatch):
+    """Sessions creating the parts of one chunk in parallel (as a client's write does): each
+    disk choice sees the parts chosen before it (a slow statvfs widens the window)."""
+    paths = [str(tmp_path / f"disk{i}") for i in range(4)]
+    for path in paths:
+        os.mkdir(path)
+    real = ChunkStore._statvfs
+
+    def slow(disk):
+        time.sleep(0.002)
+        return real(disk)
+
+    monkeypatch.setattr(ChunkStore, "_statvfs", staticmethod(slow))
+    s = ChunkStore(paths)
+    try:
+        for chunk_id in range(1, 6):
+            barrier = threading.Barrier(4)
+
+            def create(part):
+                barrier.wait()
+                s.write(ec.part_id(chunk_id, part), 1, 0, 0, b"part")
+
+            threads = [threading.Thread(target=create, args=(p,)) for p in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(s.get(ec.part_id(chunk_id, p)).disk for p in range(4)) == [0, 1, 2, 3]
     finally:
         s.close()
 

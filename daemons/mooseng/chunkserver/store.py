@@ -316,6 +316,7 @@ class ReplicaWriter:
             raise FsError(errno.EIO, f"renaming {self.path}: {exc.strerror}") from None
 
     def abort(self) -> None:
+        self._store._replica_gone(self.chunk_id)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -335,6 +336,10 @@ class ChunkStore:
         self.bad_files: list[str] = []  # chunk files refused at start (bad header, duplicate...)
         self._disks = [_Disk(i, str(path)) for i, path in enumerate(data_dirs)]
         self._lock = threading.Lock()  # index, disk counters, change deltas
+        # Choosing a new chunk's disk and making the chunk known is one step, so that parts of one
+        # chunk created at once see each other (store placement: distinct disks).
+        self._place_lock = threading.Lock()
+        self._incoming: dict[int, _Disk] = {}  # replicas being received: their disk
         self._chunks: dict[int, _Chunk] = {}
         self._added: dict[int, ChunkInfo] = {}
         self._removed: dict[int, ChunkInfo] = {}
@@ -476,15 +481,16 @@ class ChunkStore:
         return chunk, False
 
     def _create(self, chunk_id: int, version: int) -> _Chunk:
-        disk = self._choose_disk(chunk_id)
-        chunk = _Chunk(chunk_id, disk, 0, 0)
-        chunk.writer = version
-        with self._lock:
-            if chunk_id in self._chunks:
-                raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being created by another stream")
-            self._chunks[chunk_id] = chunk
-            disk.used += HEADER_SIZE
-            disk.count += 1
+        with self._place_lock:
+            disk = self._choose_disk(chunk_id)
+            chunk = _Chunk(chunk_id, disk, 0, 0)
+            chunk.writer = version
+            with self._lock:
+                if chunk_id in self._chunks:
+                    raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being created by another stream")
+                self._chunks[chunk_id] = chunk
+                disk.used += HEADER_SIZE
+                disk.count += 1
         with chunk.lock:
             path = chunk_path(disk.path, chunk_id)
             try:
@@ -535,8 +541,9 @@ class ChunkStore:
         if part < 0:
             return set()
         with self._lock:
-            found = (self._chunks.get(part_id(chunk_id, p)) for p in range(MAX_PARTS) if p != part)
-            return {c.disk.index for c in found if c is not None}
+            ids = [part_id(chunk_id, p) for p in range(MAX_PARTS) if p != part]
+            disks = {c.disk.index for c in (self._chunks.get(i) for i in ids) if c is not None}
+            return disks | {d.index for d in (self._incoming.get(i) for i in ids) if d is not None}
 
     def _write(self, chunk: _Chunk, offset: int, data) -> None:
         length = len(data)
@@ -616,22 +623,31 @@ class ChunkStore:
     def open_replica(self, chunk_id: int, version: int) -> "ReplicaWriter":
         """Start receiving a copy pulled from another server (FsError(EEXIST) if one is here)."""
         _check_ids(chunk_id, version)
-        with self._lock:
-            if chunk_id in self._chunks:
-                raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} is already here")
-        disk = self._choose_disk(chunk_id)
+        with self._place_lock:
+            with self._lock:
+                if chunk_id in self._chunks or chunk_id in self._incoming:
+                    raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} is already here")
+            disk = self._choose_disk(chunk_id)
+            with self._lock:
+                self._incoming[chunk_id] = disk
         path = chunk_path(disk.path, chunk_id) + TMP_SUFFIX
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         except OSError as exc:
+            self._replica_gone(chunk_id)
             raise FsError(errno.EIO, f"cannot create {path}: {exc.strerror}") from None
         return ReplicaWriter(self, chunk_id, version, disk, path, fd)
+
+    def _replica_gone(self, chunk_id: int) -> None:
+        with self._lock:
+            self._incoming.pop(chunk_id, None)
 
     def _adopt(self, replica: "ReplicaWriter") -> None:
         """Put a complete, synced replica into place and into the index (reported as added)."""
         final = chunk_path(replica.disk.path, replica.chunk_id)
         chunk = _Chunk(replica.chunk_id, replica.disk, replica.version, replica.length)
         with self._lock:
+            self._incoming.pop(replica.chunk_id, None)
             if replica.chunk_id in self._chunks:
                 raise FsError(errno.EEXIST, f"chunk {replica.chunk_id:016X} appeared meanwhile")
             if replica.disk.state != OK:
