@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from mooseng.master.raftlog import CLUSTER, LOG, SNAP, LogWriteError, RaftStorage, StorageError
+from mooseng.master.raftlog import CLUSTER, LOG, PREALLOCATE, SNAP, LogWriteError, RaftStorage, StorageError, scan
 from mooseng.raft import ConfState, Entry, HardState, bootstrap_snapshot
 
 VOTERS = (1, 2, 3)
@@ -36,6 +36,12 @@ def reopen(path, cluster="c1") -> RaftStorage:
     return opened(path, cluster)
 
 
+def log_end(path) -> int:
+    """Offset after the log's last valid record (the file goes on with preallocated zeros)."""
+    with open(path, "rb") as f:
+        return scan(f.read())[1]
+
+
 @pytest.fixture
 def data(tmp_path):
     return tmp_path / "meta"
@@ -53,6 +59,29 @@ def test_entries_and_hard_state_survive_a_restart(data):
     st.close()
 
 
+def test_appends_overwrite_preallocated_zeros_and_reopen_finds_the_end(data, caplog):
+    """The file is grown by written zeros ahead of the records (so an append's fdatasync needs
+    no journal commit); the zeros are neither entries nor damage."""
+    st = opened(data)
+    st.persist(HardState(2, 1, 0), ents(2, 5), sync=True)
+    size = os.path.getsize(data / LOG)
+    end = log_end(data / LOG)
+    assert size >= end + PREALLOCATE // 2
+    with open(data / LOG, "rb") as f:
+        assert f.read()[end:] == bytes(size - end)
+    st.persist(None, ents(6, 9), sync=True)
+    assert os.path.getsize(data / LOG) == size  # written into the zeros, the file did not grow
+    st.close()
+    with caplog.at_level(logging.WARNING):
+        st = reopen(data)
+    assert st.last_index() == 9 and "torn" not in caplog.text
+    st.persist(None, [Entry(2, 10, data=bytes(PREALLOCATE))], sync=True)  # past the zeros: grows
+    st.close()
+    st = reopen(data)
+    assert st.last_index() == 10 and st.entries(10, 11, None)[0].data == bytes(PREALLOCATE)
+    st.close()
+
+
 def test_a_later_append_replaces_the_conflicting_suffix(data):
     st = opened(data)
     st.persist(HardState(2, 1, 0), ents(2, 10, term=2), sync=True)
@@ -67,14 +96,14 @@ def test_a_later_append_replaces_the_conflicting_suffix(data):
 def test_a_damaged_tail_is_cut_never_applied(data, tmp_path, caplog, damage):
     st = opened(data)
     st.persist(HardState(2, 1, 0), ents(2, 5), sync=True)
-    size = os.path.getsize(data / LOG)
+    size = log_end(data / LOG)
     st.persist(None, ents(6, 8), sync=True)
     crash = tmp_path / "crash"
     shutil.copytree(data, crash)
     st.close()
     with open(crash / LOG, "r+b") as f:
         if damage == "torn":
-            f.truncate(os.path.getsize(crash / LOG) - 3)
+            f.truncate(log_end(crash / LOG) - 3)
         else:
             f.seek(size + 12)
             byte = f.read(1)

@@ -15,12 +15,17 @@ Files in data_dir:
 
 persist() appends one Ready's entries and HardState as records and makes them durable with one
 fdatasync (the caller batches every proposal waiting at that moment into one Ready: group
-commit). A snapshot is written to raft.snap.tmp, synced and renamed; the log is then rewritten
+commit). The file is kept PREALLOCATE bytes of written zeros ahead of its last record, so an
+append overwrites blocks the file already has: fdatasync then only flushes the data, where an
+append that grows the file also commits the file system's journal (on ext4 here: 111-123 against
+173-174 us per small append + fdatasync, 44-47 against 68-73 us of CPU). A zero record header
+(length 0; no record is empty) marks the end of the log. A snapshot is written to raft.snap.tmp, synced and renamed; the log is then rewritten
 without the entries it covers (compaction), also through a synced tmp file and a rename.
 
 Open reads the snapshot, then replays the log's records in order. Only a crash during an append
 leaves a torn or corrupt record, always in the unsynced tail that Raft never counted on: the
-first record whose length or checksum does not hold ends the log, and the file is cut there.
+first record whose length or checksum does not hold ends the log, and the file is cut there
+(zeros after the last record are preallocated space, not damage).
 
 A failed write or sync (disk full) is never retried: the file's contents are then unknown. The
 storage raises LogWriteError and refuses every later write; the node stops taking part (it has
@@ -28,6 +33,7 @@ promised nothing it did not make durable) and the other masters go on.
 """
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -47,6 +53,7 @@ LOCKFILE = ".lock"
 _SNAP_MAGIC = b"MNGRAFT1"
 _SNAP_HEAD = struct.Struct("<8sQQQI")  # magic, index, term, payload length, crc32 of the rest
 _REC_HEAD = struct.Struct("<II")  # payload length, crc32 of payload
+PREALLOCATE = 4 << 20  # zeros written ahead of the log's end, so appends do not grow the file
 
 
 class StorageError(Exception):
@@ -69,6 +76,8 @@ def scan(data) -> tuple[list, int]:
     off, size, out = 0, len(data), []
     while off + _REC_HEAD.size <= size:
         length, crc = _REC_HEAD.unpack_from(data, off)
+        if length == 0:
+            break  # the preallocated zeros after the last record
         start = off + _REC_HEAD.size
         end = start + length
         if end > size or zlib.crc32(view[start:end]) != crc:
@@ -85,6 +94,13 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def fsync_dir(path: str) -> None:
@@ -111,6 +127,8 @@ class RaftStorage(MemoryStorage):
         self._dir = os.fspath(data_dir)
         self._cluster_id = cluster_id
         self._fd = -1
+        self._end = 0  # offset after the log's last record: the next append goes here
+        self._size = 0  # the log file's size (zeros from _end on)
         self._lock_fd = -1
         self._failure: BaseException | None = None
         self.syncs = 0  # fdatasyncs of the log; with the entry count it shows how well batching works
@@ -169,8 +187,13 @@ class RaftStorage(MemoryStorage):
             parts.append(_hard_rec(hard_state))
         if not parts:
             return
+        data = b"".join(parts)
         try:
-            write_all(self._fd, b"".join(parts))
+            end = self._end + len(data)
+            if end > self._size:
+                self._grow(end)
+            pwrite_all(self._fd, data, self._end)
+            self._end = end
             if sync:
                 os.fdatasync(self._fd)
                 self.syncs += 1
@@ -180,6 +203,19 @@ class RaftStorage(MemoryStorage):
             self.append(entries)
         if hard_state is not None:
             self.set_hard_state(hard_state)
+
+    def _grow(self, end: int) -> None:
+        """Write zeros up to PREALLOCATE bytes past `end` (not fallocate: unwritten extents would
+        need a journal commit at their first write again); the append's sync covers them. On a
+        full disk, only what already fits: the append then grows the file itself, or fails."""
+        grow = end - self._size + PREALLOCATE
+        try:
+            pwrite_all(self._fd, bytes(grow), self._size)
+            self._size += grow
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            self._size = os.fstat(self._fd).st_size
 
     def install_snapshot(self, snap: Snapshot) -> None:
         """A snapshot from the leader (or the bootstrap one): it replaces the whole log."""
@@ -269,15 +305,16 @@ class RaftStorage(MemoryStorage):
             self._ents = [Entry(snap.term, snap.index)]
         # The commit index is written lazily; never past what the log holds.
         self.set_hard_state(HardState(hard.term, hard.vote, min(max(hard.commit, self.first_index() - 1), self.last_index())))
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if end < len(data):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        damaged = len(data[end:].rstrip(b"\0"))
+        if damaged:
             log.warning(
                 "%s: cut %d bytes of torn or corrupt tail after entry %d (offset %d)",
-                path, len(data) - end, self.last_index(), end,
+                path, damaged, self.last_index(), end,
             )  # fmt: skip
             os.ftruncate(fd, end)
             os.fsync(fd)
-        self._fd = fd
+        self._fd, self._end, self._size = fd, end, os.fstat(fd).st_size
 
     def _read_snapshot(self) -> Snapshot | None:
         path = self._path(SNAP)
@@ -315,7 +352,8 @@ class RaftStorage(MemoryStorage):
         self._replace(LOG, body)
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd = os.open(self._path(LOG), os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(self._path(LOG), os.O_WRONLY)
+        self._end = self._size = len(body)
 
     def _replace(self, name: str, data: bytes) -> None:
         """Write name.tmp, sync it, rename it over name, sync the directory."""

@@ -1,10 +1,15 @@
 """The master's Raft driver: clock, disk and network around the pure mooseng.raft core.
 
-One thread (the Ready loop) owns the RawNode. Everything else hands it work through a queue:
-proposals, read requests, messages from peers, admin requests. Each turn of the loop steps every
-queued item, ticks when a tick is due, then handles the Ready as the raft package docstring
-says: persist (one fdatasync for all entries of the turn: group commit), send, apply, advance.
-Proposals waiting in the queue while the disk syncs become one batch of the next turn.
+Whoever holds the turn lock owns the RawNode. Work comes through a queue: proposals, read
+requests, messages from peers, admin requests. Each turn steps every queued item, ticks when a
+tick is due, then handles the Ready as the raft package docstring says: persist (one fdatasync
+for all entries of the turn: group commit), send, apply, advance. Proposals waiting in the queue
+while the disk syncs become one batch of the next turn.
+The thread that queues work runs the turn itself when no other thread runs one (an rpc thread
+with a proposal, a sender with acks, the raft server with a peer's appends), and the loop thread
+takes what is left once that thread has its answer, and ticks. Handing every item to one loop
+thread and back cost two thread switches per mutation (on a lone master ~15% of its CPU per
+create); see DESIGN.md "Raft".
 
 Proposals carry a proposal id (this node's raft id, a counter); when an entry with one of ours
 is applied, its waiter gets the result. If this node stops leading, its waiters get NotLeader:
@@ -181,7 +186,7 @@ class RaftNode:
         self.conf_state = ConfState()
         self.node: RawNode | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._proposals: dict[int, _Waiter] = {}  # proposal counter -> waiter; loop thread only
+        self._proposals: dict[int, _Waiter] = {}  # proposal counter -> waiter; in turns only
         self._pids = itertools.count(1)
         self._reads: dict[bytes, list[_Waiter]] = {}  # ReadIndex context -> waiters
         self._read_ready: list[_Waiter] = []  # read index known, waiting for apply
@@ -190,9 +195,13 @@ class RaftNode:
         self._reply_msgs: dict[int, list[Message]] = {}  # peer -> messages for those replies
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._turn_lock = threading.Lock()  # held by whichever thread runs a turn (owns the RawNode)
+        self._kick = threading.Event()  # wakes the loop thread: work left for it
+        self._next_tick = 0.0
+        self._started = False
         self.failure: BaseException | None = None
         self.transport: RaftTransport | None = None
-        # For status and metrics (written by the loop thread, read anywhere).
+        # For status and metrics (written in turns, read anywhere).
         self.role = Role.FOLLOWER
         self.lead = NONE
         self.term = 0
@@ -235,14 +244,19 @@ class RaftNode:
         self.transport = transport
         if self.conf_state.voters == (self.id,):
             self.node.campaign()  # alone: no reason to wait an election timeout
+        self._next_tick = time.monotonic() + self.tick_s
+        self._started = True
         self._thread = threading.Thread(target=self._loop, name="raft-loop", daemon=True)
         self._thread.start()
+        self._kick.set()  # raft calls that came before the start
 
     def stop(self) -> None:
         self._stop.set()
-        self._inbox.put(None)
+        self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._turn_lock.acquire(timeout=10):  # a turn another thread runs ends first
+            self._turn_lock.release()
         self.storage.close()
 
     # --- what the service and the transport call (any thread) ---
@@ -261,7 +275,7 @@ class RaftNode:
 
     def propose(self, data: bytes):
         waiter = _Waiter()
-        self._inbox.put(("prop", data, waiter))
+        self._submit(("prop", data, waiter), waiter)
         return self._wait(waiter, PROPOSAL_TIMEOUT_S, "the mutation was not committed in time")
 
     def read_barrier(self) -> None:
@@ -271,30 +285,30 @@ class RaftNode:
             return
         self.index_reads += 1
         waiter = _Waiter()
-        self._inbox.put(("read", waiter))
+        self._submit(("read", waiter), waiter)
         self._wait(waiter, READ_TIMEOUT_S, "no read index in time")
 
     def call(self, fn, timeout_s: float = 5.0):
-        """Run fn(rawnode) in the loop thread (admin requests); its result or exception."""
+        """Run fn(rawnode) in a turn (admin requests); its result or exception."""
         waiter = _Waiter()
-        self._inbox.put(("call", fn, waiter))
+        self._submit(("call", fn, waiter), waiter)
         return self._wait(waiter, timeout_s, "the raft loop did not answer in time")
 
     def receive(self, msgs: list[Message]) -> None:
-        self._inbox.put(("msgs", msgs, None))
+        self._submit(("msgs", msgs, None))
 
     def exchange(self, msgs: list[Message], peer: int) -> list[Message]:
         """Step msgs from peer; return the messages to peer that the loop turn handling them
         produced (persisted first, as any message): they ride back on the reply of the call
         that brought msgs, saving a thread hand-off and a send on each side."""
         waiter = _Waiter()
-        self._inbox.put(("msgs", msgs, waiter))
+        self._submit(("msgs", msgs, waiter), waiter)
         if waiter.event.wait(REPLY_WAIT_S) and waiter.ok:
             return waiter.value
         return []
 
     def report(self, kind: str, node: int, ok: bool = True) -> None:
-        self._inbox.put((kind, node, ok))
+        self._submit((kind, node, ok))
 
     def _wait(self, waiter: _Waiter, timeout_s: float, what: str):
         if not waiter.event.wait(timeout_s):
@@ -306,38 +320,74 @@ class RaftNode:
     # --- the Ready loop ---
 
     def _loop(self) -> None:
-        next_tick = time.monotonic() + self.tick_s
+        """The clock, and the turns nobody else runs: work queued while a turn ran, once its
+        runner had what it came for (a kick), and every tick."""
+        while not self._stop.is_set():
+            self._kick.wait(max(0.0, self._next_tick - time.monotonic()))
+            self._kick.clear()
+            with self._turn_lock:
+                if self._stop.is_set():
+                    return
+                self._turn(snapshot=True)
+            self._drive()
+
+    def _submit(self, item, waiter: "_Waiter | None" = None) -> None:
+        """Queue work for the Ready loop and run the turn in this thread if no other thread runs
+        one: an uncontended proposal, ack or raft call then costs no thread hand-off."""
+        self._inbox.put(item)
+        self._drive(waiter)
+
+    def _drive(self, waiter: "_Waiter | None" = None) -> None:
+        """Run turns while work is queued and the turn lock is free. Once `waiter` is done (or
+        after one turn without one) what is left goes to the loop thread. No work is lost: a
+        thread that queued work and found the lock taken relies on its holder, who looks at the
+        queue again after releasing the lock."""
+        while self._started and not self._inbox.empty():
+            if not self._turn_lock.acquire(blocking=False):
+                return
+            try:
+                if self._stop.is_set():
+                    return
+                self._turn()
+            finally:
+                self._turn_lock.release()
+            if waiter is None or waiter.event.is_set():
+                if not self._inbox.empty():
+                    self._kick.set()
+                return
+
+    def _turn(self, snapshot: bool = False) -> None:
+        """One turn of the Ready loop (the caller holds the turn lock): step everything queued,
+        tick when a tick is due, then persist, send, apply and advance every Ready; with
+        `snapshot` (the loop thread), take a snapshot when one is due."""
         node = self.node
+        if self.failure is not None:
+            self._drop_queued()
+            return
         try:
-            while not self._stop.is_set():
+            reads: list[_Waiter] = []
+            props: list = []  # (data, waiter)
+            while True:
                 try:
-                    item = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
+                    item = self._inbox.get_nowait()
                 except queue.Empty:
-                    item = ()
-                reads: list[_Waiter] = []
-                props: list = []  # (data, waiter)
-                while item is not None:
-                    if item:
-                        self._handle(item, reads, props)
-                    try:
-                        item = self._inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                if item is None:
                     break
-                if props:
-                    self._propose(props)
-                if reads:
-                    self._request_read(reads)
-                now = time.monotonic()
-                if now >= next_tick:
-                    node.tick()
-                    next_tick = now + self.tick_s
-                    if self.role is Role.LEADER:
-                        self._request_read([])  # renew the lease
-                while node.has_ready():
-                    self._handle_ready(node.ready())
-                self._answer_exchanges()
+                self._handle(item, reads, props)
+            if props:
+                self._propose(props)
+            if reads:
+                self._request_read(reads)
+            now = time.monotonic()
+            if now >= self._next_tick:
+                node.tick()
+                self._next_tick = now + self.tick_s
+                if self.role is Role.LEADER:
+                    self._request_read([])  # renew the lease
+            while node.has_ready():
+                self._handle_ready(node.ready())
+            self._answer_exchanges()
+            if snapshot and self._snapshot_due():
+                self.take_snapshot()
         except LogWriteError as exc:
             self.failure = exc
         except BaseException as exc:
@@ -345,6 +395,26 @@ class RaftNode:
             self.failure = exc
         if self.failure is not None:
             self._fail_waiters(FsError(5, f"metadata log failed: {self.failure}"))
+            self._drop_queued()
+
+    def _snapshot_due(self) -> bool:
+        return bool(self.snapshot_every) and self.applied - self.storage.snapshot().index >= self.snapshot_every
+
+    def _drop_queued(self) -> None:
+        """After a failure: whatever waits in the queue gets the error (raft calls: no answer)."""
+        err = FsError(5, f"metadata log failed: {self.failure}")
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            waiter = item[-1]
+            if isinstance(waiter, _Waiter):
+                waiter.done(False, err)
+        for waiters in self._replies.values():
+            for w in waiters:
+                w.done(False, err)
+        self._replies, self._reply_msgs = {}, {}
 
     def _handle(self, item, reads: list, props: list) -> None:
         node = self.node
@@ -443,8 +513,8 @@ class RaftNode:
         if self._read_ready:
             self._release_reads()
         node.advance(rd)
-        if self.snapshot_every and self.applied - self.storage.snapshot().index >= self.snapshot_every:
-            self.take_snapshot()
+        if self._snapshot_due():
+            self._kick.set()  # the loop thread takes it: no peer's call or client's op waits in it
 
     def _send(self, msgs: list[Message]) -> None:
         """To the peers' senders, or onto the reply of a peer's call this turn answers."""
@@ -576,12 +646,12 @@ class RaftNode:
 
     def suspend_lease(self) -> None:
         """A new voter, or a transferee, may win an election without waiting out stickiness:
-        no lease reads until that is over (loop thread)."""
+        no lease reads until that is over (in a turn)."""
         self._lease_until = 0.0
         self._no_lease_until = time.monotonic() + 2 * self.election_tick * self.tick_s
 
     def take_snapshot(self) -> Snapshot:
-        """Snapshot the state machine at the applied index and compact the log (loop thread, or
+        """Snapshot the state machine at the applied index and compact the log (the loop thread, or
         before start)."""
         with self.state.lock:
             data = self.state.dump()
