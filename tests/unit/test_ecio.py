@@ -265,8 +265,9 @@ def test_full_chunk_write_and_degraded_read():
 class EcMaster:
     """write_chunk / commit_write / chunks for one file of class 4+2, as the contract says."""
 
-    def __init__(self, k=4, m=2):
+    def __init__(self, k=4, m=2, parts=None):
         self.k, self.m = k, m
+        self.parts = parts  # FakeParts whose parts write_chunk moves to the new version, as the master does
         self.size = 0
         self.version = 0
         self.commits: list[dict] = []
@@ -282,6 +283,9 @@ class EcMaster:
         if op == "write_chunk":
             self.version += 1
             new = self.version == 1
+            if self.parts is not None:
+                for key, (_, buf) in list(self.parts.files.items()):
+                    self.parts.files[key] = (self.version, buf)
             return {"chunk_id": CHUNK_ID, "version": self.version, "expect_version": 0 if new else self.version,
                     "new": new, "servers": self.servers(), "ec": [self.k, self.m]}
         if op == "commit_write":
@@ -319,6 +323,37 @@ def test_file_handles_write_and_read_ec_chunks_through_ecio():
         parts.down = {"cs-1", "cs-4"}
         handle = files.open(master.attr(), 0, None)
         assert bytes(handle.read(0, len(expected) + 10)) == expected
+        files.release(handle.fh)
+    finally:
+        files.close()
+
+
+def test_a_file_with_erasure_coded_chunks_is_written_a_chunk_at_a_time():
+    """Each session of an EC chunk bumps and commits k+m parts: once the client knows the file's
+    chunks are EC, it waits for a whole chunk (or a flush) instead of flush_bytes."""
+    import time
+
+    from mooseng.client.filehandle import Files
+
+    parts = FakeParts()
+    master = EcMaster(parts=parts)
+    files = Files(master, parts, 256 << 20, 0, flush_bytes=1 << 20)
+    try:
+        handle = files.open(master.attr(), 2, None)
+        piece = random.Random(13).randbytes(1 << 20)
+        handle.write(0, piece)  # flush_bytes reached: a session, which tells the layout
+        deadline = time.monotonic() + 10
+        while len(master.commits) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for i in range(1, 9):
+            handle.write(i << 20, piece)
+        time.sleep(0.2)
+        assert len(master.commits) == 1, "no session before a whole chunk or a flush"
+        files.release(handle.fh)
+        assert len(master.commits) == 2
+        handle = files.open(master.attr(), 0, None)
+        assert bytes(handle.read(0, 9 << 20)) == piece * 9
         files.release(handle.fh)
     finally:
         files.close()

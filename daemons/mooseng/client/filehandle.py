@@ -2,8 +2,9 @@
 
 Writes are kept (not copied) as per-chunk dirty extents and return at once. A chunk's buffer is
 written in the background (write_chunk -> chunkservers -> commit_write) once it holds
-`flush_bytes` or the writer moves on to the next chunk, and everything is written on
-flush/fsync/release or when the client's memory budget runs out.
+`flush_bytes` (a whole chunk in a file with erasure-coded chunks) or the writer moves on to the
+next chunk, and everything is written on flush/fsync/release or when the client's memory budget
+runs out.
 Reads overlay the buffered data on what the chunkservers return, so a handle sees its own (and
 its neighbours') unflushed writes, and getattr sizes include them. A failed background write is
 remembered per inode and raised by the next write/flush/fsync/release of every handle that was
@@ -37,6 +38,10 @@ from mooseng.errors import FsError
 log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 16 << 20  # a chunk's dirty bytes that start its background write
+# The same for a file whose chunks are erasure-coded: a whole chunk. A session of such a chunk
+# costs a version bump and a commit on each of its k+m parts, so fewer, larger sessions
+# (see docs/DESIGN.md "Erasure coding", client details).
+EC_FLUSH_BYTES = CHUNK_SIZE
 RA_UNIT = 4 << 20  # bytes per prefetch request; divides CHUNK_SIZE, so one never spans chunks
 SEQ_SLACK = 1 << 20  # a read this close to the previous one's end counts as sequential
 # Sequential reads in a row before read-ahead starts: with one, a random reader whose next read
@@ -312,6 +317,7 @@ class InodeData:
         # servers has k+m entries, the server of each part ("" for none)
         self._locations: dict[int, tuple[int, int, list[str], list[int] | None]] = {}
         self._locations_gen = 0  # bumped by our own commits: older `chunks` answers are stale
+        self._flush_bytes = files.flush_bytes  # EC_FLUSH_BYTES once a chunk of the file is erasure-coded
 
     # --- attributes ---
 
@@ -361,7 +367,7 @@ class InodeData:
     def write(self, handle: "FileHandle", offset: int, data) -> None:
         """Buffer `data`, which is kept as it is: bytes, or a read-only view of bytes."""
         self.check_error(handle)
-        cache, flush_bytes = self.files.cache, self.files.flush_bytes
+        cache, flush_bytes = self.files.cache, self._flush_bytes
         pos, n = 0, len(data)
         while pos < n:
             at = offset + pos
@@ -425,7 +431,7 @@ class InodeData:
         while True:
             with self.lock:
                 ext = self._dirty.get(index)
-                if ext is None or not (ext.sealed or ext.nbytes >= self.files.flush_bytes or ext.first_seq <= self._force_seq):
+                if ext is None or not (ext.sealed or ext.nbytes >= self._flush_bytes or ext.first_seq <= self._force_seq):
                     self._jobs.discard(index)
                     self._changed.notify_all()
                     return
@@ -508,6 +514,8 @@ class InodeData:
         with self.lock:
             self._locations[index] = (chunk_id, version, servers, geometry)
             self._locations_gen += 1
+            if geometry:
+                self._flush_bytes = max(self.files.flush_bytes, EC_FLUSH_BYTES)
         return self.files.on_attr(Attr.from_dict(attr))
 
     # --- reading ---
@@ -632,6 +640,8 @@ class InodeData:
     def _learn_locations(self, refs: list[dict]) -> None:
         for ref in refs:
             self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []), ref.get("ec"))
+            if ref.get("ec"):
+                self._flush_bytes = max(self.files.flush_bytes, EC_FLUSH_BYTES)
 
 
 def _immutable(data) -> bool:
