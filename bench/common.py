@@ -18,15 +18,15 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run(cmd: Sequence[str], timeout: float = 60, check: bool = True, cwd: Path | None = None
-        ) -> subprocess.CompletedProcess:
+def run(cmd: Sequence[str], timeout: float = 60, check: bool = True, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command and capture its output, killing it after `timeout` seconds.
 
     On a timeout, or (with check) a non-zero exit, raise BenchError with the last line it printed.
     A process that SIGKILL cannot end within 10 s (stuck in the kernel) is left behind, so that
     the run stays bounded.
     """
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

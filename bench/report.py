@@ -25,6 +25,8 @@ def one_line(text: str) -> str:
 def cell(target: dict | None, m: Metric, workloads: list[str] | None) -> str:
     if target is None or (workloads is not None and m.workload not in workloads):
         return "not run"
+    if m.workload in target.get("not_applicable", ()):
+        return "n/a"
     if m.key in target["metrics"]:
         return fmt_value(target["metrics"][m.key], m.unit)
     reason = one_line(target.get("error") or target["errors"].get(m.workload, "no result"))

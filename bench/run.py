@@ -91,7 +91,7 @@ def run_target(target: Target, params: Params, repeat: int, workloads: list[str]
     Each metric is the median of its samples (a failed round gives none).
     """
     res = {"error": None, "description": "", "metrics": {}, "samples": {}, "errors": {}, "notes": [],
-           "seconds": 0.0}
+           "not_applicable": [], "seconds": 0.0}
     start = time.monotonic()
     log(f"{target.name}: setting up")
     try:
@@ -108,9 +108,16 @@ def run_target(target: Target, params: Params, repeat: int, workloads: list[str]
             for name, workload in WORKLOADS:
                 if name not in workloads:
                     continue
+                if getattr(workload, "needs_target", False) and not target.storage_classes:
+                    if name not in res["not_applicable"]:
+                        res["not_applicable"].append(name)
+                    continue
                 t0 = time.monotonic()
                 try:
-                    out = workload(work, params, target.make_cold)
+                    if getattr(workload, "needs_target", False):
+                        out = workload(work, params, target.make_cold, target=target)
+                    else:
+                        out = workload(work, params, target.make_cold)
                 except Exception as e:
                     res["errors"].setdefault(name, describe_error(e))
                     log(f"{target.name}: {name} failed after {time.monotonic() - t0:.1f} s: {describe_error(e)}")

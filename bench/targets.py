@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 class Target:
     name = ""
     title = ""
+    storage_classes = False  # set_class/degrade/restore work (the `classes` workload)
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -37,6 +38,17 @@ class Target:
 
     def teardown(self) -> None:
         raise NotImplementedError
+
+    def set_class(self, directory: Path, sclass: str) -> None:
+        """Give `directory` (empty) the storage class `sclass`, inherited by what is made in it."""
+        raise BenchError(f"{self.title} has no storage class {sclass!r} here")
+
+    def degrade(self) -> None:
+        """Stop one storage server (restore() brings it back)."""
+        raise BenchError(f"{self.title}: no storage server to stop here")
+
+    def restore(self) -> None:
+        raise BenchError(f"{self.title}: no storage server to restore here")
 
 
 class LocalTarget(Target):
@@ -214,6 +226,7 @@ class MooseNGTarget(Target):
     """
 
     name, title = "mooseng", "MooseNG"
+    storage_classes = True
     CLIENT = 1
 
     def __init__(self, workdir: Path, port_base: int | None = 0):
@@ -245,6 +258,21 @@ class MooseNGTarget(Target):
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
+
+    DEGRADED = "chunkserver-3"
+
+    def set_class(self, directory: Path, sclass: str) -> None:
+        """`mooseng setclass` through the mount, as an operator does."""
+        env = dict(os.environ, PYTHONPATH=str(REPO / "daemons"))
+        run([sys.executable, "-m", "mooseng.cli.main", "--master", ",".join(self.cluster.master_endpoints),
+             "setclass", sclass, str(directory)], env=env, cwd=REPO)
+
+    def degrade(self) -> None:
+        """Kill one of the three chunkservers: an archive chunk loses the 4 parts it held there."""
+        self.cluster.kill(self.DEGRADED)
+
+    def restore(self) -> None:
+        self.cluster.restart(self.DEGRADED)
 
 
 def _import_localcluster():

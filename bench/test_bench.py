@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench import report
+from bench.common import BenchError
+from bench.targets import LocalTarget
 from bench.workloads import WORKLOADS, Params, metrics_table
 
 TINY = Params(size_mib=4, writer_mib=1, rand_runtime_s=1, meta_files=20, meta_dirs=5, small_files=10,
@@ -62,9 +64,20 @@ def test_update_appends_when_markers_are_missing(tmp_path: Path):
 def test_every_workload_runs_on_a_local_directory(tmp_path: Path):
     metrics = {}
     for name, workload in WORKLOADS:
+        if getattr(workload, "needs_target", False):  # storage classes: a cluster's (bench/targets.py)
+            with pytest.raises(BenchError, match="has no storage class 'default'"):
+                workload(tmp_path, TINY, lambda: None, target=LocalTarget(tmp_path))
+            continue
         metrics.update(workload(tmp_path, TINY, lambda: None).metrics)
-    assert set(metrics) == {m.key for m in metrics_table(TINY)}
+    assert set(metrics) == {m.key for m in metrics_table(TINY) if m.workload != "classes"}
     assert all(value > 0 for value in metrics.values())
+
+
+def test_render_marks_workloads_a_target_cannot_run():
+    local = target({"stat": 5.0}) | {"not_applicable": ["classes"]}
+    text = report.render({"local": local}, metrics_table(TINY), META | {"targets": ["local"]})
+    row = next(line for line in text.splitlines() if line.startswith("| class archive (EC 8+4): sequential write"))
+    assert "| n/a |" in row
 
 
 def test_render_marks_workloads_not_selected():

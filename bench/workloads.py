@@ -86,6 +86,12 @@ def metrics_table(p: Params) -> list[Metric]:
         Metric("small_files", "small_read", f"{small}: cold read", "files/s"),
         Metric("parallel_write", "parallel_write",
                f"{p.writers} parallel writers x {p.writer_mib} MiB (fio, incl. end_fsync)", "MB/s"),
+        Metric("classes", "default_write", f"class default (2 copies): sequential write {size} (fio bs=1M)", "MB/s"),
+        Metric("classes", "default_read", f"class default (2 copies): sequential read {size}, cold", "MB/s"),
+        Metric("classes", "archive_write", f"class archive (EC 8+4): sequential write {size} (fio bs=1M)", "MB/s"),
+        Metric("classes", "archive_read", f"class archive (EC 8+4): sequential read {size}, cold", "MB/s"),
+        Metric("classes", "archive_read_degraded",
+               f"class archive (EC 8+4): sequential read {size}, cold, one chunkserver down", "MB/s"),
     ]
 
 
@@ -148,7 +154,47 @@ def parallel_write(directory: Path, p: Params, make_cold: MakeCold) -> Result:
     return result
 
 
+def classes(directory: Path, p: Params, make_cold: MakeCold, target) -> Result:
+    """The same sequential write and cold read in a directory of class default (2 copies) and one
+    of class archive (EC 8+4), then the archive file read again with one chunkserver stopped
+    (every part it held decoded from the others). Needs a target with storage classes and a
+    chunkserver to stop (target.set_class, target.degrade, target.restore)."""
+    result = Result()
+    files = {}
+    for sclass in ("default", "archive"):
+        sub = directory / sclass
+        sub.mkdir()
+        target.set_class(sub, sclass)
+        files[sclass] = path = sub / SEQ_FILE
+        job = fio(f"{sclass}write", p.fio_limit_s, f"--filename={path}", "--rw=write", "--bs=1M",
+                  f"--size={p.size_mib}M", "--end_fsync=1", f"--runtime={p.fio_limit_s}")
+        result.metrics[f"{sclass}_write"] = mb_per_s(job, "write")
+        result.metrics[f"{sclass}_read"] = _cold_read(path, p, make_cold, f"{sclass}read", result)
+    target.degrade()
+    try:
+        result.metrics["archive_read_degraded"] = _cold_read(files["archive"], p, make_cold, "degradedread", result)
+    finally:
+        target.restore()
+    shutil.rmtree(directory / "default")
+    shutil.rmtree(directory / "archive")
+    return result
+
+
+classes.needs_target = True
+
+
+def _cold_read(path: Path, p: Params, make_cold: MakeCold, name: str, result: Result) -> float:
+    make_cold()
+    size = path.stat().st_size
+    job = fio(name, p.fio_limit_s, f"--filename={path}", "--rw=read", "--bs=1M", f"--size={size}",
+              f"--runtime={p.fio_limit_s}")
+    if job["read"]["io_bytes"] < size:
+        result.notes.append(f"{name}: stopped at the {p.fio_limit_s} s limit after {job['read']['io_bytes'] / MiB:.0f} MiB")
+    return mb_per_s(job, "read")
+
+
 # (name, function), in the order they run; seq_read and rand_read use the file seq_write leaves.
+# A function with `needs_target` also gets the target (its hooks), as `target`.
 WORKLOADS: list[tuple[str, Callable[[Path, Params, MakeCold], Result]]] = [
     ("seq_write", seq_write),
     ("seq_read", seq_read),
@@ -156,6 +202,7 @@ WORKLOADS: list[tuple[str, Callable[[Path, Params, MakeCold], Result]]] = [
     ("metadata", metadata),
     ("small_files", small_files),
     ("parallel_write", parallel_write),
+    ("classes", classes),
 ]
 
 

@@ -344,86 +344,197 @@ def test_fragment_longer_than_an_int_goes_through_in_slices():
         assert parity[0][window] == ref_encode([d[window] for d in data], 2, 1)[0]
 
 
-# --- chunk layout helpers (mooseng/ec.py) ---
+# --- striped chunk layout (mooseng/ec.py) ---
+
+B = BLOCK_SIZE
 
 
-@pytest.mark.parametrize("length, k, expected", [
-    (0, 8, 0), (1, 8, BLOCK_SIZE), (8 * BLOCK_SIZE, 8, BLOCK_SIZE), (8 * BLOCK_SIZE + 1, 8, 2 * BLOCK_SIZE),
-    (CHUNK_SIZE, 8, CHUNK_SIZE // 8), (CHUNK_SIZE + 1, 8, CHUNK_SIZE // 8 + BLOCK_SIZE),
-    (CHUNK_SIZE, 4, CHUNK_SIZE // 4), (3 * BLOCK_SIZE, 4, BLOCK_SIZE),
-])
-def test_fragment_size_is_whole_crc_blocks(length, k, expected):
-    assert ec.fragment_size(length, k) == expected
+def ref_parts(data, k, m):
+    """The layout by its definition: block b in data part b % k at row b // k; parity row by row
+    from the reference encoder over the zero-padded row; each part cut to its stored length."""
+    blocks = [bytes(data[i:i + B]).ljust(B, b"\0") for i in range(0, len(data), B)]
+    rows = -(-len(blocks) // k)
+    blocks += [bytes(B)] * (rows * k - len(blocks))
+    parts = [b"".join(blocks[r * k + i] for r in range(rows)) for i in range(k)]
+    parity = [b""] * m
+    for r in range(rows):
+        for j, p in enumerate(ref_encode(blocks[r * k:(r + 1) * k], k, m)):
+            parity[j] += p
+    lengths = ec.part_lengths(len(data), k, m)
+    return [p[:n] for p, n in zip(parts + parity, lengths)]
 
 
-def test_fragment_lengths():
-    assert ec.fragment_lengths(0, 8, 4) == [0] * 12
-    assert ec.fragment_lengths(1, 8, 4) == [1] + [0] * 7 + [1] * 4
-    b = BLOCK_SIZE
-    assert ec.fragment_lengths(2 * b + 5, 4, 2) == [b, b, 5, 0, b, b]
-    size = CHUNK_SIZE // 8 + b
-    assert ec.fragment_lengths(CHUNK_SIZE + 1, 8, 4) == [size] * 7 + [CHUNK_SIZE + 1 - 7 * size] + [size] * 4
+def chunk_data(length, seed):
+    return bytearray(random.Random(seed).randbytes(length))
 
 
-def test_fragment_size_refuses_nonsense():
-    with pytest.raises(ValueError):
-        ec.fragment_size(-1, 8)
-    with pytest.raises(ValueError):
-        ec.fragment_size(10, 0)
+def test_part_lengths():
+    assert ec.part_lengths(0, 8, 4) == [0] * 12
+    assert ec.part_lengths(1, 8, 4) == [1] + [0] * 7 + [1] * 4
+    assert ec.part_lengths(2 * B + 5, 4, 2) == [B, B, 5, 0, B, B]
+    assert ec.part_lengths(4 * B + 5, 4, 2) == [B + 5, B, B, B, B + 5, B + 5]
+    assert ec.part_lengths(CHUNK_SIZE, 8, 4) == [CHUNK_SIZE // 8] * 12
+    assert ec.part_lengths(CHUNK_SIZE - 1, 8, 4) == [CHUNK_SIZE // 8] * 7 + [CHUNK_SIZE // 8 - 1] + [CHUNK_SIZE // 8] * 4
+    with pytest.raises(ValueError, match="outside"):
+        ec.part_lengths(CHUNK_SIZE + 1, 8, 4)
 
 
-CHUNK_LENGTHS = [0, 1, 7, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 8 * BLOCK_SIZE - 1, 8 * BLOCK_SIZE + 1,
-                 1_000_003, CHUNK_SIZE, CHUNK_SIZE + 1]
+@pytest.mark.parametrize("k, m", [(8, 4), (4, 2), (3, 1)])
+def test_chunk_end_inverts_part_lengths(k, m):
+    for length in (1, B - 1, B, B + 1, k * B, k * B + 7, 5 * k * B + 3 * B + 11):
+        lengths = ec.part_lengths(length, k, m)
+        assert max(ec.chunk_end(i, lengths[i], k) for i in range(k)) == length
+
+
+@pytest.mark.parametrize("k, m", [(0, 4), (8, 0), (0, 0), (-1, 2), (29, 4), (17, 16), (32, 1)])
+def test_invalid_geometries_refused_everywhere(k, m):
+    for call in (lambda: ec.check_geometry(k, m), lambda: ec.codec(k, m), lambda: ec.part_lengths(10, k, m)):
+        with pytest.raises(ValueError, match=f"invalid erasure code k={k}, m={m}: need k >= 1, m >= 1 and k \\+ m <= 32"):
+            call()
+
+
+def test_codec_is_shared_per_geometry():
+    assert ec.codec(8, 4) is ec.codec(8, 4) and (ec.codec(4, 2).k, ec.codec(4, 2).m) == (4, 2)
+
+
+ODD_LENGTHS = [1, 7, B - 1, B, B + 1, 8 * B - 1, 8 * B + 1, 3 * 8 * B + 5 * B + 123, 1_000_003]
+
+
+@pytest.mark.parametrize("k, m", [(8, 4), (4, 2), (3, 2)])
+@pytest.mark.parametrize("length", ODD_LENGTHS)
+def test_encode_chunk_is_the_striped_layout(k, m, length):
+    data = chunk_data(length, length + k)
+    parts = ec.encode_chunk(ec.codec(k, m), data)
+    assert [len(p) for p in parts] == ec.part_lengths(length, k, m)
+    assert [bytes(p) for p in parts] == ref_parts(data, k, m)
+    assert ec.decode_chunk(ec.codec(k, m), parts, length) == data
+
+
+@pytest.mark.parametrize("k, m, count", [(8, 4, 495), (4, 2, 15)])
+def test_every_way_of_losing_m_parts_rebuilds_the_exact_data(k, m, count):
+    """A chunk that is not a multiple of k * 64 KiB, ending in a partial stripe."""
+    length = 2 * k * B + 3 * B + 4321
+    data = chunk_data(length, k * 100 + m)
+    codec = ec.codec(k, m)
+    parts = ec.encode_chunk(codec, data)
+    lengths = ec.part_lengths(length, k, m)
+    patterns = list(itertools.combinations(range(k + m), m))
+    assert len(patterns) == count
+    for lost in patterns:
+        supplied = [None if i in lost else p for i, p in enumerate(parts)]
+        assert ec.decode_chunk(codec, supplied, length) == data, f"lost {lost}"
+        rebuilt = ec.rebuild(codec, supplied, lost, [lengths[i] for i in lost])
+        assert [bytes(r) for r in rebuilt] == [bytes(parts[i]) for i in lost], f"lost {lost}"
 
 
 @pytest.mark.parametrize("k, m", [(8, 4), (4, 2)])
-@pytest.mark.parametrize("length", CHUNK_LENGTHS)
-def test_chunk_round_trip_through_lost_fragments(k, m, length):
-    codec = Codec(k, m)
-    rng = random.Random(length * 31 + k)
-    data = bytearray(rng.randbytes(length))
-    frags = ec.encode_chunk(codec, data)
-    assert [len(f) for f in frags] == ec.fragment_lengths(length, k, m)
-
-    # the unstored tail of every fragment is zeros: encoding the padded layout gives the same bytes
-    size, padded = ec.split(data, k)
-    parity = [bytearray(size) for _ in range(m)]
-    codec.encode(padded, parity)
-    for frag, full in zip(frags, padded + parity):
-        full = bytes(full)  # bytes compare with memcmp, memoryviews byte by byte
-        assert bytes(frag) == full[: len(frag)] and full.count(0, len(frag)) == size - len(frag)
-
-    assert bytes(ec.decode_chunk(codec, frags, length)) == data
-    for lost in (rng.sample(range(k + m), m), list(range(m)), list(range(k, k + m))):
-        supplied = [None if i in lost else f for i, f in enumerate(frags)]
-        assert bytes(ec.decode_chunk(codec, supplied, length)) == data, f"lost {lost}"
-        rebuilt = ec.rebuild(codec, supplied, length, lost)
-        assert [bytes(r) for r in rebuilt] == [bytes(frags[i]) for i in lost]
+def test_one_byte_chunk_survives_any_m_losses(k, m):
+    codec = ec.codec(k, m)
+    parts = ec.encode_chunk(codec, b"\x5a")
+    for lost in itertools.combinations(range(k + m), m):
+        supplied = [None if i in lost else p for i, p in enumerate(parts)]
+        assert ec.decode_chunk(codec, supplied, 1) == b"\x5a"
+        assert [bytes(r) for r in ec.rebuild(codec, supplied, lost, [len(parts[i]) for i in lost])] == \
+            [bytes(parts[i]) for i in lost]
 
 
-def test_chunk_parity_matches_reference():
-    codec = Codec(4, 2)
-    data = random.Random(18).randbytes(3 * BLOCK_SIZE + 5)
-    frags = ec.encode_chunk(codec, data)
-    size, padded = ec.split(data, 4)
-    assert [bytes(p) for p in frags[4:]] == [p[: len(frags[4])] for p in ref_encode(padded, 4, 2)]
+def test_full_64_mib_chunk_once():
+    codec = ec.codec(8, 4)
+    data = bytearray(CHUNK_SIZE)
+    seed = random.Random(21).randbytes(1 << 20)
+    for i in range(0, CHUNK_SIZE, 1 << 20):
+        data[i:i + (1 << 20)] = seed[::-1] if i % 3 else seed
+        data[i:i + 8] = i.to_bytes(8, "little")
+    parts = ec.encode_chunk(codec, data)
+    assert [len(p) for p in parts] == [CHUNK_SIZE // 8] * 12
+    lost = (0, 3, 8, 11)
+    supplied = [None if i in lost else p for i, p in enumerate(parts)]
+    assert ec.decode_chunk(codec, supplied, CHUNK_SIZE) == data
+    assert [bytes(r) for r in ec.rebuild(codec, supplied, [3, 8], [CHUNK_SIZE // 8] * 2)] == [parts[3], parts[8]]
 
 
-def test_split_copies_only_the_last_fragment():
-    data = bytearray(random.Random(19).randbytes(5 * BLOCK_SIZE + 1))
-    size, frags = ec.split(data, 4)
-    assert size == 2 * BLOCK_SIZE
-    assert [f.obj is data for f in frags] == [True, True, False, False]
-    assert bytes(frags[2]) == data[2 * size :] + bytes(size - BLOCK_SIZE - 1)
-    assert not any(frags[3])
+def test_encode_rows_gives_views_and_reuses_parity_buffers():
+    codec = ec.codec(4, 2)
+    stripe = bytearray(chunk_data(2 * 4 * B, 22))
+    parity = [bytearray(3 * B), bytearray(3 * B)]  # larger than needed: reused across calls
+    blocks = ec.encode_rows(codec, stripe, parity)
+    assert [len(b) for b in blocks] == [2] * 6
+    assert all(v.obj is stripe for part in blocks[:4] for v in part)
+    assert [v.obj for v in blocks[4]] == [parity[0]] * 2
+    assert b"".join(blocks[4]) + b"".join(blocks[5]) == b"".join(ref_parts(stripe, 4, 2)[4:])
+    with pytest.raises(ValueError, match="2 parity buffers of at least"):
+        ec.encode_rows(codec, stripe, [bytearray(B), bytearray(B)])
 
 
-def test_decode_chunk_refuses_too_few_or_too_long_fragments():
-    codec = Codec(4, 2)
-    frags = ec.encode_chunk(codec, b"x" * 100_000)
+def test_encode_rows_pads_a_short_last_row():
+    codec = ec.codec(4, 2)
+    stripe = chunk_data(4 * B + B // 2, 23)
+    blocks = ec.encode_rows(codec, stripe, [bytearray(2 * B), bytearray(2 * B)])
+    assert bytes(blocks[0][1]) == bytes(stripe[4 * B:]) + bytes(B // 2) and not any(blocks[3][1])
+    assert [b"".join(p)[:n] for p, n in zip(blocks, ec.part_lengths(len(stripe), 4, 2))] == ref_parts(stripe, 4, 2)
+
+
+@pytest.mark.parametrize("k", [8, 4, 1])
+def test_read_plan_and_gather_give_every_range(k):
+    length = 3 * k * B + 2 * B + 999
+    data = chunk_data(length, 24 + k)
+    parts = ec.encode_chunk(ec.codec(k, 2), data)
+    rng = random.Random(k)
+    ranges = [(0, length), (0, 1), (B - 1, 2), (k * B - 5, 10), (length - 1, 1), (B, k * B), (B + 3, 1)]
+    ranges += [(a, rng.randrange(1, length - a + 1)) for a in (rng.randrange(length) for _ in range(40))]
+    for offset, size in ranges:
+        plan = ec.read_plan(offset, size, k)
+        fetched = {part: (start, parts[part][start:stop]) for part, start, stop in plan}
+        assert b"".join(ec.gather(fetched, offset, size, k)) == data[offset:offset + size], (offset, size)
+        # only the blocks of the range: as many bytes as the range, one span per part
+        assert sum(stop - start for _, start, stop in plan) == size and len({p for p, _, _ in plan}) == len(plan)
+    assert ec.read_plan(5, 0, k) == []
+
+
+def test_gather_reads_zeros_past_a_short_part():
+    # part 1 stores nothing (a hole at chunk block 1): its rows read as zeros
+    assert b"".join(ec.gather({0: (0, b"a" * B), 1: (0, b"")}, B - 2, 4, 2)) == b"aa\0\0"
+
+
+def test_row_range():
+    assert ec.row_range(0, 0, 8) == (0, 0)
+    assert ec.row_range(0, 1, 8) == (0, 1)
+    assert ec.row_range(8 * B - 1, 2, 8) == (0, 2)
+    assert ec.row_range(16 * B, 8 * B, 8) == (2, 3)
+
+
+def test_decode_rows_of_a_row_range_from_parity():
+    k, m = 4, 2
+    length = 5 * k * B + 100
+    data = chunk_data(length, 25)
+    parts = ec.encode_chunk(ec.codec(k, m), data)
+    r0, r1 = 2, 6  # past the data of some parts: they are shorter than the range
+    rows = [p[r0 * B:r1 * B] for p in parts]
+    supplied = [None, rows[1], None, rows[3], rows[4], rows[5]]
+    out = [bytearray(B * (r1 - r0)), bytearray(B * (r1 - r0))]
+    got = ec.decode_rows(ec.codec(k, m), supplied, r1 - r0, [0, 2], out)
+    assert [g.obj for g in got] == out
+    assert [bytes(g) for g in got] == [bytes(rows[0]).ljust(4 * B, b"\0"), bytes(rows[2]).ljust(4 * B, b"\0")]
+    with pytest.raises(ValueError, match="part 1 has"):
+        ec.decode_rows(ec.codec(k, m), [None, parts[1]] + [None] + list(rows[3:]), 1, [0])
     with pytest.raises(NotEnoughFragments):
-        ec.decode_chunk(codec, [None, None, None] + frags[3:], 100_000)
-    with pytest.raises(ValueError, match="fragment 0 has"):
-        ec.decode_chunk(codec, [bytes(BLOCK_SIZE + 1)] + frags[1:], 100_000)
-    with pytest.raises(ValueError, match="needs 6 fragments"):
-        ec.decode_chunk(codec, frags[:5], 100_000)
+        ec.decode_rows(ec.codec(k, m), [None, None, None] + list(rows[3:]), r1 - r0, [0])
+
+
+def test_check_sources_ignores_parts_of_the_wrong_size():
+    k, m, length = 4, 2, 2 * 4 * B + 10
+    good = dict(enumerate(ec.part_lengths(length, k, m)))
+    assert ec.check_sources(good, k, m, length) == (2 * B + 10, {})
+    sparse = {**good, 2: B}  # a data part may store less (a hole at its end)
+    assert ec.check_sources(sparse, k, m, length) == (2 * B + 10, {})
+    P, bad = ec.check_sources({**good, 5: B}, k, m, length)
+    assert P == 2 * B + 10 and list(bad) == [5] and f"part 0 and parity store {2 * B + 10}" in bad[5]
+    P, bad = ec.check_sources({**good, 3: 3 * B}, k, m, length)
+    assert list(bad) == [3] and "more than the" in bad[3]
+    P, bad = ec.check_sources({**good, 9: 10}, k, m, length)
+    assert list(bad) == [9] and "not one of the 6 parts" in bad[9]
+    # a grown file (the master's length is larger): nothing is too long
+    assert ec.check_sources(good, k, m, CHUNK_SIZE) == (2 * B + 10, {})
+    # a data part with more rows than part 0 and parity agree on
+    P, bad = ec.check_sources({0: B, 1: 2 * B, 4: B, 5: B}, k, m, CHUNK_SIZE)
+    assert P == B and list(bad) == [1] and "more rows" in bad[1]

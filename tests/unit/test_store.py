@@ -6,11 +6,13 @@ import random
 import shutil
 import struct
 import threading
+import time
 import zlib
 
 import pytest
 
 from mooseng import _chunkio as chunkio
+from mooseng import ec
 from mooseng.chunkserver.store import (
     DAMAGED,
     HEADER_SIZE,
@@ -304,6 +306,71 @@ def test_disks_with_equal_free_space_fill_in_turn(store, dirs, monkeypatch):
     for chunk_id in range(1, 7):
         store.write(chunk_id, 1, 0, 0, b"x")
     assert sorted(store.get(c).disk for c in range(1, 7)) == [0, 0, 0, 1, 1, 1]
+
+
+def test_parts_of_one_chunk_go_to_distinct_disks(tmp_path, monkeypatch):
+    """One disk has by far the most room, so copies pile onto it; the parts of an erasure-coded
+    chunk still take a disk each while one holds none of them, then share (never refused)."""
+    paths = [str(tmp_path / f"disk{i}") for i in range(4)]
+    for path in paths:
+        os.mkdir(path)
+    free = {paths[0]: 900 << 30, paths[1]: 10 << 30, paths[2]: 10 << 30, paths[3]: 10 << 30}
+    monkeypatch.setattr(ChunkStore, "_statvfs", staticmethod(fake_statvfs(free)))
+    s = ChunkStore(paths)
+    try:
+        for chunk_id in (1, 2, 3):
+            s.write(chunk_id, 1, 0, 0, b"copy")
+        assert [s.get(c).disk for c in (1, 2, 3)] == [0, 0, 0]
+        for part in range(4):
+            s.write(ec.part_id(7, part), 1, 0, 0, b"part")
+        assert sorted(s.get(ec.part_id(7, p)).disk for p in range(4)) == [0, 1, 2, 3]
+        s.write(ec.part_id(7, 4), 1, 0, 0, b"part")  # a fifth part: every disk has one
+        assert s.get(ec.part_id(7, 4)).disk == 0
+        s.write(ec.part_id(8, 0), 1, 0, 0, b"another chunk's part")  # siblings are per chunk
+        assert s.get(ec.part_id(8, 0)).disk == 0
+        replica = s.open_replica(ec.part_id(8, 1), 1)  # a rebuilt part, too
+        other = s.open_replica(ec.part_id(8, 2), 1)  # sees the first while it is still a .tmp file
+        assert len({replica.disk.index, other.disk.index, 0}) == 3
+        with pytest.raises(FsError, match="already here"):
+            s.open_replica(ec.part_id(8, 1), 1)
+        other.abort()
+        replica.write(b"rebuilt")
+        replica.finish(7, None)
+        assert s.get(ec.part_id(8, 1)).disk != 0
+    finally:
+        s.close()
+
+
+def test_parts_created_at_once_still_take_distinct_disks(tmp_path, monkeypatch):
+    """Sessions creating the parts of one chunk in parallel (as a client's write does): each
+    disk choice sees the parts chosen before it (a slow statvfs widens the window)."""
+    paths = [str(tmp_path / f"disk{i}") for i in range(4)]
+    for path in paths:
+        os.mkdir(path)
+    real = ChunkStore._statvfs
+
+    def slow(disk):
+        time.sleep(0.002)
+        return real(disk)
+
+    monkeypatch.setattr(ChunkStore, "_statvfs", staticmethod(slow))
+    s = ChunkStore(paths)
+    try:
+        for chunk_id in range(1, 6):
+            barrier = threading.Barrier(4)
+
+            def create(part):
+                barrier.wait()
+                s.write(ec.part_id(chunk_id, part), 1, 0, 0, b"part")
+
+            threads = [threading.Thread(target=create, args=(p,)) for p in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(s.get(ec.part_id(chunk_id, p)).disk for p in range(4)) == [0, 1, 2, 3]
+    finally:
+        s.close()
 
 
 def test_leave_free_gives_enospc_for_new_chunks_only(dirs, monkeypatch):

@@ -8,6 +8,7 @@ import sys
 import threading
 
 from mooseng import config, logsetup, metrics, rpc
+from mooseng.chunkserver.builder import Builder
 from mooseng.chunkserver.masterlink import MasterLink
 from mooseng.chunkserver.metrics import ChunkserverMetrics
 from mooseng.chunkserver.replicator import Replicator
@@ -44,8 +45,10 @@ def run(cfg) -> None:
     store = ChunkStore(cfg.data_dirs, cfg.leave_free_mb << 20)
     advertise = cfg.advertise or cfg.listen
     replicator = Replicator(store, cfg.replication_workers, cfg.replication_mb_s * 1e6)
+    builder = Builder(store, cfg.replication_workers, replicator.pacer)
     scrubber = Scrubber(store, cfg.scrub_mb_s * 1e6) if cfg.scrub_mb_s > 0 else None
-    service = ChunkServerService(store, advertise, ChunkserverMetrics(store, scrubber), replicator=replicator)
+    service = ChunkServerService(store, advertise, ChunkserverMetrics(store, scrubber), replicator=replicator,
+                                 builder=builder)
     handlers.update(service.handlers())
     server.start()
     link = MasterLink(
@@ -56,8 +59,9 @@ def run(cfg) -> None:
         master_addrs=cfg.master_addrs,
         interval_s=cfg.heartbeat_interval_s,
         replicator=replicator,
+        builder=builder,
     )
-    replicator.on_done = link.wake
+    replicator.on_done = builder.on_done = link.wake
     link.start()
     if scrubber is not None:
         scrubber.start()
@@ -67,6 +71,7 @@ def run(cfg) -> None:
     if scrubber is not None:
         scrubber.stop()
     link.stop()
+    builder.close()
     replicator.close()
     server.stop(STOP_GRACE_S)
     service.close()

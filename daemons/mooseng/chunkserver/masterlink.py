@@ -2,9 +2,10 @@
 
 The master speaks rpc.py (docs/DESIGN.md "Transport"): `register{cluster_id, server_id, address,
 disks, chunks} -> {session}` and `heartbeat{server_id, session, disks, added, removed, damaged,
-replicated, bytes_read, bytes_written} -> {reregister, delete, replicate}`. Deletes run at once;
-replications go to the Replicator, whose outcomes ride on a later heartbeat; a finished
-replication sends that heartbeat at once (wake()) rather than at the next interval.
+replicated, built, bytes_read, bytes_written} -> {reregister, delete, replicate, build}`. Deletes
+run at once; replications go to the Replicator and builds of erasure-coded parts to the Builder,
+whose outcomes ride on a later heartbeat (`built` only when there is one); a finished one sends
+that heartbeat at once (wake()) rather than at the next interval.
 
 Any failure (master down, not the leader, refused, lost session) drops the session, and the next
 contact is a full register, with every chunk held, to the next address in master_addrs. So change
@@ -17,6 +18,7 @@ import threading
 import time
 
 from mooseng import rpc
+from mooseng.chunkserver.builder import Builder
 from mooseng.chunkserver.replicator import Replicator
 from mooseng.chunkserver.store import ChunkInfo, ChunkStore, DiskStat
 from mooseng.errors import FsError
@@ -45,9 +47,11 @@ class MasterLink:
     """The chunkserver's side of register/heartbeat, in its own thread (start/stop)."""
 
     def __init__(self, store: ChunkStore, *, cluster_id: str, server_id: int, address: str,
-                 master_addrs: list[str], interval_s: float, replicator: Replicator | None = None):
+                 master_addrs: list[str], interval_s: float, replicator: Replicator | None = None,
+                 builder: Builder | None = None):
         self._store = store
         self._replicator = replicator
+        self._builder = builder
         self._cluster_id = cluster_id
         self._server_id = server_id
         self._address = address
@@ -100,6 +104,7 @@ class MasterLink:
         master = self._masters[self._current]
         # Outcomes before changes: a replication reported done must have its new copy in `added`.
         replicated = self._replicator.take_results() if self._replicator else []
+        built = self._builder.take_results() if self._builder else []
         added, removed = self._store.take_changes()
         params = {
             "server_id": self._server_id, "session": self._session,
@@ -109,6 +114,8 @@ class MasterLink:
             "replicated": replicated,
             "bytes_read": self._store.bytes_read, "bytes_written": self._store.bytes_written,
         }  # fmt: skip
+        if built:
+            params["built"] = built
         try:
             reply, _ = master.call("heartbeat", params)
         except rpc.RpcError as exc:
@@ -127,6 +134,9 @@ class MasterLink:
         orders = reply.get("replicate") or []
         if orders and self._replicator is not None:
             self._replicator.submit(orders)
+        builds = reply.get("build") or []
+        if builds and self._builder is not None:
+            self._builder.submit(builds)
         return True
 
     def _register(self) -> None:

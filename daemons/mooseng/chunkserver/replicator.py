@@ -58,7 +58,7 @@ class Replicator:
         self._results: list[dict] = []
         self._clients: dict[str, rpc.Client] = {}
         self._stop = threading.Event()
-        self._pacer = Pacer(rate_bytes_s, sleep=self._stop.wait)
+        self.pacer = Pacer(rate_bytes_s, sleep=self._stop.wait)  # shared with the builder
 
     def submit(self, orders: list[dict]) -> None:
         """Run the master's orders in the background; outcomes go to take_results()."""
@@ -99,7 +99,7 @@ class Replicator:
                     if self._stop.is_set():
                         raise FsError(errno.ECANCELED, "the chunkserver is stopping")
                     n = min(PIECE, length - offset)
-                    self._pacer.take(n)
+                    self.pacer.take(n)
                     params = {"chunk_id": chunk_id, "version": version, "offset": offset, "length": n}
                     reply, data = client.call("read", params)
                     if reply.get("length") != n or len(data) != n:

@@ -7,6 +7,8 @@
     set_version{chunk_id, expect_version, version} -> {}
     crc_table{chunk_id, version} -> {length, crcs} (the CRC entries of the blocks holding data)
     replicate{chunk_id, version, source} -> {bytes}: pull the copy from `source` (replicator.py)
+    build{chunk_id, version, ec, part, sources, length} -> {bytes, ignored}: build a part of an
+        erasure-coded chunk (or a full copy from its parts) now (builder.py)
 
 A write session is (chunk_id, version): the master hands out a new version for every session, so
 the pieces of one can arrive on several connections at once (a client keeps several in flight)
@@ -34,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from mooseng import rpc
+from mooseng.chunkserver.builder import Builder, parse_order
 from mooseng.chunkserver.metrics import ChunkserverMetrics
 from mooseng.chunkserver.replicator import Replicator
 from mooseng.chunkserver.store import ChunkStore, CrcError, StaleChunk, WriteSession
@@ -145,9 +148,11 @@ class ChunkServerService:
     """The handlers for rpc.Server (handlers()); close() after the server has stopped."""
 
     def __init__(self, store: ChunkStore, advertise: str, metrics: ChunkserverMetrics,
-                 session_timeout_s: float = SESSION_TIMEOUT_S, replicator: Replicator | None = None):
+                 session_timeout_s: float = SESSION_TIMEOUT_S, replicator: Replicator | None = None,
+                 builder: Builder | None = None):
         self._store = store
         self._replicator = replicator
+        self._builder = builder
         self._advertise = advertise
         self._metrics = metrics
         self._session_timeout = session_timeout_s
@@ -171,6 +176,7 @@ class ChunkServerService:
             "set_version": self._handler("set_version", self._set_version),
             "crc_table": self._handler("crc_table", self._crc_table),
             "replicate": self._handler("replicate", self._replicate),
+            "build": self._handler("build", self._build),
         }
 
     def _handler(self, op: str, method):
@@ -244,6 +250,17 @@ class ChunkServerService:
         if self._replicator is None:
             raise rpc.RpcError(rpc.UNAVAILABLE, "replicate: this server runs no replicator")
         return {"bytes": self._replicator.replicate(chunk_id, version, source)}
+
+    def _build(self, params: dict, data) -> dict:
+        if data:
+            raise _bad("build carries no data")
+        try:
+            order = parse_order(params)
+        except ValueError as exc:
+            raise _bad(f"build: {exc}") from None
+        if self._builder is None:
+            raise rpc.RpcError(rpc.UNAVAILABLE, "build: this server runs no builder")
+        return self._builder.build(order)
 
     # --- write sessions ---------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from mooseng import _chunkio as chunkio
 from mooseng.constants import BLOCK_SIZE, BLOCKS_PER_CHUNK, CHUNK_SIZE
+from mooseng.ec import MAX_PARTS, part_id, split_part_id
 from mooseng.errors import FsError
 
 log = logging.getLogger(__name__)
@@ -291,12 +292,14 @@ class ReplicaWriter:
             raise FsError(errno.EIO, f"writing {self.path}: {exc.strerror}") from None
         self.length += len(data)
 
-    def finish(self, length: int, crcs: bytes) -> None:
-        """Check length and CRCs against the source's, write the header, sync, move into place."""
+    def finish(self, length: int, crcs: bytes | None) -> None:
+        """Check length and CRCs against the source's, write the header, sync, move into place.
+        `crcs` None: the content was made here (an erasure-coded part built from others), so
+        the CRCs computed while writing it are the only ones there are."""
         if length != self.length:
             raise FsError(errno.EIO, f"replica of chunk {self.chunk_id:016X}: got {self.length} of {length} bytes")
-        mine = bytes(self._table[: len(crcs)])
-        if mine != crcs:
+        mine = bytes(self._table[: len(crcs or b"")])
+        if crcs is not None and mine != crcs:
             block = next(i for i in range(0, len(crcs), 4) if mine[i:i + 4] != crcs[i:i + 4]) // 4
             raise FsError(errno.EIO, f"replica of chunk {self.chunk_id:016X}: CRC of block {block} differs from the source's")
         try:
@@ -313,6 +316,7 @@ class ReplicaWriter:
             raise FsError(errno.EIO, f"renaming {self.path}: {exc.strerror}") from None
 
     def abort(self) -> None:
+        self._store._replica_gone(self.chunk_id)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -332,6 +336,10 @@ class ChunkStore:
         self.bad_files: list[str] = []  # chunk files refused at start (bad header, duplicate...)
         self._disks = [_Disk(i, str(path)) for i, path in enumerate(data_dirs)]
         self._lock = threading.Lock()  # index, disk counters, change deltas
+        # Choosing a new chunk's disk and making the chunk known is one step, so that parts of one
+        # chunk created at once see each other (store placement: distinct disks).
+        self._place_lock = threading.Lock()
+        self._incoming: dict[int, _Disk] = {}  # replicas being received: their disk
         self._chunks: dict[int, _Chunk] = {}
         self._added: dict[int, ChunkInfo] = {}
         self._removed: dict[int, ChunkInfo] = {}
@@ -473,15 +481,16 @@ class ChunkStore:
         return chunk, False
 
     def _create(self, chunk_id: int, version: int) -> _Chunk:
-        disk = self._choose_disk()
-        chunk = _Chunk(chunk_id, disk, 0, 0)
-        chunk.writer = version
-        with self._lock:
-            if chunk_id in self._chunks:
-                raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being created by another stream")
-            self._chunks[chunk_id] = chunk
-            disk.used += HEADER_SIZE
-            disk.count += 1
+        with self._place_lock:
+            disk = self._choose_disk(chunk_id)
+            chunk = _Chunk(chunk_id, disk, 0, 0)
+            chunk.writer = version
+            with self._lock:
+                if chunk_id in self._chunks:
+                    raise FsError(errno.EBUSY, f"chunk {chunk_id:016X} is being created by another stream")
+                self._chunks[chunk_id] = chunk
+                disk.used += HEADER_SIZE
+                disk.count += 1
         with chunk.lock:
             path = chunk_path(disk.path, chunk_id)
             try:
@@ -498,10 +507,15 @@ class ChunkStore:
             self._fds.release(self._fds.add(chunk_id, _Handle(fd, bytearray(EMPTY_TABLE))))
         return chunk
 
-    def _choose_disk(self) -> _Disk:
+    def _choose_disk(self, chunk_id: int) -> _Disk:
         """The healthy disk with room for a full chunk and the most free space (in whole chunks);
         among equals the one holding fewest chunks, so that data directories sharing one file
-        system (equal free space) fill in turn instead of the first taking everything."""
+        system (equal free space) fill in turn instead of the first taking everything.
+
+        A part of an erasure-coded chunk goes to a disk holding no other part of the same chunk
+        when one has room: losing a disk then loses one part of it, not several.
+        """
+        siblings = self._sibling_disks(chunk_id)
         best, best_key = None, None
         for disk in self._disks:
             if disk.state != OK:
@@ -514,12 +528,22 @@ class ChunkStore:
             free = avail - self.leave_free
             if free < HEADER_SIZE + CHUNK_SIZE:
                 continue
-            key = (free // CHUNK_SIZE, -disk.count)
+            key = (disk.index not in siblings, free // CHUNK_SIZE, -disk.count)
             if best_key is None or key > best_key:
                 best, best_key = disk, key
         if best is None:
             raise FsError(errno.ENOSPC, f"no healthy disk has room for a new chunk (leave_free {self.leave_free} bytes)")
         return best
+
+    def _sibling_disks(self, stored_id: int) -> set[int]:
+        """Indexes of the disks holding other parts of the chunk `stored_id` is a part of."""
+        chunk_id, part = split_part_id(stored_id)
+        if part < 0:
+            return set()
+        with self._lock:
+            ids = [part_id(chunk_id, p) for p in range(MAX_PARTS) if p != part]
+            disks = {c.disk.index for c in (self._chunks.get(i) for i in ids) if c is not None}
+            return disks | {d.index for d in (self._incoming.get(i) for i in ids) if d is not None}
 
     def _write(self, chunk: _Chunk, offset: int, data) -> None:
         length = len(data)
@@ -599,22 +623,31 @@ class ChunkStore:
     def open_replica(self, chunk_id: int, version: int) -> "ReplicaWriter":
         """Start receiving a copy pulled from another server (FsError(EEXIST) if one is here)."""
         _check_ids(chunk_id, version)
-        with self._lock:
-            if chunk_id in self._chunks:
-                raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} is already here")
-        disk = self._choose_disk()
+        with self._place_lock:
+            with self._lock:
+                if chunk_id in self._chunks or chunk_id in self._incoming:
+                    raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} is already here")
+            disk = self._choose_disk(chunk_id)
+            with self._lock:
+                self._incoming[chunk_id] = disk
         path = chunk_path(disk.path, chunk_id) + TMP_SUFFIX
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         except OSError as exc:
+            self._replica_gone(chunk_id)
             raise FsError(errno.EIO, f"cannot create {path}: {exc.strerror}") from None
         return ReplicaWriter(self, chunk_id, version, disk, path, fd)
+
+    def _replica_gone(self, chunk_id: int) -> None:
+        with self._lock:
+            self._incoming.pop(chunk_id, None)
 
     def _adopt(self, replica: "ReplicaWriter") -> None:
         """Put a complete, synced replica into place and into the index (reported as added)."""
         final = chunk_path(replica.disk.path, replica.chunk_id)
         chunk = _Chunk(replica.chunk_id, replica.disk, replica.version, replica.length)
         with self._lock:
+            self._incoming.pop(replica.chunk_id, None)
             if replica.chunk_id in self._chunks:
                 raise FsError(errno.EEXIST, f"chunk {replica.chunk_id:016X} appeared meanwhile")
             if replica.disk.state != OK:

@@ -84,13 +84,17 @@ def _done(fn, *args) -> Future:
 
 
 class _Target:
-    """A server a write session is sent to, with the chain it forwards to, and how it went."""
+    """A server a write session is sent to, with the chain it forwards to, its request params
+    (chunk id, versions) and pieces, and how it went. Targets of one session share params and
+    pieces, except the parts of an erasure-coded chunk: each its own id and data."""
 
-    __slots__ = ("addr", "chain", "inflight", "error", "stale", "full", "failed", "ok")
+    __slots__ = ("addr", "chain", "params", "pieces", "inflight", "error", "stale", "full", "failed", "ok")
 
-    def __init__(self, addr: str, chain: list[str]):
+    def __init__(self, addr: str, chain: list[str], params: dict, pieces: list[tuple[int, list[memoryview]]]):
         self.addr = addr
         self.chain = chain
+        self.params = params
+        self.pieces = pieces
         self.inflight: list[Future] = []
         self.error: str | None = None  # the target itself failed: why
         self.stale = False  # its first failure was FAILED_PRECONDITION (a version mismatch)
@@ -156,6 +160,35 @@ class ChunkClient:
         detail = "; ".join(failures) or "no copy is available"
         raise FsError(errno.EIO, f"chunk {chunk_id:016x} v{version}: no copy could be read: {detail}")
 
+    def read_many(self, requests: list[tuple[str, int, int, int, int]]) -> list[memoryview | Exception]:
+        """Each (server, chunk id, version, offset, length) read in parallel, from that server
+        only: its bytes, or the FsError / rpc.RpcError it failed with (the parts of an
+        erasure-coded chunk, where the caller decides what replaces a failed one). A server that
+        is unreachable or times out is suspect for SUSPECT_S (suspect())."""
+        spans = []  # (request index, offset, length)
+        for i, (_, _, _, offset, length) in enumerate(requests):
+            spans += [(i, pos, min(READ_PIECE, offset + length - pos)) for pos in range(offset, offset + length, READ_PIECE)]
+        futures = [(i, (_done if n == len(spans) - 1 else self._pool.submit)(
+            self._read_piece, requests[i][0], requests[i][1], requests[i][2], pos, length))
+            for n, (i, pos, length) in enumerate(spans)]
+        pieces: list[list] = [[] for _ in requests]
+        errors: list[Exception | None] = [None] * len(requests)
+        for i, future in futures:
+            try:
+                pieces[i].append(future.result())
+            except (rpc.RpcError, FsError) as exc:
+                errors[i] = errors[i] or exc
+                if isinstance(exc, rpc.RpcError) and exc.status == rpc.UNAVAILABLE:  # the server, not the part
+                    self._suspect[requests[i][0]] = time.monotonic() + SUSPECT_S
+        out: list[memoryview | Exception] = []
+        for error, got in zip(errors, pieces):
+            out.append(error if error is not None else got[0] if len(got) == 1 else memoryview(b"".join(got)))
+        return out
+
+    def suspect(self, addr: str) -> bool:
+        """Whether a read from `addr` failed in the last SUSPECT_S (a caller with a choice avoids it)."""
+        return self._suspect.get(addr, 0) > time.monotonic()
+
     def _read_piece(self, addr: str, chunk_id: int, version: int, offset: int, length: int) -> memoryview:
         params = {"chunk_id": chunk_id, "version": version, "offset": offset, "length": length}
         result, data = self._client(addr).call("read", params)
@@ -180,8 +213,8 @@ class ChunkClient:
             # If the head fails, the copies behind it never got the whole session: start again
             # with the next one as head (a copy that has the session already joins it again).
             while servers and not ok:
-                head = _Target(servers[0], servers[1:])
-                self._session(params, [head], pieces)
+                head = _Target(servers[0], servers[1:], params, pieces)
+                self._session([head])
                 if head.error is not None:
                     failed.append(head.addr)
                     why.append(f"{head.addr}: {head.error}")
@@ -192,8 +225,8 @@ class ChunkClient:
                 ok, failed = head.ok, failed + head.failed_in_order()
                 why += [f"{addr}: failed in the chain" for addr in head.failed_in_order()]
         else:
-            targets = [_Target(addr, []) for addr in servers]
-            self._session(params, targets, pieces)
+            targets = [_Target(addr, [], params, pieces) for addr in servers]
+            self._session(targets)
             for target in targets:
                 if target.error is None:
                     ok.append(target.addr)
@@ -212,23 +245,43 @@ class ChunkClient:
             raise FsError(errno.ENOSPC if why and full else errno.EIO, message)
         return WriteResult(ok, failed)
 
-    def _session(self, params: dict, targets: list[_Target], pieces: list[tuple[int, list[memoryview]]]) -> None:
-        """Every piece to every target, up to WINDOW in flight each, then commit on the targets
+    def write_parts(self, version: int, expect_version: int,
+                    parts: list[tuple[int, str, Iterable[tuple[int, memoryview]]]]) -> list[str | None]:
+        """One write session per (stored id, server, extents), all at once (the parts of an
+        erasure-coded chunk): for each, None if it stored its extents, else why not. Raises
+        StaleSession if every one refused the session for its version (nothing was stored)."""
+        targets = []
+        for stored_id, addr, extents in parts:
+            params = {"chunk_id": stored_id, "version": version, "expect_version": expect_version}
+            targets.append(_Target(addr, [], params, list(_pieces(extents)) or [(0, [])]))
+        self._session(targets)
+        if targets and all(t.error is not None and t.stale for t in targets):
+            raise StaleSession(f"write of version {version}: every part refused it: "
+                               + "; ".join(f"{t.addr}: {t.error}" for t in targets))
+        return [t.error for t in targets]
+
+    def _session(self, targets: list[_Target]) -> None:
+        """Every piece to its target, up to WINDOW in flight each, then commit on the targets
         that took them all. A target that fails gets nothing more (so its copy never commits).
 
         A session of one piece (a small file) sends to the last target from this thread while the
         pool sends to the others, and so does every commit: a thread hand-off costs about as much
         as the call itself."""
         pool = self._pool.submit
-        for offset, parts in pieces:
-            data = parts[0] if len(parts) == 1 else b"".join(parts)  # one copy, shared by the targets
+        rounds = max(len(t.pieces) for t in targets)
+        for r in range(rounds):
+            joined: dict[int, object] = {}  # one copy of the piece, shared by the targets sending it
             for i, target in enumerate(targets):
-                if target.error is not None:
+                if target.error is not None or r >= len(target.pieces):
                     continue
+                offset, parts = target.pieces[r]
+                data = joined.get(id(target.pieces))
+                if data is None:
+                    data = joined[id(target.pieces)] = parts[0] if len(parts) == 1 else b"".join(parts)
                 while len(target.inflight) >= WINDOW:
                     target.settle(target.inflight.pop(0))
-                request = {**params, "offset": offset, "chain": target.chain}
-                submit = _done if len(pieces) == 1 and i == len(targets) - 1 else pool
+                request = {**target.params, "offset": offset, "chain": target.chain}
+                submit = _done if rounds == 1 and i == len(targets) - 1 else pool
                 target.inflight.append(submit(self._call, target.addr, "write", request, data))
         for target in targets:
             for future in target.inflight:
@@ -236,7 +289,7 @@ class ChunkClient:
             target.inflight = []
         live = [t for t in targets if t.error is None]
         commits = [(t, (_done if i == len(live) - 1 else pool)(self._call, t.addr, "commit", {
-            "chunk_id": params["chunk_id"], "version": params["version"], "chain": t.chain}))
+            "chunk_id": t.params["chunk_id"], "version": t.params["version"], "chain": t.chain}))
             for i, t in enumerate(live)]
         for target, future in commits:
             try:

@@ -2,8 +2,9 @@
 
 Writes are kept (not copied) as per-chunk dirty extents and return at once. A chunk's buffer is
 written in the background (write_chunk -> chunkservers -> commit_write) once it holds
-`flush_bytes` or the writer moves on to the next chunk, and everything is written on
-flush/fsync/release or when the client's memory budget runs out.
+`flush_bytes` (a whole chunk in a file with erasure-coded chunks) or the writer moves on to the
+next chunk, and everything is written on flush/fsync/release or when the client's memory budget
+runs out.
 Reads overlay the buffered data on what the chunkservers return, so a handle sees its own (and
 its neighbours') unflushed writes, and getattr sizes include them. A failed background write is
 remembered per inode and raised by the next write/flush/fsync/release of every handle that was
@@ -28,6 +29,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 
+from mooseng.client import ecio
 from mooseng.client.chunkclient import StaleSession, zeros
 from mooseng.client.masterclient import ROOT, Attr, Cred
 from mooseng.constants import BLOCK_SIZE, CHUNK_SIZE
@@ -36,6 +38,10 @@ from mooseng.errors import FsError
 log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 16 << 20  # a chunk's dirty bytes that start its background write
+# The same for a file whose chunks are erasure-coded: a whole chunk. A session of such a chunk
+# costs a version bump and a commit on each of its k+m parts, so fewer, larger sessions
+# (see docs/DESIGN.md "Erasure coding", client details).
+EC_FLUSH_BYTES = CHUNK_SIZE
 RA_UNIT = 4 << 20  # bytes per prefetch request; divides CHUNK_SIZE, so one never spans chunks
 SEQ_SLACK = 1 << 20  # a read this close to the previous one's end counts as sequential
 # Sequential reads in a row before read-ahead starts: with one, a random reader whose next read
@@ -307,8 +313,11 @@ class InodeData:
         self.errors = 0  # failed background writes so far; handles compare with what they saw
         self.errors_logged = 0  # of those, how many flush_all has reported
         self.last_error: FsError | None = None
-        self._locations: dict[int, tuple[int, int, list[str]]] = {}  # index -> (chunk_id, version, servers)
+        # index -> (chunk_id, version, servers, ec): ec is None for copies, else [k, m] and
+        # servers has k+m entries, the server of each part ("" for none)
+        self._locations: dict[int, tuple[int, int, list[str], list[int] | None]] = {}
         self._locations_gen = 0  # bumped by our own commits: older `chunks` answers are stale
+        self._flush_bytes = files.flush_bytes  # EC_FLUSH_BYTES once a chunk of the file is erasure-coded
 
     # --- attributes ---
 
@@ -358,7 +367,7 @@ class InodeData:
     def write(self, handle: "FileHandle", offset: int, data) -> None:
         """Buffer `data`, which is kept as it is: bytes, or a read-only view of bytes."""
         self.check_error(handle)
-        cache, flush_bytes = self.files.cache, self.files.flush_bytes
+        cache, flush_bytes = self.files.cache, self._flush_bytes
         pos, n = 0, len(data)
         while pos < n:
             at = offset + pos
@@ -422,7 +431,7 @@ class InodeData:
         while True:
             with self.lock:
                 ext = self._dirty.get(index)
-                if ext is None or not (ext.sealed or ext.nbytes >= self.files.flush_bytes or ext.first_seq <= self._force_seq):
+                if ext is None or not (ext.sealed or ext.nbytes >= self._flush_bytes or ext.first_seq <= self._force_seq):
                     self._jobs.discard(index)
                     self._changed.notify_all()
                     return
@@ -475,10 +484,19 @@ class InodeData:
         master = self.files.master
         for attempt in range(1, SESSION_ATTEMPTS + 1):
             chunk = master.call("write_chunk", {"ino": self.ino, "index": index}, cred)
-            chunk_id, version = chunk["chunk_id"], chunk["version"]
+            chunk_id, version, geometry = chunk["chunk_id"], chunk["version"], chunk.get("ec")
             try:
-                result = self.files.chunks.write(chunk_id, version, chunk["expect_version"],
-                                                 chunk.get("servers", []), ext.items())
+                if geometry:
+                    ref = ecio.EcChunk.of(chunk_id, version, geometry, chunk.get("servers", []))
+                    old_length = 0 if chunk.get("new") else min(CHUNK_SIZE, max(0, self.attr.size - index * CHUNK_SIZE))
+                    stored = ecio.write(self.files.chunks, ref, chunk["expect_version"], ext.items(), old_length)
+                    report = {"chunk_id": chunk_id, "version": version, "ok": stored.ok, "parts": stored.parts}
+                    servers = stored.servers(ref)
+                else:
+                    result = self.files.chunks.write(chunk_id, version, chunk["expect_version"],
+                                                     chunk.get("servers", []), ext.items())
+                    report = {"chunk_id": chunk_id, "version": version, "ok": result.ok}
+                    servers = result.ok
                 break
             except FsError as exc:
                 try:
@@ -491,11 +509,13 @@ class InodeData:
         attr = master.call("commit_write", {
             "ino": self.ino,
             "size": index * CHUNK_SIZE + ext.end(),
-            "chunks": [{"chunk_id": chunk_id, "version": version, "ok": result.ok}],
+            "chunks": [report],
         }, cred)
         with self.lock:
-            self._locations[index] = (chunk_id, version, result.ok)
+            self._locations[index] = (chunk_id, version, servers, geometry)
             self._locations_gen += 1
+            if geometry:
+                self._flush_bytes = max(self.files.flush_bytes, EC_FLUSH_BYTES)
         return self.files.on_attr(Attr.from_dict(attr))
 
     # --- reading ---
@@ -583,16 +603,19 @@ class InodeData:
         for attempt, delay in enumerate(READ_RETRY_DELAYS):
             if delay:
                 time.sleep(delay)
-            chunk_id, version, servers = self._location(index, refresh=attempt > 0)
+            chunk_id, version, servers, geometry = self._location(index, refresh=attempt > 0)
             if chunk_id == 0:  # a hole
                 return zeros(length)
             try:
+                if geometry:
+                    ref = ecio.EcChunk.of(chunk_id, version, geometry, servers)
+                    return ecio.read(self.files.chunks, ref, in_chunk, length)
                 return self.files.chunks.read(chunk_id, version, in_chunk, length, servers)
             except FsError as exc:
                 error = exc
         raise error
 
-    def _location(self, index: int, refresh: bool) -> tuple[int, int, list[str]]:
+    def _location(self, index: int, refresh: bool) -> tuple[int, int, list[str], list[int] | None]:
         master = self.files.master
         while True:
             with self.lock:
@@ -607,7 +630,7 @@ class InodeData:
             with self.lock:
                 if self._locations_gen == gen:  # else our own commit overtook it: ask again
                     self._learn_locations(refs)
-                    return self._locations.get(index, (0, 0, []))
+                    return self._locations.get(index, (0, 0, [], None))
 
     def learn_locations(self, refs: list[dict]) -> None:
         """Chunk refs the master sent (with their servers)."""
@@ -616,7 +639,9 @@ class InodeData:
 
     def _learn_locations(self, refs: list[dict]) -> None:
         for ref in refs:
-            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []))
+            self._locations[ref["index"]] = (ref["chunk_id"], ref["version"], ref.get("servers", []), ref.get("ec"))
+            if ref.get("ec"):
+                self._flush_bytes = max(self.files.flush_bytes, EC_FLUSH_BYTES)
 
 
 def _immutable(data) -> bool:

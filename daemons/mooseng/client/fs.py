@@ -12,7 +12,7 @@ import os
 import time
 from stat import S_IFREG, S_ISDIR, S_ISLNK
 
-from mooseng.client import metrics
+from mooseng.client import ecio, metrics
 from mooseng.client.chunkclient import ChunkClient
 from mooseng.client.filehandle import LOCATIONS_AHEAD, Files
 from mooseng.client.masterclient import ROOT, Attr, Cred, MasterClient
@@ -258,10 +258,16 @@ class Client:
             # A shrink cut a chunk: cut its copies at the new version, then tell the master
             # which ones have it (size 0 leaves the size alone).
             chunk_id, version = tail["chunk_id"], tail["version"]
-            done = self.chunks.truncate(chunk_id, version, tail["expect_version"], tail["length"], tail.get("servers", []))
-            attr = self._learn(self._call("commit_write", {
-                "ino": ino, "size": 0, "chunks": [{"chunk_id": chunk_id, "version": version, "ok": done.ok}]}, cred),
-                time.monotonic())
+            if tail.get("ec"):
+                ref = ecio.EcChunk.of(chunk_id, version, tail["ec"], tail.get("servers", []))
+                cut = ecio.truncate(self.chunks, ref, tail["expect_version"], tail["length"])
+                report = {"chunk_id": chunk_id, "version": version, "ok": cut.ok, "parts": cut.parts}
+            else:
+                done = self.chunks.truncate(chunk_id, version, tail["expect_version"], tail["length"],
+                                            tail.get("servers", []))
+                report = {"chunk_id": chunk_id, "version": version, "ok": done.ok}
+            attr = self._learn(self._call("commit_write", {"ino": ino, "size": 0, "chunks": [report]}, cred),
+                               time.monotonic())
         if inode is None:
             return attr
         if size is not None:
