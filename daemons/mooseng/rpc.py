@@ -388,3 +388,29 @@ class Client:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class Clients:
+    """One Client per address, made on first use and closed together: every daemon and client
+    that talks to many servers keeps its connections this way. Thread-safe."""
+
+    def __init__(self, timeout_s: float = 30.0, connect_timeout_s: float = 2.0):
+        self._timeout = timeout_s
+        self._connect_timeout = connect_timeout_s
+        self._lock = threading.Lock()
+        self._clients: dict[str, Client] = {}
+
+    def get(self, addr: str) -> Client:
+        client = self._clients.get(addr)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(addr)
+                if client is None:
+                    client = self._clients[addr] = Client(addr, self._timeout, self._connect_timeout)
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

@@ -216,3 +216,14 @@ def test_a_server_that_does_not_answer_times_out():
     finally:
         release.set()
         srv.stop()
+
+
+def test_clients_keep_one_client_per_address_and_close_them_all():
+    clients = rpc.Clients(timeout_s=5, connect_timeout_s=1)
+    a, b = clients.get("127.0.0.1:1"), clients.get("127.0.0.1:2")
+    assert clients.get("127.0.0.1:1") is a and a is not b
+    assert (a.addr, a._timeout, a._connect_timeout) == ("127.0.0.1:1", 5, 1)
+    clients.close()
+    assert a._closed and b._closed
+    assert clients.get("127.0.0.1:1") is not a  # a fresh one after close
+    clients.close()

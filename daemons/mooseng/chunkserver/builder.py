@@ -196,7 +196,7 @@ class Builder:
         self._lock = threading.Lock()
         self._running: set[int] = set()
         self._results: list[dict] = []
-        self._clients: dict[str, rpc.Client] = {}
+        self._clients = rpc.Clients(timeout_s=CALL_TIMEOUT_S)
         self._stop = threading.Event()
 
     def submit(self, orders: list) -> None:
@@ -262,7 +262,7 @@ class Builder:
 
         def ask(source: Source):
             try:
-                reply, _ = self._client(source.address).call(
+                reply, _ = self._clients.get(source.address).call(
                     "crc_table", {"chunk_id": order.stored_id(source), "version": order.version})
                 return reply["length"]
             except rpc.RpcError as exc:
@@ -277,7 +277,7 @@ class Builder:
         self._pacer.take(length)
         if self._stop.is_set():
             raise FsError(errno.ECANCELED, "the chunkserver is stopping")
-        reply, data = self._client(address).call(
+        reply, data = self._clients.get(address).call(
             "read", {"chunk_id": stored_id, "version": version, "offset": offset, "length": length})
         if reply.get("length") != length or len(data) != length:
             raise FsError(errno.EIO, f"sent {len(data)} bytes, asked for {length}")
@@ -353,18 +353,8 @@ class Builder:
             if take:
                 replica.write(out[:take])
 
-    def _client(self, addr: str) -> rpc.Client:
-        with self._lock:
-            client = self._clients.get(addr)
-            if client is None:
-                client = self._clients[addr] = rpc.Client(addr, timeout_s=CALL_TIMEOUT_S)
-            return client
-
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._fetch.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()

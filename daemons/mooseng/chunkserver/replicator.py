@@ -56,7 +56,7 @@ class Replicator:
         self._lock = threading.Lock()
         self._running: set[int] = set()
         self._results: list[dict] = []
-        self._clients: dict[str, rpc.Client] = {}
+        self._clients = rpc.Clients(timeout_s=CALL_TIMEOUT_S)
         self._stop = threading.Event()
         self.pacer = Pacer(rate_bytes_s, sleep=self._stop.wait)  # shared with the builder
 
@@ -90,7 +90,7 @@ class Replicator:
                 raise FsError(errno.EEXIST, f"chunk {chunk_id:016X} is already being replicated here")
             self._running.add(chunk_id)
         try:
-            client = self._client(source)
+            client = self._clients.get(source)
             info, _ = client.call("crc_table", {"chunk_id": chunk_id, "version": version})
             length, crcs = info["length"], info["crcs"]
             replica = self._store.open_replica(chunk_id, version)
@@ -115,17 +115,7 @@ class Replicator:
         log.info("replicated chunk %016X version %d (%d bytes) from %s", chunk_id, version, length, source)
         return length
 
-    def _client(self, addr: str) -> rpc.Client:
-        with self._lock:
-            client = self._clients.get(addr)
-            if client is None:
-                client = self._clients[addr] = rpc.Client(addr, timeout_s=CALL_TIMEOUT_S)
-            return client
-
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()

@@ -13,7 +13,6 @@ client, so where the client's network is the limit chain is the better choice.
 
 import errno
 import logging
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Iterator, NamedTuple
@@ -132,8 +131,7 @@ class ChunkClient:
             raise ValueError(f"write_mode must be chain or fanout, not {write_mode!r}")
         self.write_mode = write_mode
         self.timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._clients: dict[str, rpc.Client] = {}
+        self._clients = rpc.Clients(timeout_s, CONNECT_TIMEOUT_S)
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="mooseng-chunkio")
         self._suspect: dict[str, float] = {}  # address -> until when it is tried last
 
@@ -191,7 +189,7 @@ class ChunkClient:
 
     def _read_piece(self, addr: str, chunk_id: int, version: int, offset: int, length: int) -> memoryview:
         params = {"chunk_id": chunk_id, "version": version, "offset": offset, "length": length}
-        result, data = self._client(addr).call("read", params)
+        result, data = self._clients.get(addr).call("read", params)
         if result["length"] != length or len(data) != length:
             raise FsError(errno.EIO, f"sent {len(data)} bytes, asked for {length}")
         return memoryview(data)
@@ -319,21 +317,8 @@ class ChunkClient:
         return WriteResult(ok, failed)
 
     def _call(self, addr: str, method: str, params: dict, data=b""):
-        return self._client(addr).call(method, params, data)
-
-    def _client(self, addr: str) -> rpc.Client:
-        client = self._clients.get(addr)
-        if client is None:
-            with self._lock:
-                client = self._clients.get(addr)
-                if client is None:
-                    client = self._clients[addr] = rpc.Client(
-                        addr, timeout_s=self.timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S)
-        return client
+        return self._clients.get(addr).call(method, params, data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()

@@ -72,7 +72,7 @@ class MasterClient:
         self.client_id = client_id if client_id is not None else random.getrandbits(64) or 1
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        self._clients: dict[str, rpc.Client] = {}  # one per endpoint; each pools its connections
+        self._clients = rpc.Clients(_ATTEMPT_TIMEOUT_S, min(_CONNECT_TIMEOUT_S, self.timeout_s))
         self._target = self.endpoints[0]
 
     def call(self, op: str, args: dict | None = None, cred: Cred = ROOT):
@@ -92,7 +92,7 @@ class MasterClient:
             if remaining <= 0:
                 raise FsError(errno.EIO, f"master unreachable: {last} (gave up after {self.timeout_s:g} s)")
             try:
-                reply, _ = self._client(addr).call("meta", params, timeout_s=min(remaining, _ATTEMPT_TIMEOUT_S))
+                reply, _ = self._clients.get(addr).call("meta", params, timeout_s=min(remaining, _ATTEMPT_TIMEOUT_S))
             except rpc.RpcError as exc:
                 if exc.status != rpc.UNAVAILABLE:
                     kind = errno.EINVAL if exc.status == rpc.INVALID_ARGUMENT else errno.EIO
@@ -133,19 +133,5 @@ class MasterClient:
                 i = 0
             self._target = self.endpoints[i % len(self.endpoints)]
 
-    def _client(self, addr: str) -> rpc.Client:
-        client = self._clients.get(addr)
-        if client is None:
-            with self._lock:
-                client = self._clients.get(addr)
-                if client is None:
-                    client = self._clients[addr] = rpc.Client(
-                        addr, timeout_s=_ATTEMPT_TIMEOUT_S, connect_timeout_s=min(_CONNECT_TIMEOUT_S, self.timeout_s)
-                    )
-        return client
-
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        self._clients.close()
