@@ -406,8 +406,20 @@ def test_writing_back_to_a_file_unlinked_meanwhile_succeeds(env):
     h.write(0, b"data")
     del master.files[1]  # another client unlinked it
     h.inode.flush(h)
-    assert files.release(h.fh).ino == 1
+    assert files.release(h.fh) is None  # no change of ours reached the master
     assert not chunks.writes
+
+
+def test_release_returns_the_attr_of_this_clients_own_latest_commit(env):
+    """What the FUSE mount records as "our own version" for its page cache (client/fuse.py)."""
+    master, chunks, make = env
+    files = make()
+    reader = files.open(master.create(1), os.O_RDONLY, ROOT)
+    writer = files.open(master.attr(1), RDWR, ROOT)
+    assert files.release(reader.fh) is None  # nothing written yet
+    writer.write(0, b"data")
+    own = files.release(writer.fh)
+    assert own is not None and own.size == 4
 
 
 def test_release_reports_a_failed_write(env):

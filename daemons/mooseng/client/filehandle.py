@@ -313,6 +313,7 @@ class InodeData:
         self.errors = 0  # failed background writes so far; handles compare with what they saw
         self.errors_logged = 0  # of those, how many flush_all has reported
         self.last_error: FsError | None = None
+        self.own: Attr | None = None  # the attr after this client's own latest commit or cut
         # index -> (chunk_id, version, servers, ec): ec is None for copies, else [k, m] and
         # servers has k+m entries, the server of each part ("" for none)
         self._locations: dict[int, tuple[int, int, list[str], list[int] | None]] = {}
@@ -347,7 +348,7 @@ class InodeData:
     def truncated(self, attr: Attr) -> None:
         """After setattr(size) (buffers were flushed first): everything cached may be wrong."""
         with self.lock:
-            self.attr = attr
+            self.attr = self.own = attr
             self._end = 0
             self._locations.clear()
             self.files.cache.invalidate(self.ino)
@@ -455,6 +456,8 @@ class InodeData:
                 attr, error = None, FsError(errno.EIO, f"internal error: {exc!r}")
             with self.lock:
                 if error is None:
+                    if attr is not None:
+                        self.own = attr
                     if attr is not None and attr.ctime >= self.attr.ctime:
                         self.attr = attr
                 else:
@@ -774,9 +777,10 @@ class Files:
     def inode(self, ino: int) -> InodeData | None:
         return self._inodes.get(ino)
 
-    def release(self, fh: int) -> Attr:
+    def release(self, fh: int) -> Attr | None:
         """Close a handle: if it could write, write its inode's buffers (raising what the handle
-        has not seen); return the inode's attr. The last handle's close drops the inode's cache."""
+        has not seen); return the attr after this client's own latest change of the file (None:
+        it made none). The last handle's close drops the inode's cache."""
         with self._lock:
             handle = self._handles.pop(fh, None)
         if handle is None:
@@ -791,7 +795,7 @@ class Files:
                 if not inode.handles and inode.clean():
                     del self._inodes[inode.ino]
                     self.cache.invalidate(inode.ino)
-        return inode.current_attr()
+        return inode.own
 
     def flush_all(self) -> int:
         """Write every buffer of every open file (unmount, shutdown); return how many files lost

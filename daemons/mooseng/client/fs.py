@@ -468,8 +468,9 @@ class Client:
         handle.inode.flush(handle, fsync=True)
 
     @_op("release")
-    def release(self, fh: int) -> Attr:
-        """Close a handle (writing its inode's buffers); returns the attr the file has now."""
+    def release(self, fh: int) -> Attr | None:
+        """Close a handle (writing its inode's buffers); returns the attr after this client's own
+        latest change of the file (a write's commit or a cut), None if it made none."""
         return self.files.release(fh)
 
     def attr_of(self, fh: int) -> Attr:

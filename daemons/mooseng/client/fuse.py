@@ -78,6 +78,7 @@ class Operations(llfuse.Operations):
         self._groups: dict[int, tuple[float, tuple[int, ...]]] = {}
         self._groups_lock = threading.Lock()
         self._seen: dict[int, tuple[int, int]] = {}  # ino -> (mtime, size) when last opened here
+        self._opened: dict[int, tuple[int, tuple[int, int]]] = {}  # file handle -> (ino, _seen as it left it)
         self._seen_lock = threading.Lock()
         self._dirs: dict[int, tuple[int, Cred]] = {}  # open directories: handle -> (ino, opener)
         self._dir_handles = itertools.count(1)
@@ -213,16 +214,16 @@ class Operations(llfuse.Operations):
     @_handler
     def open(self, inode, flags, ctx):
         fh = self.client.open(inode, flags & ~os.O_APPEND, self._cred(ctx))
-        self._revalidate(self.client.attr_of(fh))
+        self._revalidate(fh, self.client.attr_of(fh))
         return fh
 
     @_handler
     def create(self, parent_inode, name, mode, flags, ctx):
         fh, attr = self.client.create(parent_inode, name, mode, flags & ~os.O_APPEND, self._cred(ctx))
-        self._revalidate(attr)
+        self._revalidate(fh, attr)
         return fh, self._entry(attr)
 
-    def _revalidate(self, attr: Attr) -> None:
+    def _revalidate(self, fh: int, attr: Attr) -> None:
         """Close-to-open consistency: llfuse keeps the kernel's page cache across opens, so drop it
         when the file changed (size or mtime) since this mount last had it open."""
         seen = (attr.mtime, attr.size)
@@ -231,6 +232,7 @@ class Operations(llfuse.Operations):
             if len(self._seen) >= SEEN_MAX:
                 self._seen.clear()
             self._seen[attr.ino] = seen
+            self._opened[fh] = (attr.ino, seen)
         if before is not None and before != seen:
             llfuse.invalidate_inode(attr.ino)
 
@@ -252,9 +254,16 @@ class Operations(llfuse.Operations):
 
     @_handler
     def release(self, fh):
-        attr = self.client.release(fh)
-        with self._seen_lock:  # our own writes changed it: that is no reason to drop the cache
-            self._seen[attr.ino] = (attr.mtime, attr.size)
+        """This client's own writes changed the file through this mount's page cache: that is no
+        reason for the next open here to drop it, so the (mtime, size) of its own latest change
+        become the seen ones, unless an open since this handle's saw yet another version.
+        Never the inode's current attr: RELEASE comes asynchronously, and that may already be
+        another client's change that a concurrent open learned and must still act on."""
+        own = self.client.release(fh)
+        with self._seen_lock:
+            ino, seen = self._opened.pop(fh, (None, None))
+            if own is not None and ino is not None and self._seen.get(ino) == seen:
+                self._seen[ino] = (own.mtime, own.size)
 
     # --- directories ---
 
