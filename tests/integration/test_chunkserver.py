@@ -1,6 +1,7 @@
 """Real chunkserver processes on 127.0.0.1 spoken to over rpc.py, without a master (their
 masterlinks keep retrying) or with a fake one; plus the session lifecycle on an in-process service."""
 
+import contextlib
 import errno
 import os
 import random
@@ -96,18 +97,26 @@ def run_chunkserver(config: Path, log: Path) -> subprocess.Popen:
         )  # fmt: skip
 
 
+@contextlib.contextmanager
+def masterless(tmp_path: Path, count: int):
+    """`count` chunkservers (ids 1..count) whose master address has nobody listening, stopped
+    afterwards; each must have exited cleanly (or been killed by the test)."""
+    master = f"127.0.0.1:{free_port()}"
+    started = [Chunkserver(tmp_path, i, master) for i in range(1, count + 1)]
+    try:
+        for cs in started:
+            cs.start()
+        yield started
+    finally:
+        codes = [cs.stop() for cs in started]
+    for cs, code in zip(started, codes):
+        assert code in (0, -signal.SIGKILL), f"exit code {code}:\n{cs.log.read_text()}"
+
+
 @pytest.fixture
 def servers(tmp_path):
-    master = f"127.0.0.1:{free_port()}"  # nothing listens there
-    pair = [Chunkserver(tmp_path, 1, master), Chunkserver(tmp_path, 2, master)]
-    try:
-        for cs in pair:
-            cs.start()
+    with masterless(tmp_path, 2) as pair:
         yield pair
-    finally:
-        codes = [cs.stop() for cs in pair]
-    for cs, code in zip(pair, codes):
-        assert code in (0, -signal.SIGKILL), f"exit code {code}:\n{cs.log.read_text()}"
 
 
 class Client:

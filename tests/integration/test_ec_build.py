@@ -4,10 +4,9 @@ heartbeat orders, compared byte for byte; copies -> parts and parts -> copy; bad
 
 import os
 import random
-import signal
 
 import pytest
-from test_chunkserver import Chunkserver, Client, FakeMaster, free_port, status_of
+from test_chunkserver import Chunkserver, Client, FakeMaster, masterless, status_of
 
 from mooseng import ec, rpc
 from mooseng.constants import BLOCK_SIZE as B
@@ -18,16 +17,9 @@ CHUNK = 77
 
 @pytest.fixture
 def trio(tmp_path):
-    master = f"127.0.0.1:{free_port()}"  # nothing listens there
-    servers = [Chunkserver(tmp_path, i, master) for i in (1, 2, 3)]
-    try:
-        for cs in servers:
-            cs.start()
+    with masterless(tmp_path, 3) as servers:
         yield servers
-    finally:
-        codes = [cs.stop() for cs in servers]
-    for cs, code in zip(servers, codes):
-        assert code in (0, -signal.SIGKILL), f"exit code {code}:\n{cs.log.read_text()}"
+    for cs in servers:
         assert "Traceback" not in cs.log.read_text()
 
 

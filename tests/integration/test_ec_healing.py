@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from test_self_healing import ENV  # short timeouts: a lost server is noticed and repaired in seconds
 
 from mooseng.client.fs import Client
 from mooseng.client.masterclient import MasterClient
@@ -18,12 +19,6 @@ from mooseng.constants import CHUNK_SIZE
 from support.polling import wait_for
 
 MiB = 1 << 20
-ENV = {
-    "MOOSENG_CHUNKSERVER_TIMEOUT_S": "2",
-    "MOOSENG_HEARTBEAT_INTERVAL_S": "0.3",
-    "MOOSENG_HEALING_INTERVAL_S": "0.3",
-    "MOOSENG_LEAVE_FREE_MB": "0",
-}
 
 
 @pytest.fixture
