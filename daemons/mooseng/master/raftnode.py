@@ -551,7 +551,8 @@ class RaftNode:
             self.conf_state = rd.snapshot.conf_state
             self._fail_proposals()
         committed = rd.committed_entries
-        if committed and self._replies and self.role is Role.FOLLOWER and all(e.type is EntryType.NORMAL for e in committed):
+        deferrable = self._replies and self.role is Role.FOLLOWER
+        if committed and deferrable and all(e.type is EntryType.NORMAL for e in committed):
             # A follower's acks (and this turn's other answers) need its log synced, not its
             # state: these wait until after the reply (exchange()), or until the next turn.
             # Raft has them as applied from advance() on; only conf changes must reach it first.
