@@ -18,6 +18,7 @@ Everything here is pure; the chunkserver's builder and the client's ecio do the 
 from __future__ import annotations
 
 import functools
+import mmap
 from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "Codec",
     "NotEnoughFragments",
     "MAX_PARTS",
+    "aligned_buffer",
     "check_geometry",
     "check_sources",
     "chunk_end",
@@ -79,6 +81,13 @@ def codec(k: int, m: int) -> Codec:
     """One shared Codec per geometry (it is thread-safe and caches its decode tables)."""
     check_geometry(k, m)
     return Codec(k, m)
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """`size` zeroed bytes starting on a page (so on a cache line): ISA-L's AVX-512 loads of
+    64 bytes each straddle two cache lines in a bytearray (16 bytes past one), which made an 8+4
+    encode 6-9 % slower (docs/DESIGN.md "Erasure coding"). The pages appear as they are touched."""
+    return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
 
 
 # --- sizes --------------------------------------------------------------------------------------

@@ -532,6 +532,16 @@ def test_encode_striped_of_a_whole_chunk_is_the_striped_layout(k, m, length):
     assert not any(any(p[n:]) for p, n in zip(parts, ec.part_lengths(length, k, m)))
 
 
+
+@pytest.mark.parametrize("size", [1, 4097, 3 * B])
+def test_aligned_buffer_is_zeroed_writable_and_starts_on_a_page(size):
+    import ctypes
+    import mmap
+    buf = ec.aligned_buffer(size)
+    assert len(buf) == size and not any(buf)
+    buf[-1] = 7
+    assert ctypes.addressof(ctypes.c_char.from_buffer(buf)) % mmap.PAGESIZE == 0
+
 def test_encode_striped_with_no_pieces_is_zeros():
     parts = [bytearray(b"\x01" * 2 * B) for _ in range(6)]
     ec.codec(4, 2).encode_striped(B, 4 * B, [], parts)
