@@ -11,7 +11,9 @@ The machines are shared and noisy, so every repetition also times ISA-L called d
 GIL released, the same buffers, the same tables) right after the binding: "binding / direct" is
 the binding's own overhead, and the direct column against ENVIRONMENT.md shows how busy the
 machine was. Buffers are page-aligned (mooseng.ec.aligned_buffer, as the client's write buffers
-are); --unaligned uses bytearrays instead, which start 16 bytes past a cache line.
+are); --unaligned uses bytearrays instead, which start 16 bytes past a cache line. --placement
+times only the binding's 8+4 encode in three kinds of buffers, interleaved in the same repetitions:
+bytearrays, page-aligned ones, and page-aligned ones used from 16 bytes in.
 """
 
 from __future__ import annotations
@@ -125,13 +127,42 @@ def measure(k: int, m: int, total: int, reps: int, aligned: bool) -> dict[str, l
     return results
 
 
+def placement(total: int, reps: int) -> None:
+    """The binding's 8+4 encode by thread CPU time in each kind of buffer, interleaved."""
+    k, m, size = 8, 4, total // 8
+    codec = Codec(k, m)
+    kinds = {"bytearray": lambda: bytearray(size), "page-aligned": lambda: aligned_buffer(size),
+             "page-aligned + 16 bytes": lambda: aligned_buffer(size + 16)[16:]}
+    source = os.urandom(size)
+    runs = {}
+    for name, make in kinds.items():
+        frags = [make() for _ in range(k + m)]
+        for frag in frags[:k]:
+            frag[:] = source
+        runs[name] = lambda frags=frags: codec.encode(frags[:k], frags[k:])
+        runs[name]()
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for rep in range(reps):
+        for name, fn in list(runs.items())[:: 1 if rep % 2 else -1]:
+            cpu[name].append(timed(fn)[1])
+    print(f"8+4 encode, {total >> 20} MiB per call, median of {reps} by thread CPU time, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    base = statistics.median(cpu["page-aligned"])
+    for name, times in cpu.items():
+        print(f"  {name:24s} {total / statistics.median(times) / 1e9:5.2f} GB/s  ({statistics.median(times) / base:.0%} of the time in page-aligned)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=21, help="repetitions per figure (median)")
     ap.add_argument("--mib", type=int, default=64, help="MiB of data per operation")
     ap.add_argument("--unaligned", action="store_true", help="bytearrays (16 bytes past a cache line), not page-aligned buffers")
+    ap.add_argument("--placement", action="store_true", help="only the 8+4 encode in each kind of buffer, interleaved")
     args = ap.parse_args(argv)
     total = args.mib << 20
+    if args.placement:
+        placement(total, args.reps)
+        return 0
     print(f"{args.mib} MiB of data per call, {'bytearray' if args.unaligned else 'page-aligned'} buffers, "
           f"median of {args.reps}, one thread, load average {os.getloadavg()[0]:.2f}\n")
     print("| code | operation | binding GB/s | ISA-L direct GB/s | binding / direct | by CPU time: binding, direct GB/s "
