@@ -85,7 +85,7 @@ def codec(k: int, m: int) -> Codec:
 
 def aligned_buffer(size: int) -> memoryview:
     """`size` zeroed bytes of their own pages, starting on one (so on a cache line): ISA-L encoded
-    8+4 5-7 % faster in such buffers than in bytearrays (heap memory, 16 bytes past a cache line,
+    8+4 6-7 % faster in such buffers than in bytearrays (heap memory, 16 bytes past a cache line,
     so every 64-byte AVX-512 access straddles two lines); docs/DESIGN.md "Erasure coding". The
     pages appear as they are first touched."""
     return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
