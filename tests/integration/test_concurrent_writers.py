@@ -113,7 +113,8 @@ def test_write_to_a_file_unlinked_meanwhile_succeeds_and_leaves_nothing(cluster,
     its data goes nowhere (the file is gone) and no chunk of it stays behind."""
     setup, writer = clients[0], clients[1]
     for r in range(ROUNDS):
-        attr = setup.create(ROOT_INODE, f"doomed{r}", 0o644)[1]
+        created, attr = setup.create(ROOT_INODE, f"doomed{r}", 0o644)
+        setup.release(created)  # else setup's own unlink keeps the file (sustained) for that handle
         fh = writer.open(attr.ino, os.O_WRONLY)
         writer.write(fh, 0, b"x" * (64 * KiB))
         errors = run_together([lambda: writer.release(fh), lambda: setup.unlink(ROOT_INODE, f"doomed{r}")])
