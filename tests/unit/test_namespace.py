@@ -856,6 +856,20 @@ def test_parts_of_another_geometry_become_copies_first(fs):
     assert fs.ns.chunk_info(c)[:4] == (3, "ec42", (4, 2), (4, 2))
 
 
+def test_bump_version_moves_a_chunk_on_from_the_version_a_write_missed_pieces_at(fs):
+    f = fs.create(ROOT_INODE, b"f")
+    c = fs.do("write_chunk", ino=f, index=0)["chunk_id"]
+    fs.do("write_chunk", ino=f, index=0)
+    fs.fails(errno.ESTALE, "bump_version", chunk_id=c, version=1)
+    fs.fails(errno.ENOENT, "bump_version", chunk_id=99, version=2)
+    assert fs.do("bump_version", chunk_id=c, version=2) == {"chunk_id": c, "version": 3}
+    assert fs.ns.chunk_version(c) == 3
+    assert fs.q("chunks", ino=f, index=0) == [{"index": 0, "chunk_id": c, "version": 3}]
+    fs.do("setclass", ino=f, sclass="archive")
+    e = fs.do("write_chunk", ino=f, index=1)["chunk_id"]
+    assert fs.do("bump_version", chunk_id=e, version=1) == {"chunk_id": e, "version": 2, "ec": [8, 4]}
+
+
 def test_piece_version_says_which_pieces_a_chunk_wants(fs):
     f = fs.create(ROOT_INODE, b"f")
     c = fs.write(f, 0)  # default: copies

@@ -903,6 +903,22 @@ class Namespace:
         self._changed((chunk_id,))
         return _with_layout({"chunk_id": chunk_id, "version": rec[0]}, want)
 
+    def _bump_version(self, args, ctx, ts):
+        """bump_version{chunk_id, version} -> {chunk_id, version}: a write session missed some
+        pieces, and the ones that stored it have taken `version + 1` (see the service): logging
+        that version makes the pieces that missed the write stale for every master from now on,
+        not only fenced in the leader's memory. The chunk must still be at `version`."""
+        chunk_id = _uint(args, "chunk_id")
+        version = _uint(args, "version")
+        rec = self._chunks.get(chunk_id)
+        if rec is None:
+            raise FsError(errno.ENOENT, f"no chunk {chunk_id}")
+        if rec[0] != version:
+            raise FsError(errno.ESTALE, f"chunk {chunk_id} is at version {rec[0]}, not {version}")
+        rec[0] += 1
+        self._changed((chunk_id,))
+        return _with_layout({"chunk_id": chunk_id, "version": rec[0]}, rec[3])
+
     def _write_chunk(self, args, ctx, ts):
         index = _uint(args, "index")
         n = self._getfile(args)
@@ -1142,6 +1158,7 @@ _MUTATIONS = {
     "class_create": Namespace._class_create,
     "class_delete": Namespace._class_delete,
     "set_layout": Namespace._set_layout,
+    "bump_version": Namespace._bump_version,
     "commit_write": Namespace._commit_write,
 }
 

@@ -13,7 +13,8 @@ Chunk versions move the MooseFS way: before the namespace logs a new version of 
 (write_chunk, or setattr cutting a chunk), the master asks every valid copy to take that version
 (`set_version` on the chunkserver), and only the copies that confirm are written. So whatever
 happens to the write afterwards, the namespace version always has copies; a copy that then fails
-the write is fenced when the client commits (see Registry.fence).
+the write is fenced when the client commits (see Registry.fence), and the copies that stored it
+move on to the next version (bump_version), so it stays stale after a leader change.
 
 One writer at a time per chunk: write_chunk (and a shrink that cuts or frees chunks) first needs
 the chunk's write lease (writelease.py), so a second writer gets EAGAIN ("locked") and retries
@@ -452,10 +453,14 @@ class MasterService:
             return {"errno": 0, "message": "", "result": None, "leader": leader}
         raise self._not_leader("meta", "")
 
-    def _submit(self, op: str, args: dict, ctx: dict):
-        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
+    def _submit(self, op: str, args: dict, ctx: dict, dedup: bool = True):
+        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat.
+
+        The entry carries the request's (client_id, seq) so that a retry gets its first result;
+        `dedup=False` for an entry the master adds on its own while serving a request, which
+        must not take the request's place in the session table."""
         entry = {"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()}
-        if getattr(self._request, "client_id", 0):
+        if dedup and getattr(self._request, "client_id", 0):
             entry["client_id"], entry["seq"] = self._request.client_id, self._request.seq
         result = self._store.submit(entry)
         if type(result) is dict and result.get("freed"):
@@ -489,7 +494,7 @@ class MasterService:
                 result, servers = self._bump(chunk_id, version, current.get("ec"), "write_chunk", args, ctx)
                 _expect(result, "write_chunk", (result["chunk_id"], result["version"]) == (chunk_id, version + 1))
                 result["expect_version"] = result["version"]
-            self._lease(result["chunk_id"], ino, index, result["version"])
+            self._lease(result["chunk_id"], ino, index, result["version"], servers)
         result["servers"] = servers
         return result
 
@@ -521,13 +526,15 @@ class MasterService:
                     raise FsError(errno.EAGAIN, f"chunk {chunk_id} of inode {ino} is locked: another client "
                                                 f"writes its version {lease.version}")
 
-    def _lease(self, chunk_id: int, ino: int, index: int, version: int) -> None:
-        """Grant the caller the chunk's lease; a caller without a client_id cannot be told apart
-        from others, so it takes none (clients always have one; raw tools may not)."""
+    def _lease(self, chunk_id: int, ino: int, index: int, version: int, servers: list[str]) -> None:
+        """Grant the caller the chunk's lease for a session writing to `servers`; a caller without
+        a client_id cannot be told apart from others, so it takes none (clients always have one;
+        raw tools may not)."""
         if not self._request.client_id:
             return
         with self._lock:
-            self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic())
+            self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic(),
+                               tuple(servers))
 
     def _release_write(self, args: dict, ctx: dict) -> dict:
         """release_write{ino, chunk_id, version} -> {}: a failed write session gives its lease back."""
@@ -544,10 +551,16 @@ class MasterService:
         empty `ok`, or fewer than k parts, fences nothing: the client got EIO, the data of the
         failed range is undefined on every copy alike. Only a report of the current version
         records copies.
+
+        A piece missed the write if the registry has it at that version, or the session's lease
+        sent the client to it (its server may have gone down since, taking its copy out of the
+        registry until it returns). Then the pieces that stored the write take version + 1 and
+        bump_version is logged: the missed ones are stale from then on, whichever master leads
+        (a fence lives in one leader's memory). If that fails, the fence is all there is.
         """
         with self._inodes.hold(args["ino"]):
-            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             reports = [r for r in args.get("chunks") or [] if r["ok"]]
+            bumps = []
             if reports:
                 with self._store.view() as ns:
                     current = {r["chunk_id"]: ns.chunk_info(r["chunk_id"]) for r in reports}
@@ -561,14 +574,28 @@ class MasterService:
                                         "copies" if r.get("parts") is None else "parts",
                                         "copies" if info.ec is None else "parts")
                             continue
+                        told = self._leases.servers(r["chunk_id"], r["version"])
                         if info.ec is None:
-                            self._record(r["chunk_id"], r["version"], info.version, r["ok"])
-                            continue
-                        if len(set(r["parts"])) < info.ec[0]:
-                            continue  # a failed session (EIO), as an empty `ok` for copies: fence nothing
-                        for p in classes.pieces(info.ec):
-                            stored = [a for a, q in zip(r["ok"], r["parts"]) if q == p]
-                            self._record(part_id(r["chunk_id"], p), r["version"], info.version, stored)
+                            missed = self._record(r["chunk_id"], r["version"], info.version, r["ok"])
+                            missed |= not set(told) <= set(r["ok"])
+                        else:
+                            if len(set(r["parts"])) < info.ec[0]:
+                                continue  # a failed session (EIO), as an empty `ok` for copies: fence nothing
+                            missed = False
+                            for p in classes.pieces(info.ec):
+                                stored = [a for a, q in zip(r["ok"], r["parts"]) if q == p]
+                                missed |= self._record(part_id(r["chunk_id"], p), r["version"], info.version, stored)
+                                missed |= p < len(told) and told[p] != "" and told[p] not in stored
+                        if missed and r["version"] == info.version:
+                            bumps.append((r["chunk_id"], info.version, info.ec))
+            for chunk_id, version, ec in bumps:
+                try:
+                    self._bump(chunk_id, version, None if ec is None else list(ec), "bump_version",
+                               {"chunk_id": chunk_id, "version": version}, ROOT_CTX, dedup=False)
+                except FsError as exc:
+                    log.warning("chunk %d: the pieces that missed version %d are only fenced: %s", chunk_id,
+                                version, exc)
+            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             try:
                 return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
             finally:
@@ -576,14 +603,17 @@ class MasterService:
                     for r in args.get("chunks") or []:
                         self._leases.release(r["chunk_id"], r["version"])
 
-    def _record(self, stored_id: int, written: int, now: int, addresses: list[str]) -> None:
+    def _record(self, stored_id: int, written: int, now: int, addresses: list[str]) -> bool:
         """A client stored version `written` of a piece on `addresses`: record them if that is
-        the current version, and fence the piece's other copies that missed it (registry lock held)."""
+        the current version, and fence the piece's other copies that missed it (registry lock
+        held). True if a copy of the piece is fenced at the current version: this one's, or the
+        version's own (a copy whose set_version went unanswered, see _bump)."""
         if written == now and addresses:
             unknown = self._registry.record_copies(stored_id, now, addresses)
             if unknown:
                 log.warning("commit of piece %d names unknown chunkservers %s", stored_id, unknown)
         self._registry.fence_missing(stored_id, written, now, addresses)
+        return self._registry.has_fence(stored_id, now)
 
     def _setattr(self, args: dict, ctx: dict) -> dict:
         """setattr -> namespace result; a shrink inside a chunk adds the "servers" holding the tail.
@@ -611,7 +641,7 @@ class MasterService:
             _expect(result, "setattr", tail is not None and (tail["chunk_id"], tail["version"]) == (cut[0], cut[1] + 1))
             tail["expect_version"] = tail["version"]
             tail["servers"] = servers
-            self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"])
+            self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"], servers)
         return result
 
     def _cut_chunk(self, ino: int, size: int) -> tuple[int, int, list | None] | None:
@@ -628,7 +658,7 @@ class MasterService:
         return (ref["chunk_id"], ref["version"], ref.get("ec")) if ref["chunk_id"] else None
 
     def _bump(self, chunk_id: int, version: int, ec: list | None, op: str, args: dict,
-              ctx: dict) -> tuple[dict, list[str]]:
+              ctx: dict, dedup: bool = True) -> tuple[dict, list[str]]:
         """Move the chunk's valid pieces (copies, or parts of layout `ec`) to version + 1, then
         log `op` (which makes that version).
 
@@ -664,7 +694,7 @@ class MasterService:
         if failures:
             log.warning("chunk %d: pieces left out of version %d: %s", chunk_id, version + 1, "; ".join(failures))
         try:
-            result = self._submit(op, args, ctx)
+            result = self._submit(op, args, ctx, dedup)
         except FsError:
             # Refused by the namespace: move the pieces back. Not after a store failure, when the
             # entry may be durable after all: pieces ahead of the namespace are valid, behind not.
