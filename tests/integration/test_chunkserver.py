@@ -619,3 +619,24 @@ def test_write_commit_joins_a_session_a_cut_off_client_began(local):
     assert store.chunks() == []
     assert conn.call("write_commit", {**piece, "offset": 6}, b"second")[0] == {"ok": ["127.0.0.1:1"], "failed": []}
     assert bytes(store.read(97, 1, 0, 12)) == b"first second"
+
+
+def test_a_server_without_write_commit_gets_a_write_and_a_commit(tmp_path):
+    (tmp_path / "d0").mkdir()
+    store = ChunkStore([str(tmp_path / "d0")])
+    seen = _Ops()
+    service = ChunkServerService(store, "127.0.0.1:1", seen)
+    handlers = service.handlers()
+    del handlers["write_commit"]  # a chunkserver older than the client
+    server = rpc.Server("127.0.0.1:0", handlers).start()
+    chunks = ChunkClient()
+    addr = f"127.0.0.1:{server.port}"
+    try:
+        assert chunks.write(98, 1, 0, [addr], [(0, b"y" * 4096)]) == ([addr], [])
+        assert seen.ops == ["write", "commit"]
+        assert bytes(store.read(98, 1, 0, 4096)) == b"y" * 4096
+    finally:
+        chunks.close()
+        server.stop(1.0)
+        service.close()
+        store.close()

@@ -266,12 +266,13 @@ class ChunkClient:
         not a write and a commit: one round trip instead of two. It goes to the last target from
         this thread while the pool sends to the others, and so does every commit: a thread
         hand-off costs about as much as the call itself."""
+        if max(len(t.pieces) for t in targets) == 1:
+            older = self._write_commit(targets)
+            if not older:
+                return
+            targets = older
         pool = self._pool.submit
-        rounds = max(len(t.pieces) for t in targets)
-        if rounds == 1:
-            self._write_commit(targets)
-            return
-        for r in range(rounds):
+        for r in range(max(len(t.pieces) for t in targets)):
             joined: dict[int, object] = {}  # one copy of the piece, shared by the targets sending it
             for target in targets:
                 if target.error is not None or r >= len(target.pieces):
@@ -293,8 +294,9 @@ class ChunkClient:
             "chunk_id": t.params["chunk_id"], "version": t.params["version"], "chain": t.chain}))
             for i, t in enumerate(live)])
 
-    def _write_commit(self, targets: list[_Target]) -> None:
-        """Each target's only piece and its commit in one request."""
+    def _write_commit(self, targets: list[_Target]) -> list[_Target]:
+        """Each target's only piece and its commit in one request. Returns the targets whose
+        server does not know write_commit (older than this client): they need a write and a commit."""
         pool = self._pool.submit
         requests = []
         for i, target in enumerate(targets):
@@ -303,7 +305,15 @@ class ChunkClient:
             request = {**target.params, "offset": offset, "chain": target.chain}
             submit = _done if i == len(targets) - 1 else pool
             requests.append((target, submit(self._call, target.addr, "write_commit", request, data)))
-        self._settle_commits(requests)
+        older = []
+        for target, future in requests:
+            try:
+                future.result()
+            except rpc.RpcError as exc:
+                if exc.status == rpc.INVALID_ARGUMENT and "unknown method" in exc.message:
+                    older.append(target)
+        self._settle_commits([r for r in requests if r[0] not in older])
+        return older
 
     @staticmethod
     def _settle_commits(commits: list[tuple[_Target, Future]]) -> None:
