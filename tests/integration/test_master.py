@@ -35,7 +35,7 @@ def free_port() -> int:
 class Master:
     """One mooseng-master process on free loopback ports; restartable on the same data dir."""
 
-    def __init__(self, tmp_path: Path, timeout_s: float = 10.0):
+    def __init__(self, tmp_path: Path, timeout_s: float = 10.0, extra: str = ""):
         self.dir = tmp_path
         self.listen = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
@@ -46,7 +46,7 @@ class Master:
             f'metrics_listen = "{self.metrics}"\n'
             f'raft_listen = "127.0.0.1:{free_port()}"\n'
             f'data_dir = "{tmp_path / "data"}"\n'
-            f"chunkserver_timeout_s = {timeout_s}\n"
+            f"chunkserver_timeout_s = {timeout_s}\n" + extra
         )
         self.proc: subprocess.Popen | None = None
         self.client: rpc.Client | None = None
@@ -856,6 +856,35 @@ def test_refused_truncate_puts_the_copies_back(master, fakes):
     assert [f.version(chunk_id) for f in holders] == [1, 1], "set_version undone: copies match the namespace"
     [chunk] = master.ok("chunks", ino=ino, index=0)
     assert chunk["version"] == 1 and read_back(chunk) == [b"v1", b"v1"]
+
+
+def test_a_silent_clients_sustained_files_are_dropped_after_the_session_timeout(masters):
+    """A file unlinked by a client that has it open stays (sustained) while that client is
+    heard from; a client silent for client_session_timeout_s is gone, and so are its files."""
+    m = masters(extra="client_session_timeout_s = 2.0\n").start()
+
+    def by(client, seq, op, **args):
+        reply = m.call("meta", {"op": op, "args": args, "client_id": client, "seq": seq, "uid": 0, "gid": 0,
+                                "gids": []})  # fmt: skip
+        assert reply["errno"] == 0, reply["message"]
+        return reply["result"]
+
+    kept = by(5, 1, "mknod", parent=1, name=b"kept", mode=S_IFREG | 0o644)["ino"]
+    dropped = by(6, 1, "mknod", parent=1, name=b"dropped", mode=S_IFREG | 0o644)["ino"]
+    assert by(5, 2, "unlink", parent=1, name=b"kept", open=[kept])["sustained"]
+    assert by(6, 2, "unlink", parent=1, name=b"dropped", open=[dropped])["sustained"]
+    deadline = time.monotonic() + 15
+    seq = 3
+    while m.meta("getattr", ino=dropped)[0] == 0:  # client 6 says nothing more
+        assert time.monotonic() < deadline, "client 6's file was never dropped"
+        by(5, seq, "getattr", ino=kept)  # client 5 is alive
+        seq += 1
+        time.sleep(0.2)
+    assert m.meta("getattr", ino=dropped)[0] == errno.ENOENT
+    assert by(5, seq, "getattr", ino=kept)["nlink"] == 0
+    assert "clients [6] silent for over 2 s: dropped 1 unlinked file(s)" in m.log.read_text()
+    assert by(5, seq + 1, "release", ino=kept) == {"freed": []}
+    assert m.meta("getattr", ino=kept)[0] == errno.ENOENT
 
 
 def test_silent_chunkserver_goes_down(masters):

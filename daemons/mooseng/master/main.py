@@ -67,7 +67,8 @@ def serve(cfg) -> int:
     registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
     master_metrics = MasterMetrics()
     service = MasterService(store, registry, master_metrics, cfg.node_id, raft_status=node.status,
-                            raft_admin=functools.partial(_admin, node), healing=healing_settings(cfg))  # fmt: skip
+                            raft_admin=functools.partial(_admin, node), healing=healing_settings(cfg),
+                            session_timeout_s=cfg.client_session_timeout_s, lease_s=cfg.write_lease_s)  # fmt: skip
     # Bound before the (possibly long) recovery so that a clash fails at once; requests wait in
     # the listen backlog until server.start().
     try:

@@ -53,11 +53,14 @@ from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
 from mooseng.master.registry import STATES, ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server
-from mooseng.master.writelease import WriteLeases
+from mooseng.master.writelease import LEASE_S, WriteLeases
 
 log = logging.getLogger(__name__)
 
 ROOT_CTX = {"uid": 0, "gid": 0, "gids": []}
+# A client silent this long is gone: the files it kept open after unlinking them are dropped
+# (MooseFS keeps such sessions for a day, too).
+SESSION_TIMEOUT_S = 86400.0
 # A holder that has not confirmed a new version by then is left out of the write (and fenced).
 SET_VERSION_TIMEOUT_S = 2.0
 SET_VERSION_WORKERS = 32
@@ -109,6 +112,7 @@ TIME = Kind("nanoseconds or 'now'", _time)
 ANY = Kind("anything", lambda v: True)
 U32_LIST = Kind("a list of unsigned 32-bit integers", lambda v: type(v) is list and all(_u32(x) for x in v))
 STR_LIST = Kind("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v))
+UINT_LIST = Kind("a list of unsigned integers", lambda v: type(v) is list and all(_uint(x) for x in v))
 _COPY_RECORDS = _records({"chunk_id": UINT, "version": UINT, "ok": STR_LIST}, {"parts": U32_LIST})
 COPIES = Kind(
     "a list of {chunk_id, version, ok: [address...], parts?: [part...] as long as ok}",
@@ -163,9 +167,13 @@ OPS = {
     "mkdir": Op(MUTATION, {"parent": UINT, "name": BYTES, "mode": UINT}),
     "symlink": Op(MUTATION, {"parent": UINT, "name": BYTES, "target": BYTES}),
     "link": Op(MUTATION, {"ino": UINT, "parent": UINT, "name": BYTES}),
-    "unlink": Op(MUTATION, {"parent": UINT, "name": BYTES}),
+    # `open`: the inodes the caller has open; one of them losing its last link is sustained.
+    "unlink": Op(MUTATION, {"parent": UINT, "name": BYTES}, {"open": UINT_LIST}),
     "rmdir": Op(MUTATION, {"parent": UINT, "name": BYTES}),
-    "rename": Op(MUTATION, {"parent": UINT, "name": BYTES, "newparent": UINT, "newname": BYTES}, {"flags": UINT}),
+    "rename": Op(MUTATION, {"parent": UINT, "name": BYTES, "newparent": UINT, "newname": BYTES},
+                 {"flags": UINT, "open": UINT_LIST}),
+    # The caller closed a file it sustained (unlinked while open) for the last time.
+    "release": Op(MUTATION, {"ino": UINT}),
     "setattr": Op(
         MUTATION,
         {"ino": UINT},
@@ -266,6 +274,8 @@ class MasterService:
         raft_status: Callable[[], dict] | None = None,
         raft_admin: Callable[[str, str, str], None] | None = None,
         healing: healer.Settings | None = None,
+        session_timeout_s: float = SESSION_TIMEOUT_S,
+        lease_s: float = LEASE_S,
     ):
         self._store = store
         self._raft_status = raft_status
@@ -276,7 +286,11 @@ class MasterService:
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
-        self._leases = WriteLeases()  # guarded by _lock
+        self._leases = WriteLeases(lease_s)  # guarded by _lock
+        # Client id -> when this leader last heard from it (soft state); clients not heard from
+        # for session_timeout_s lose the files they sustained (expire_sessions).
+        self._client_seen: dict[int, float] = {}
+        self.session_timeout_s = session_timeout_s
         self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
@@ -374,6 +388,29 @@ class MasterService:
                     "chunkserver %d at %s is down: no heartbeat for %.1f s (timeout %g s)",
                     server.server_id, server.address, silent, self._registry.timeout_s,
                 )  # fmt: skip
+            self._expire_sessions(now)
+
+    def _expire_sessions(self, now: float) -> None:
+        """Drop the files sustained by clients this leader has not heard from for the session
+        timeout. A client first seen holding some (this master just became the leader) gets
+        the whole timeout from now."""
+        if not self._store.is_leader():
+            self._client_seen.clear()
+            return
+        with self._store.view() as ns:
+            owners = ns.sustained_owners()
+        gone = [c for c in sorted(owners) if now - self._client_seen.setdefault(c, now) > self.session_timeout_s]
+        if not gone:
+            return
+        try:
+            result = self._submit("expire_sessions", {"clients": gone}, ROOT_CTX, dedup=False)
+        except (FsError, NotLeader) as exc:
+            log.warning("expiring client sessions %s: %s", gone, exc)
+            return
+        for client in gone:
+            self._client_seen.pop(client, None)
+        log.warning("clients %s silent for over %g s: dropped %d unlinked file(s) they still had open: inodes %s",
+                    gone, self.session_timeout_s, len(result["inodes"]), result["inodes"])
 
     # --- meta ---
 
@@ -404,6 +441,8 @@ class MasterService:
         if not self._store.is_leader():
             return self._redirect(self._store.leader_address())
         self._request.client_id, self._request.seq = params.get("client_id") or 0, params.get("seq") or 0
+        if self._request.client_id:
+            self._client_seen[self._request.client_id] = time.monotonic()
         try:
             if op in _VERSION_OPS and self._request.client_id:
                 # A retry of an op that moves chunk versions must not move them again.
