@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 
-from mooseng import config, logsetup, metrics, rpc, wire
-from mooseng.errors import ConfigError, QuietError
+from mooseng import daemon, metrics, rpc, wire
+from mooseng.errors import QuietError
 from mooseng.master import healer, raftnode
 from mooseng.master.healing import Limits
 from mooseng.master.metastore import MetaStore
@@ -32,17 +32,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mooseng-master", description="MooseNG metadata master")
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with a [master] table")
     opts = parser.parse_args(argv)
-    try:
-        cfg = config.load("master", opts.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    logsetup.setup(cfg.node_id, cfg.log_level)
-    try:
-        return serve(cfg)
-    except QuietError as exc:
-        log.error("%s", exc)
-        return exc.exitcode
+    return daemon.run("master", opts.config, lambda cfg: cfg.node_id, serve)
 
 
 def serve(cfg) -> int:
