@@ -562,3 +562,81 @@ def test_set_version_supersedes_an_abandoned_session(local, monkeypatch):
     with pytest.raises(rpc.RpcError) as info:
         conn.call("commit", {"chunk_id": 91, "version": 2, "chain": []})
     assert info.value.status == rpc.FAILED_PRECONDITION and "superseded" in info.value.message
+
+
+def test_write_commit_is_a_whole_session_in_one_request_down_the_chain(servers, client):
+    cs1, cs2 = servers
+    params = {"chunk_id": 95, "version": 1, "expect_version": 0, "offset": 10, "chain": [cs2.addr]}
+    reply, _ = client.call(cs1.addr, "write_commit", params, b"small file")
+    assert reply == {"ok": [cs1.addr, cs2.addr], "failed": []}
+    for cs in servers:
+        assert client.read(cs.addr, 95, 1, 0, 20) == bytes(10) + b"small file"
+    with pytest.raises(rpc.RpcError) as info:  # the session is over: nothing to commit
+        client.commit(cs1.addr, 95, 1, [cs2.addr])
+    assert info.value.status == rpc.FAILED_PRECONDITION
+    reply, _ = client.call(cs1.addr, "write_commit", {**params, "version": 2, "expect_version": 1, "chain": []}, b"v2")
+    assert reply == {"ok": [cs1.addr], "failed": []}
+    assert client.read(cs1.addr, 95, 2, 10, 4) == b"v2al"
+    assert status_of(lambda: client.read(cs2.addr, 95, 2, 0, 1)) == rpc.FAILED_PRECONDITION  # left at version 1
+
+
+class _Ops:
+    def __init__(self):
+        self.ops = []
+
+    def observe(self, op, seconds, error=""):
+        self.ops.append(op)
+
+
+def test_the_chunk_client_sends_a_one_piece_session_as_one_request(tmp_path):
+    (tmp_path / "d0").mkdir()
+    store = ChunkStore([str(tmp_path / "d0")])
+    seen = _Ops()
+    service = ChunkServerService(store, "127.0.0.1:1", seen)
+    server = rpc.Server("127.0.0.1:0", service.handlers()).start()
+    chunks = ChunkClient()
+    addr = f"127.0.0.1:{server.port}"
+    try:
+        assert chunks.write(96, 1, 0, [addr], [(0, b"x" * 4096)]) == ([addr], [])
+        assert seen.ops == ["write_commit"], "a small file: one round trip, not a write and a commit"
+        assert store.get(96).version == 1
+        seen.ops.clear()
+        big = random.Random(6).randbytes(3 * MiB)  # two pieces: written, then committed
+        assert chunks.write(96, 2, 1, [addr], [(0, big)]) == ([addr], [])
+        assert sorted(seen.ops) == ["commit", "write", "write"]
+        assert b"".join(chunks.read(96, 2, 0, len(big), [addr])) == big
+    finally:
+        chunks.close()
+        server.stop(1.0)
+        service.close()
+        store.close()
+
+
+def test_write_commit_joins_a_session_a_cut_off_client_began(local):
+    store, conn = local
+    piece = {"chunk_id": 97, "version": 1, "expect_version": 0, "offset": 0, "chain": []}
+    conn.call("write", piece, b"first ")
+    assert store.chunks() == []
+    assert conn.call("write_commit", {**piece, "offset": 6}, b"second")[0] == {"ok": ["127.0.0.1:1"], "failed": []}
+    assert bytes(store.read(97, 1, 0, 12)) == b"first second"
+
+
+def test_a_server_without_write_commit_gets_a_write_and_a_commit(tmp_path):
+    (tmp_path / "d0").mkdir()
+    store = ChunkStore([str(tmp_path / "d0")])
+    seen = _Ops()
+    service = ChunkServerService(store, "127.0.0.1:1", seen)
+    handlers = service.handlers()
+    del handlers["write_commit"]  # a chunkserver older than the client
+    server = rpc.Server("127.0.0.1:0", handlers).start()
+    chunks = ChunkClient()
+    addr = f"127.0.0.1:{server.port}"
+    try:
+        assert chunks.write(98, 1, 0, [addr], [(0, b"y" * 4096)]) == ([addr], [])
+        assert seen.ops == ["write", "commit"]
+        assert bytes(store.read(98, 1, 0, 4096)) == b"y" * 4096
+    finally:
+        chunks.close()
+        server.stop(1.0)
+        service.close()
+        store.close()

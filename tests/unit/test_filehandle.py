@@ -92,6 +92,7 @@ class FakeChunks:
         self.fail = False
         self.stale = 0  # this many writes raise StaleSession (a newer session moved the copies)
         self.writing = threading.Event()  # set while a write waits at the gate
+        self.threads: list[str] = []  # the thread of each write
 
     def read(self, chunk_id, version, offset, length, servers):
         with self.lock:
@@ -106,6 +107,7 @@ class FakeChunks:
             return [memoryview(bytes(out[pos:pos + 300_000])) for pos in range(0, length, 300_000)]
 
     def write(self, chunk_id, version, expect_version, servers, extents):
+        self.threads.append(threading.current_thread().name)
         self.writing.set()
         assert self.gate.wait(10), "test gate never opened"
         if self.fail:
@@ -254,6 +256,16 @@ def test_flush_order_is_write_chunk_data_commit(env):
     for chunk_id, versions in per_chunk.items():
         assert versions == sorted(versions) == list(range(1, len(versions) + 1))
     assert master.files[1]["size"] == len(data)
+
+
+def test_close_writes_a_small_file_from_its_own_thread(env):
+    master, chunks, make = env
+    files = make()
+    h = files.open(master.create(1), RDWR, ROOT)
+    h.write(0, b"x" * 4096)
+    files.release(h.fh)
+    assert stored(master, chunks, 1) == b"x" * 4096
+    assert chunks.threads == [threading.current_thread().name], "no hand-off to the flush pool and back"
 
 
 def test_threshold_flushes_in_background_without_blocking_the_writer(env):

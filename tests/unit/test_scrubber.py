@@ -54,6 +54,24 @@ def test_the_scrubber_walks_all_chunks_and_counts_errors(tmp_path):
     assert [c.chunk_id for c in store.chunks() if c.damaged] == [4]
 
 
+def test_many_small_chunks_are_paced_by_their_count_too(tmp_path):
+    store = ChunkStore([str(tmp_path)])
+    for chunk_id in range(1, 41):
+        store.write(chunk_id, 1, 0, 0, os.urandom(4096))
+    scrubber = Scrubber(store, rate_bytes_s=8e6)  # the default: ~8 opens a second, not ~2,000
+    scrubber.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not scrubber.bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scrubber.bytes, "the first chunk is checked at once"
+        time.sleep(0.5)
+    finally:
+        scrubber.stop()
+    assert scrubber.passes == 0, "40 small chunks take ~5 s, not 20 ms"
+    assert scrubber.bytes <= 8 * 4096
+
+
 def test_pacer_keeps_the_rate():
     now = [0.0]
     slept = []

@@ -172,6 +172,7 @@ class ChunkServerService:
             "read": self._handler("read", self._read),
             "write": self._handler("write", self._write),
             "commit": self._handler("commit", self._commit),
+            "write_commit": self._handler("write_commit", self._write_commit),
             "truncate": self._handler("truncate", self._truncate),
             "set_version": self._handler("set_version", self._set_version),
             "crc_table": self._handler("crc_table", self._crc_table),
@@ -265,25 +266,47 @@ class ChunkServerService:
     # --- write sessions ---------------------------------------------------------------------------
 
     def _write(self, params: dict, data: bytearray) -> dict:
+        return self._write_piece("write", params, data, commit=False)
+
+    def _write_commit(self, params: dict, data: bytearray) -> dict:
+        """A whole session in one request (a small file's one piece): write, then commit, saving
+        the client a round trip to every copy; forwarded down the chain as one request too."""
+        return self._write_piece("write_commit", params, data, commit=True)
+
+    def _write_piece(self, method: str, params: dict, data: bytearray, commit: bool) -> dict:
         chunk_id, version, expect, offset, chain = _params(
-            "write", params, data, ("chunk_id", "version", "expect_version", "offset", "chain"), takes_data=True)
+            method, params, data, ("chunk_id", "version", "expect_version", "offset", "chain"), takes_data=True)
         if offset + len(data) > CHUNK_SIZE:
-            raise _bad(f"write: range {offset}+{len(data)} is beyond the chunk")
+            raise _bad(f"{method}: range {offset}+{len(data)} is beyond the chunk")
         if self._advertise in chain:
-            raise _bad(f"write: chain {chain} contains this server")
+            raise _bad(f"{method}: chain {chain} contains this server")
         session = self._enter((chunk_id, version), expect)
         try:
             with self._lock:
+                if commit:
+                    if session.active > 1:
+                        raise rpc.RpcError(rpc.FAILED_PRECONDITION,
+                                           f"{method}: other pieces of the session are being written")
+                    session.committing = True
                 forward = bool(chain) and chain[0] not in session.failed
+            writer = session.writer
+
+            def local() -> None:
+                writer.write(offset, data)
+                if commit:
+                    writer.commit()
+
             try:
                 if forward:
-                    local = self._disk.submit(session.writer.write, offset, data)
-                    self._forward(session, "write", {**params, "chain": chain[1:]}, data, chain)
-                    local.result()
+                    done = self._disk.submit(local)
+                    self._forward(session, method, {**params, "chain": chain[1:]}, data, chain)
+                    done.result()
                 else:
-                    session.writer.write(offset, data)
+                    local()
             except FsError as exc:
                 raise self._fail(session, _status(exc)) from None
+            if commit:
+                self._ended(session)
             return self._outcome(session, chain)
         finally:
             self._leave(session)
@@ -314,13 +337,17 @@ class ChunkServerService:
                     session.writer.commit()
             except FsError as exc:
                 raise self._fail(session, _status(exc)) from None
-            with self._lock:
-                session.ended = True
-                if self._sessions.get(session.key) is session:
-                    del self._sessions[session.key]
+            self._ended(session)
             return self._outcome(session, chain)
         finally:
             self._leave(session)
+
+    def _ended(self, session: _Session) -> None:
+        """The session committed here: forget it."""
+        with self._lock:
+            session.ended = True
+            if self._sessions.get(session.key) is session:
+                del self._sessions[session.key]
 
     def _enter(self, key: tuple[int, int], expect_version: int | None) -> _Session:
         """The open session `key` (opened by this call if expect_version is not None), with one

@@ -400,11 +400,22 @@ class InodeData:
             pos += take
 
     def flush(self, handle: "FileHandle | None" = None, fsync: bool = False) -> None:
-        """Write everything buffered so far and wait for it; then raise what `handle` has not seen."""
+        """Write everything buffered so far and wait for it; then raise what `handle` has not seen.
+
+        This thread writes one of the chunks itself (the only one, for a small file) instead of
+        handing it to the flush pool and waiting: the hand-off costs a thread wake-up each way."""
         with self.lock:
             target = self._force_seq = self._seq
+            here = None
             for index in self._dirty:
-                self._start_job(index)
+                if here is None and index not in self._jobs:
+                    self._jobs.add(index)
+                    here = index
+                else:
+                    self._start_job(index)
+        if here is not None:
+            self._flush_job(here)
+        with self.lock:
             while any(e.first_seq <= target for e in (*self._dirty.values(), *self._inflight.values())):
                 self._changed.wait()
         if handle is not None:
