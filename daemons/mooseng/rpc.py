@@ -223,6 +223,7 @@ class Server:
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
         reader = _Reader(conn)
+        pack = msgpack.Packer(use_bin_type=True).pack  # one per connection: making one per reply costs more than packing it
         try:
             if reader.small(len(MAGIC)) != MAGIC:
                 log.warning("%s: %s is not a MooseNG peer (bad magic); closing", self._name, peer)
@@ -234,12 +235,11 @@ class Server:
                     if not stopping:
                         self._running += 1
                 if stopping:
-                    reply = msgpack.packb([UNAVAILABLE, f"{self._name} is stopping", None], use_bin_type=True)
-                    _send_frame(conn, reply, b"")
+                    _send_frame(conn, pack([UNAVAILABLE, f"{self._name} is stopping", None]), b"")
                     continue
                 try:
                     status, message, result, out = self._dispatch(header, data, peer)
-                    _send_frame(conn, msgpack.packb([status, message, result], use_bin_type=True), out)
+                    _send_frame(conn, pack([status, message, result]), out)
                 finally:
                     # A request counts as running until its reply is sent, so stop() cannot
                     # close the connection between the handler's return and the reply.
@@ -282,12 +282,13 @@ class Server:
 class _Conn:
     """A client connection: its socket, frame reader and the timeout its socket has now."""
 
-    __slots__ = ("sock", "reader", "timeout")
+    __slots__ = ("sock", "reader", "timeout", "pack")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.reader = _Reader(sock)
         self.timeout = 0.0
+        self.pack = msgpack.Packer(use_bin_type=True).pack  # one call at a time uses a connection
 
     def set_timeout(self, seconds: float) -> None:
         if seconds != self.timeout:
@@ -348,7 +349,7 @@ class Client:
         fresh = conn is None
         if fresh:
             conn = self._connect()
-        header = msgpack.packb([method, params], use_bin_type=True)
+        header = conn.pack([method, params])
         timeout = timeout_s or self._timeout
         try:
             conn.set_timeout(timeout)
