@@ -12,8 +12,9 @@ from collections import OrderedDict
 from operator import index
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uintptr_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from isal_erasure_code cimport ec_encode_data, ec_init_tables, gf_gen_cauchy1_matrix, gf_invert_matrix, gf_mul
 
@@ -105,6 +106,84 @@ cdef void _run(int k, int rows, unsigned char *tables, unsigned char **src, unsi
         offset += n
 
 
+cdef class _Pieces:
+    """The (chunk offset, buffer) pieces of one encode_striped call, held for as long as it runs."""
+
+    cdef Py_buffer *views
+    cdef Py_ssize_t *offsets
+    cdef Py_ssize_t count
+
+    def __cinit__(self, Py_ssize_t n):
+        self.count = 0
+        self.views = <Py_buffer *>PyMem_Malloc(max(n, 1) * sizeof(Py_buffer))
+        self.offsets = <Py_ssize_t *>PyMem_Malloc(max(n, 1) * sizeof(Py_ssize_t))
+        if self.views == NULL or self.offsets == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            PyBuffer_Release(&self.views[i])
+        PyMem_Free(self.views)
+        PyMem_Free(self.offsets)
+
+    cdef int add(self, Py_ssize_t offset, obj) except -1:
+        """Take a contiguous view of a piece; pieces must come sorted and disjoint."""
+        cdef Py_ssize_t i = self.count
+        if offset < 0:
+            raise ValueError(f"piece {i} is at offset {offset}, before the chunk")
+        try:
+            PyObject_GetBuffer(obj, &self.views[i], PyBUF_SIMPLE)
+        except (TypeError, BufferError) as e:
+            raise TypeError(f"piece {i}: need a contiguous buffer: {e}") from None
+        self.offsets[i] = offset
+        self.count += 1
+        if i and offset < self.offsets[i - 1] + self.views[i - 1].len:
+            raise ValueError(f"piece {i} at offset {offset} overlaps or precedes piece {i - 1} "
+                             f"(offset {self.offsets[i - 1]}, {self.views[i - 1].len} bytes)")
+        return 0
+
+
+cdef void _fill(unsigned char *dst, Py_ssize_t a, Py_ssize_t n, Py_ssize_t stop, _Pieces pieces,
+                Py_ssize_t *cursor) noexcept nogil:
+    """dst[0:n] = chunk bytes [a, a+n): the pieces' bytes, zeros where none is or from stop on.
+    *cursor is the first piece that may still matter; callers go forward through the chunk."""
+    cdef Py_ssize_t end = min(a + n, max(stop, a)), start, size, take
+    cdef Py_ssize_t j = cursor[0]
+    cdef unsigned char *out = dst
+    while a < end:
+        while j < pieces.count and pieces.offsets[j] + pieces.views[j].len <= a:
+            j += 1
+        if j == pieces.count or pieces.offsets[j] >= end:
+            break
+        start, size = pieces.offsets[j], pieces.views[j].len
+        if start > a:
+            memset(out, 0, start - a)
+            out += start - a
+            a = start
+        take = min(end, start + size) - a
+        memcpy(out, <unsigned char *>pieces.views[j].buf + (a - start), take)
+        out += take
+        a += take
+    cursor[0] = j
+    memset(out, 0, n - (out - dst))
+
+
+cdef int _check_apart(_Views parts, _Pieces pieces) except -1:
+    """Refuse a piece that overlaps a part buffer: laying it out would overwrite its own source."""
+    cdef Py_ssize_t i, j
+    cdef uintptr_t a, b, n
+    if parts.length == 0:
+        return 0
+    for j in range(pieces.count):
+        b, n = <uintptr_t>pieces.views[j].buf, <uintptr_t>pieces.views[j].len
+        for i in range(parts.count):
+            a = <uintptr_t>parts.ptrs[i]
+            if n and a < b + n and b < a + <uintptr_t>parts.length:
+                raise ValueError(f"piece {j} overlaps part {i}")
+    return 0
+
+
 cdef class Codec:
     """A k+m Reed-Solomon code: encode tables built once, decode tables cached per erasure pattern.
 
@@ -151,6 +230,46 @@ cdef class Codec:
         views.check_outputs(k)
         with nogil:
             _run(k, self.m, self.encode_tables, views.ptrs, &views.ptrs[k], views.length)
+
+    def encode_striped(self, Py_ssize_t block, Py_ssize_t base, pieces, parts, Py_ssize_t stop=-1):
+        """Lay chunk bytes out in the striped layout and encode them, all in one call.
+
+        parts: k+m writable buffers of one length, a whole number of rows of `block` bytes. Row r
+        of data part i gets chunk bytes [base + (r*k + i) * block, ... + block) from `pieces`,
+        (chunk offset, buffer) pairs sorted and disjoint; bytes no piece covers, or from chunk
+        offset `stop` on (if >= 0), are zeros. Each row's parity is computed right after its data
+        is laid out, while it is still in the CPU's cache, with the GIL released throughout.
+        """
+        cdef int k = self.k, m = self.m, i
+        cdef Py_ssize_t rows, r, cursor = 0, a
+        if not 1 <= block <= MAX_SLICE or base < 0:
+            raise ValueError(f"encode_striped: block {block} must be 1..{MAX_SLICE} and base {base} >= 0")
+        parts = tuple(parts)
+        if len(parts) != k + m:
+            raise ValueError(f"encode_striped needs {k + m} part buffers, got {len(parts)}")
+        cdef _Views views = _Views(lambda i: f"part {i}")
+        for part in parts:
+            views.add(part, True)
+        views.check_outputs(0)
+        if views.length % block:
+            raise ValueError(f"part buffers of {views.length} bytes are not whole rows of {block} bytes")
+        pieces = [(index(offset), data) for offset, data in pieces]
+        cdef _Pieces held = _Pieces(len(pieces))
+        for offset, data in pieces:
+            held.add(offset, data)
+        _check_apart(views, held)
+        rows = views.length // block
+        if stop < 0:
+            stop = base + rows * k * block
+        cdef unsigned char *d[MAX_FRAGMENTS]
+        with nogil:
+            for r in range(rows):
+                for i in range(k + m):
+                    d[i] = views.ptrs[i] + r * block
+                a = base + r * k * block
+                for i in range(k):
+                    _fill(d[i], a + i * block, block, stop, held, &cursor)
+                ec_encode_data(<int>block, k, m, self.encode_tables, d, &d[k])
 
     def decode(self, frags, want, out):
         """Rebuild the fragments numbered in want into out (same order) from k of frags.

@@ -17,6 +17,14 @@ class Codec:
     def m(self) -> int: ...
     def __init__(self, k: int, m: int, *, decode_cache_size: int = 64) -> None: ...
     def encode(self, data_frags: Iterable[ReadableBuffer], parity_frags: Iterable[WriteableBuffer]) -> None: ...
+    def encode_striped(
+        self,
+        block: int,
+        base: int,
+        pieces: Iterable[tuple[SupportsIndex, ReadableBuffer]],
+        parts: Iterable[WriteableBuffer],
+        stop: int = -1,
+    ) -> None: ...
     def decode(
         self,
         frags: Sequence[ReadableBuffer | None],

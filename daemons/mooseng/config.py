@@ -119,6 +119,8 @@ SCHEMAS: dict[str, list[Key]] = {
         Key("cache_size_mb", "int", 1024, "MOOSENG_CACHE_SIZE_MB", min=1),
         Key("snapshot_every", "int", 100_000, "MOOSENG_SNAPSHOT_EVERY", min=1, help="applied Raft entries between snapshots"),
         Key("chunkserver_timeout_s", "float", 10.0, "MOOSENG_CHUNKSERVER_TIMEOUT_S", min=0.1, help="missed heartbeats before a chunkserver is down"),
+        Key("client_session_timeout_s", "float", 86400.0, "MOOSENG_CLIENT_SESSION_TIMEOUT_S", min=1, help="a client silent this long loses the files it kept open after unlinking them"),
+        Key("write_lease_s", "float", 20.0, "MOOSENG_WRITE_LEASE_S", min=1, max=3600, help="a chunk's write lease expires this long after it was granted if its writer never gives it back"),
         # Self-healing (master/healing.py): replication, over-goal deletion, rebalancing.
         Key("healing_interval_s", "float", 1.0, "MOOSENG_HEALING_INTERVAL_S", min=0.05, max=60, help="how often the leader plans replications"),
         Key("replication_max_per_server", "int", 32, "MOOSENG_REPLICATION_MAX_PER_SERVER", min=1, max=1000, help="replications ordered to or from a chunkserver and not yet done (it runs replication_workers of them at once)"),

@@ -18,6 +18,7 @@ Everything here is pure; the chunkserver's builder and the client's ecio do the 
 from __future__ import annotations
 
 import functools
+import mmap
 from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
@@ -31,6 +32,7 @@ __all__ = [
     "Codec",
     "NotEnoughFragments",
     "MAX_PARTS",
+    "aligned_buffer",
     "check_geometry",
     "check_sources",
     "chunk_end",
@@ -79,6 +81,14 @@ def codec(k: int, m: int) -> Codec:
     """One shared Codec per geometry (it is thread-safe and caches its decode tables)."""
     check_geometry(k, m)
     return Codec(k, m)
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """`size` zeroed bytes of their own pages, starting on one (so on a cache line): ISA-L encoded
+    8+4 6-7 % faster in such buffers than in bytearrays (heap memory, 16 bytes past a cache line,
+    so every 64-byte AVX-512 access straddles two lines); docs/DESIGN.md "Erasure coding". The
+    pages appear as they are first touched."""
+    return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
 
 
 # --- sizes --------------------------------------------------------------------------------------

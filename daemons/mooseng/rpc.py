@@ -159,13 +159,16 @@ Handler = Callable[[dict, bytearray, str], object]
 
 
 class Reply:
-    """A handler's result that also carries raw data (a buffer sent without msgpack copies)."""
+    """A handler's result that also carries raw data (a buffer sent without msgpack copies), and
+    optionally work to do once the reply is sent (`after()`, in the connection's thread: work
+    the caller need not wait for)."""
 
-    __slots__ = ("result", "data")
+    __slots__ = ("result", "data", "after")
 
-    def __init__(self, result, data):
+    def __init__(self, result, data, after=None):
         self.result = result
         self.data = data
+        self.after = after
 
 
 class Server:
@@ -238,8 +241,10 @@ class Server:
                     _send_frame(conn, pack([UNAVAILABLE, f"{self._name} is stopping", None]), b"")
                     continue
                 try:
-                    status, message, result, out = self._dispatch(header, data, peer)
+                    status, message, result, out, after = self._dispatch(header, data, peer)
                     _send_frame(conn, pack([status, message, result]), out)
+                    if after is not None:
+                        after()
                 finally:
                     # A request counts as running until its reply is sent, so stop() cannot
                     # close the connection between the handler's return and the reply.
@@ -260,23 +265,23 @@ class Server:
         try:
             request = msgpack.unpackb(header, raw=False, strict_map_key=False)
         except Exception as exc:
-            return INVALID_ARGUMENT, f"malformed request: {exc}", None, b""
+            return INVALID_ARGUMENT, f"malformed request: {exc}", None, b"", None
         if not (isinstance(request, list) and len(request) == 2 and isinstance(request[0], str) and isinstance(request[1], dict)):
-            return INVALID_ARGUMENT, "malformed request: expected [method, params]", None, b""
+            return INVALID_ARGUMENT, "malformed request: expected [method, params]", None, b"", None
         method, params = request
         handler = self._handlers.get(method)
         if handler is None:
-            return INVALID_ARGUMENT, f"unknown method {method!r}", None, b""
+            return INVALID_ARGUMENT, f"unknown method {method!r}", None, b"", None
         try:
             result = handler(params, data, peer)
         except RpcError as exc:
-            return exc.status, exc.message, None, b""
+            return exc.status, exc.message, None, b"", None
         except Exception:
             log.exception("%s: %s from %s failed", self._name, method, peer)
-            return INTERNAL, f"internal error in {method}", None, b""
+            return INTERNAL, f"internal error in {method}", None, b"", None
         if isinstance(result, Reply):
-            return OK, "", result.result, result.data
-        return OK, "", result, b""
+            return OK, "", result.result, result.data, result.after
+        return OK, "", result, b"", None
 
 
 class _Conn:

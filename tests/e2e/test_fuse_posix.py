@@ -12,12 +12,15 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 
 import pytest
 
 from mooseng.client.masterclient import MasterClient
+from mooseng.errors import FsError
+from support.polling import wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -398,3 +401,57 @@ def test_reads_and_writes_survive_a_dead_chunkserver(cluster_factory):
     (cluster.mountpoint(1) / "after").write_bytes(after)
     drop_kernel_caches()
     assert (cluster.mountpoint(2) / "after").read_bytes() == after
+
+
+def test_an_unlinked_file_stays_readable_and_writable_until_its_last_close(cluster, workdir):
+    """Linux keeps a file whose last name goes while it is open until its last close; so does
+    MooseNG for the client that removed the name (MooseFS's sustained files), by unlink or by a
+    rename over it, and frees its chunks at that close."""
+    master = MasterClient(cluster.master_endpoints, timeout_s=10)
+    try:
+        path = workdir / "scratch"
+        data = os.urandom(3 * MiB + 5)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+            ino = os.fstat(fd).st_ino
+            os.unlink(path)
+            assert not path.exists() and os.fstat(fd).st_nlink == 0
+            more = os.urandom(64 * MiB)  # into a second chunk, after the unlink
+            os.pwrite(fd, more, len(data))
+            os.fsync(fd)
+            drop_kernel_caches()
+            assert os.pread(fd, len(data), 0) == data
+            assert os.pread(fd, len(more), len(data)) == more
+            assert os.fstat(fd).st_size == len(data) + len(more)
+            chunks = master.call("chunks", {"ino": ino, "index": 0, "count": 2})
+            assert all(c["chunk_id"] for c in chunks)
+        finally:
+            os.close(fd)
+
+        def freed():
+            try:
+                master.call("getattr", {"ino": ino})
+            except FsError as exc:
+                return exc.errno == errno.ENOENT
+            return False
+
+        wait_for("the file freed at its last close", freed, 10)
+
+        target = workdir / "target"
+        target.write_bytes(b"old contents")
+        with open(target, "rb") as old:
+            (workdir / "new").write_bytes(b"new")
+            os.rename(workdir / "new", target)
+            assert target.read_bytes() == b"new"
+            drop_kernel_caches()
+            assert old.read() == b"old contents", "the replaced file is still there for its reader"
+        with tempfile.TemporaryFile(dir=workdir) as tmp:  # create + unlink: O_TMPFILE is not offered
+            tmp.write(b"x" * 5 * MiB)
+            tmp.flush()
+            tmp.seek(0)
+            assert tmp.read() == b"x" * 5 * MiB
+        assert sorted(p.name for p in workdir.iterdir()) == ["target"]
+    finally:
+        master.close()

@@ -35,7 +35,7 @@ def free_port() -> int:
 class Master:
     """One mooseng-master process on free loopback ports; restartable on the same data dir."""
 
-    def __init__(self, tmp_path: Path, timeout_s: float = 10.0):
+    def __init__(self, tmp_path: Path, timeout_s: float = 10.0, extra: str = ""):
         self.dir = tmp_path
         self.listen = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
@@ -46,7 +46,7 @@ class Master:
             f'metrics_listen = "{self.metrics}"\n'
             f'raft_listen = "127.0.0.1:{free_port()}"\n'
             f'data_dir = "{tmp_path / "data"}"\n'
-            f"chunkserver_timeout_s = {timeout_s}\n"
+            f"chunkserver_timeout_s = {timeout_s}\n" + extra
         )
         self.proc: subprocess.Popen | None = None
         self.client: rpc.Client | None = None
@@ -434,6 +434,7 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     assert chunk["chunk_id"] == chunk_id and sorted(chunk["servers"]) == sorted(w["servers"])
 
     # Rewrite: the holders take version 2 before the master logs it; the write goes out at 2.
+    # (The commit below that misses a copy moves the chunk on to version 3.)
     again = master.ok("write_chunk", ino=ino, index=0)
     assert not again["new"] and (again["version"], again["expect_version"]) == (2, 2)
     assert sorted(again["servers"]) == sorted(w["servers"])
@@ -443,7 +444,7 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     fakes[by_address[good]].copies[chunk_id][1] = b"v2"
     master.ok("commit_write", ino=ino, size=1000, chunks=[report(chunk_id, 2, [good])])
     [chunk] = master.ok("chunks", ino=ino, index=0)
-    assert chunk["servers"] == [good] and read_back(chunk) == [b"v2"]
+    assert chunk["servers"] == [good] and read_back(chunk) == [b"v2"] and chunk["version"] == 3
     bad_id, good_id = by_address[bad], by_address[good]
     assert heartbeat(master, bad_id, sessions[bad_id], added=[(chunk_id, 2)]) == (False, [(chunk_id, 2)])
     # A chunk the namespace never heard of is deleted too.
@@ -452,7 +453,9 @@ def test_write_path_with_fake_chunkservers(master, fakes):
     info = master.ok("fileinfo", ino=ino)
     assert info["class"]["name"] == "default" and info["attr"]["size"] == 1000
     [chunk] = info["chunks"]
-    assert [(c["address"], c["version"], c["valid"]) for c in chunk["copies"]] == [(good, 2, True)]
+    # The commit moved the copy with the data on to version 3 (logged): the missed one is stale.
+    assert [(c["address"], c["version"], c["valid"]) for c in chunk["copies"]] == [(good, 3, True)]
+    assert fakes[by_address[good]].version(chunk_id) == 3
 
     # A class with 3 copies places a new chunk on all three servers.
     assert master.ok("setclass", ino=ino, sclass="fast")["changed"] == 1
@@ -479,7 +482,7 @@ def test_write_path_with_fake_chunkservers(master, fakes):
 
     # Unlinking frees the chunks; holders are told to delete them at their next heartbeat.
     assert sorted(master.ok("unlink", parent=1, name=b"data")["freed"]) == sorted([chunk_id, w1["chunk_id"]])
-    assert heartbeat(master, good_id, sessions[good_id]) == (False, [(chunk_id, 2)])
+    assert heartbeat(master, good_id, sessions[good_id]) == (False, [(chunk_id, 3)])
 
 
 def written_file(master, fakes, name=b"f", data=b"v1", size=1000):
@@ -549,7 +552,8 @@ def test_one_writer_per_chunk_others_get_eagain_until_it_commits(master, fakes):
 def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
     """archive (8+4) on three servers of four disks: a new chunk's 12 parts go 4 to a server; a
     commit records the parts each server stored, a rewrite moves every valid part to the new
-    version, a part that missed the write is fenced, fileinfo lists the parts, and the healer
+    version, a part that missed the write is left behind (the stored parts move on to the next
+    version), fileinfo lists the parts, and the healer
     orders the missing parts rebuilt from 8 others; the built reports complete the chunk."""
     master = masters(timeout_s=2.0).start()
     four = [disk(i) for i in range(4)]
@@ -580,11 +584,13 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
     stored = [p for p in parts if p != 7]  # part 7 took the version but missed the data
     master.ok("commit_write", ino=ino, size=1000,
               chunks=[{"chunk_id": c, "version": 2, "ok": [w["servers"][p] for p in stored], "parts": stored}])
+    assert [fakes[by_address[w["servers"][p]]].version(part_id(c, p)) for p in parts] == [
+        2 if p == 7 else 3 for p in parts]
     info = master.ok("fileinfo", ino=ino)
     [chunk] = info["chunks"]
-    assert (chunk["ec"], chunk["target"], chunk["state"]) == ([8, 4], [8, 4], "undergoal")
+    assert (chunk["ec"], chunk["target"], chunk["state"], chunk["version"]) == ([8, 4], [8, 4], "undergoal", 3)
     assert [(x["part"], x["valid"], x["state"]) for x in chunk["copies"]] == [
-        (p, p != 7, "fenced" if p == 7 else "valid") for p in parts]
+        (p, p != 7, "stale" if p == 7 else "valid") for p in parts]
     assert info["progress"] == {"converted": 1, "total": 1}
     assert master.ok("status")["chunks"]["by_class"]["archive"]["undergoal"] == 1
 
@@ -597,21 +603,21 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
         time.sleep(0.2)
     assert sorted(o["part"] for _, o in orders) == [5, 7]
     for sid, o in orders:
-        assert (o["chunk_id"], o["version"], o["ec"], o["length"]) == (c, 2, [8, 4], 1000)
+        assert (o["chunk_id"], o["version"], o["ec"], o["length"]) == (c, 3, [8, 4], 1000)
         assert len(o["sources"]) == 8 and all(s["part"] in stored for s in o["sources"])
         assert all(s["address"] == w["servers"][s["part"]] for s in o["sources"])
     # no server above 4 parts of the chunk: the two parts go to the servers that lost them
     after = [w["servers"][p] for p in stored] + [fakes[sid].address for sid, _ in orders]
     assert sorted(after.count(a) for a in by_address) == [4, 4, 4]
-    fenced = by_address[w["servers"][7]]  # its chunkserver deleted the fenced copy as told
-    master.call("heartbeat", {"server_id": fenced, "session": sessions[fenced], "disks": [], "added": [],
+    stale = by_address[w["servers"][7]]  # its chunkserver deleted the stale copy as told
+    master.call("heartbeat", {"server_id": stale, "session": sessions[stale], "disks": [], "added": [],
                               "removed": [ref(part_id(c, 7), 2)], "bytes_read": 0, "bytes_written": 0})
     for sid, o in orders:
-        fakes[sid].copies[part_id(c, o["part"])] = [2, b"rebuilt"]
+        fakes[sid].copies[part_id(c, o["part"])] = [3, b"rebuilt"]
         master.call("heartbeat", {
             "server_id": sid, "session": sessions[sid], "disks": [], "bytes_read": 0, "removed": [],
-            "bytes_written": 0, "added": [ref(part_id(c, o["part"]), 2)],
-            "built": [{"chunk_id": c, "part": o["part"], "version": 2, "bytes": 65536, "error": ""}]})  # fmt: skip
+            "bytes_written": 0, "added": [ref(part_id(c, o["part"]), 3)],
+            "built": [{"chunk_id": c, "part": o["part"], "version": 3, "bytes": 65536, "error": ""}]})  # fmt: skip
     [chunk] = master.ok("fileinfo", ino=ino)["chunks"]
     assert chunk["state"] == "stable"
     status = master.ok("status")
@@ -622,14 +628,14 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
 
     # A failed session (fewer than k parts stored it) fences nothing: the chunk stays stable.
     again = master.ok("write_chunk", ino=ino, index=0)
-    assert again["version"] == 3 and "" not in again["servers"]
+    assert again["version"] == 4 and "" not in again["servers"]
     master.ok("commit_write", ino=ino, size=1000, chunks=[
         {"chunk_id": c, "version": again["version"], "ok": again["servers"][:3], "parts": [0, 1, 2]}])
     [chunk] = master.ok("fileinfo", ino=ino)["chunks"]
-    assert chunk["state"] == "stable" and chunk["version"] == 3
+    assert chunk["state"] == "stable" and chunk["version"] == 4
 
     # Two servers refuse the new version: 4 parts could move, 8 are needed. Nothing is logged and
-    # the 4 go back, so the chunk stays readable at version 3.
+    # the 4 go back, so the chunk stays readable at version 4.
     refusing = [sid for sid in fakes if sid != by_address[w["servers"][0]]]
     for sid in refusing:
         fakes[sid].mode = "refuse"
@@ -637,7 +643,7 @@ def test_erasure_coded_chunks_with_fake_chunkservers(masters, fakes):
     code, _, message = master.meta("write_chunk", ino=ino, index=0)
     assert code == errno.EIO and message.startswith(f"chunk {c}: 4 parts took the new version, needs 8: ")
     assert master.last_index() == before
-    assert {fakes[by_address[a]].version(part_id(c, p)) for p, a in enumerate(again["servers"])} == {3}
+    assert {fakes[by_address[a]].version(part_id(c, p)) for p, a in enumerate(again["servers"])} == {4}
 
 
 def test_setclass_archive_converts_a_chunk_of_copies_into_parts(masters, fakes):
@@ -757,6 +763,76 @@ def test_a_copy_that_takes_the_version_late_is_fenced(master, fakes):
     assert master.ok("chunks", ino=ino, index=0)[0]["servers"] == [fast.address]
 
 
+def test_copies_that_missed_a_write_stay_invalid_after_the_master_restarts(master, fakes):
+    """A fence lives in one master's memory; the version the commit moves the good copies to is
+    logged. So after kill -9 and a restart, the copy that missed the write (it took version 2
+    without the data) and the copy that took version 2 late are stale, and only the copy with
+    the data is read."""
+    sessions = {sid: register(master, sid, address=fake.address) for sid, fake in fakes.items()}
+    ino, chunk_id, (good, missed) = written_file(master, fakes)
+    w = master.ok("write_chunk", ino=ino, index=0)
+    assert sorted(w["servers"]) == sorted([good.address, missed.address]) and w["version"] == 2
+    good.copies[chunk_id][1] = b"v2"  # the write reaches one copy only
+    master.ok("commit_write", ino=ino, size=1000, chunks=[report(chunk_id, 2, [good.address])])
+    assert (good.version(chunk_id), missed.version(chunk_id)) == (3, 2)
+
+    ino2, chunk2, (fast, late) = written_file(master, fakes, name=b"g")
+    late.mode = "late"  # the session's set_version lands on it after the master gave up on it
+    w = master.ok("write_chunk", ino=ino2, index=0)
+    assert w["servers"] == [fast.address] and w["version"] == 2
+    fast.copies[chunk2][1] = b"g2"
+    deadline = time.monotonic() + 10
+    while late.version(chunk2) != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    master.ok("commit_write", ino=ino2, size=1000, chunks=[report(chunk2, 2, [fast.address])])
+    assert (fast.version(chunk2), late.version(chunk2)) == (3, 2)
+
+    master.kill9()
+    master.start()
+    for sid, fake in fakes.items():
+        fake.mode = "ok"
+        register(master, sid, address=fake.address, chunks=[(c, v) for c, (v, _) in fake.copies.items()])
+    for ino_, chunk_, holder, version, data, other in ((ino, chunk_id, good, 3, b"v2", missed),
+                                                       (ino2, chunk2, fast, 3, b"g2", late)):
+        [chunk] = master.ok("chunks", ino=ino_, index=0)
+        assert (chunk["version"], chunk["servers"], read_back(chunk)) == (version, [holder.address], [data])
+        [info] = master.ok("fileinfo", ino=ino_)["chunks"]
+        assert sorted((c["address"], c["valid"]) for c in info["copies"]) == sorted(
+            [(holder.address, True), (other.address, False)])
+    assert len(sessions) == 3
+
+
+def test_a_copy_whose_server_went_down_mid_write_is_stale_when_it_returns(masters, fakes):
+    """The server of one copy goes down during a client's session (its copies leave the
+    registry, so no fence can name it); the session's lease knew where the client was sent, so
+    the commit still moves the stored copy on, and the returning copy is stale."""
+    master = masters(timeout_s=0.5).start()
+    sessions = {sid: register(master, sid, address=fake.address) for sid, fake in fakes.items()}
+    by_address = {fake.address: sid for sid, fake in fakes.items()}
+    ino, chunk_id, (good, gone) = written_file(master, fakes)
+    meta = {"op": "write_chunk", "args": {"ino": ino, "index": 0}, "client_id": 77, "seq": 1,
+            "uid": 0, "gid": 0, "gids": []}  # fmt: skip
+    w = master.call("meta", meta)["result"]
+    assert sorted(w["servers"]) == sorted([good.address, gone.address]) and w["version"] == 2
+    good.copies[chunk_id][1] = b"v2"
+    gone_id = by_address[gone.address]
+    deadline = time.monotonic() + 10
+    while {s["server_id"]: s["state"] for s in master.ok("status")["chunkservers"]}[gone_id] != "down":
+        assert time.monotonic() < deadline
+        for sid in sessions:
+            if sid != gone_id:
+                heartbeat(master, sid, sessions[sid])
+        time.sleep(0.1)
+    commit = {"op": "commit_write", "client_id": 77, "seq": 2, "uid": 0, "gid": 0, "gids": [],
+              "args": {"ino": ino, "size": 1000, "chunks": [report(chunk_id, 2, [good.address])]}}  # fmt: skip
+    assert master.call("meta", commit)["errno"] == 0
+    assert (good.version(chunk_id), gone.version(chunk_id)) == (3, 2)
+    register(master, gone_id, address=gone.address, chunks=[(chunk_id, 2)])
+    [chunk] = master.ok("chunks", ino=ino, index=0)
+    assert (chunk["version"], chunk["servers"], read_back(chunk)) == (3, [good.address], [b"v2"])
+
+
 def test_truncate_returns_tail_servers(master, fakes):
     for sid, fake in fakes.items():
         register(master, sid, address=fake.address)
@@ -780,6 +856,35 @@ def test_refused_truncate_puts_the_copies_back(master, fakes):
     assert [f.version(chunk_id) for f in holders] == [1, 1], "set_version undone: copies match the namespace"
     [chunk] = master.ok("chunks", ino=ino, index=0)
     assert chunk["version"] == 1 and read_back(chunk) == [b"v1", b"v1"]
+
+
+def test_a_silent_clients_sustained_files_are_dropped_after_the_session_timeout(masters):
+    """A file unlinked by a client that has it open stays (sustained) while that client is
+    heard from; a client silent for client_session_timeout_s is gone, and so are its files."""
+    m = masters(extra="client_session_timeout_s = 2.0\n").start()
+
+    def by(client, seq, op, **args):
+        reply = m.call("meta", {"op": op, "args": args, "client_id": client, "seq": seq, "uid": 0, "gid": 0,
+                                "gids": []})  # fmt: skip
+        assert reply["errno"] == 0, reply["message"]
+        return reply["result"]
+
+    kept = by(5, 1, "mknod", parent=1, name=b"kept", mode=S_IFREG | 0o644)["ino"]
+    dropped = by(6, 1, "mknod", parent=1, name=b"dropped", mode=S_IFREG | 0o644)["ino"]
+    assert by(5, 2, "unlink", parent=1, name=b"kept", open=[kept])["sustained"]
+    assert by(6, 2, "unlink", parent=1, name=b"dropped", open=[dropped])["sustained"]
+    deadline = time.monotonic() + 15
+    seq = 3
+    while m.meta("getattr", ino=dropped)[0] == 0:  # client 6 says nothing more
+        assert time.monotonic() < deadline, "client 6's file was never dropped"
+        by(5, seq, "getattr", ino=kept)  # client 5 is alive
+        seq += 1
+        time.sleep(0.2)
+    assert m.meta("getattr", ino=dropped)[0] == errno.ENOENT
+    assert by(5, seq, "getattr", ino=kept)["nlink"] == 0
+    assert "clients [6] silent for over 2 s: dropped 1 unlinked file(s)" in m.log.read_text()
+    assert by(5, seq + 1, "release", ino=kept) == {"freed": []}
+    assert m.meta("getattr", ino=kept)[0] == errno.ENOENT
 
 
 def test_silent_chunkserver_goes_down(masters):

@@ -279,8 +279,6 @@ def test_flipped_bytes_are_found_by_the_scrubber_and_the_copy_is_repaired(harnes
     with open(path, "r+b") as f:  # flip bytes inside data block 1
         f.seek(8192 + 64 * 1024 + 77)
         f.write(bytes(b ^ 0xFF for b in f.read(16)))
-    for _ in range(3):
-        assert h.client.read_file("/f") == data
     wait_for("the scrubber to find the damage", lambda: h.metric(bad, "mooseng_scrub_errors_total") >= 1, 20)
     assert h.metric(bad, "mooseng_scrub_bytes_total") > 0
 
@@ -305,6 +303,36 @@ def test_flipped_bytes_are_found_by_the_scrubber_and_the_copy_is_repaired(harnes
     wait_for("the chunk repaired, then the damaged copy deleted", lambda: h.at_goal() and not path.exists(), 30)
     [after] = h.fileinfo("f")["chunks"]
     assert sorted(c["address"] for c in after["copies"]) == sorted([holders[1], spare.addr("api")])
+    assert h.client.read_file("/f") == data
+
+
+def test_a_read_that_meets_a_bad_block_marks_the_copy_damaged_and_it_is_repaired(harness):
+    """With the scrubber off, a client's read is what finds the damage: it is served from the
+    other copy, and the bad copy is reported, repaired and deleted without waiting for a scrub."""
+    h = harness(env={"MOOSENG_SCRUB_MB_S": "0"})
+    data = os.urandom(2 * MiB + 77)
+    h.write("f", data)
+    [chunk] = h.fileinfo("f")["chunks"]
+    holders = [c["address"] for c in chunk["copies"]]
+    bad = h.node_of(holders[0])
+    path = chunk_file(bad, chunk["chunk_id"])
+    with open(path, "r+b") as f:  # flip bytes inside data block 3
+        f.seek(8192 + 3 * 64 * 1024 + 5)
+        f.write(bytes(b ^ 0xFF for b in f.read(16)))
+    chunks = ChunkClient()
+    try:
+        got = chunks.read(chunk["chunk_id"], chunk["version"], 0, len(data), holders)
+    finally:
+        chunks.close()
+    assert b"".join(got) == data, "read from the good copy after the bad one failed its CRC"
+    assert h.metric(bad, "mooseng_crc_errors_total") >= 1
+    wait_for("the copy repaired on the third server, then the bad copy deleted",
+             lambda: h.at_goal() and not path.exists(), REPAIR_BOUND_S)
+    [after] = h.fileinfo("f")["chunks"]
+    assert holders[0] not in [c["address"] for c in after["copies"]]
+    assert holders[1] in [c["address"] for c in after["copies"]]
+    master_log = h.cluster.node("master-1").log_path.read_text()
+    assert f"reports its copy of chunk {chunk['chunk_id']} (version {chunk['version']}) damaged" in master_log
     assert h.client.read_file("/f") == data
 
 

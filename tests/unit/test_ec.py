@@ -203,7 +203,7 @@ def test_codec_shared_between_threads():
     assert errors == []
 
 
-@pytest.mark.parametrize("operation", ["encode", "decode"])
+@pytest.mark.parametrize("operation", ["encode", "decode", "encode_striped"])
 def test_coding_releases_the_gil(operation):
     """With a switch interval far longer than the test, a thread holding the GIL is never preempted:
     the main thread runs before the worker's call has finished only if the call released the GIL."""
@@ -218,6 +218,8 @@ def test_coding_releases_the_gil(operation):
         started.set()
         if operation == "encode":
             codec.encode(data, parity)
+        elif operation == "encode_striped":
+            codec.encode_striped(1 << 16, 0, [(0, data[0])], data[1:] + parity + [bytearray(size)])
         else:
             codec.decode([None] * 4 + data[4:] + parity, [0, 1, 2, 3], data[:4])
         finished.append(True)
@@ -473,6 +475,105 @@ def test_encode_rows_pads_a_short_last_row():
     assert bytes(blocks[0][1]) == bytes(stripe[4 * B:]) + bytes(B // 2) and not any(blocks[3][1])
     assert [b"".join(p)[:n] for p, n in zip(blocks, ec.part_lengths(len(stripe), 4, 2))] == ref_parts(stripe, 4, 2)
 
+
+
+# --- encode_striped: layout and encoding of chunk pieces in one call ------------------------------
+
+
+def random_pieces(rng, lo, hi):
+    """Sorted, disjoint (offset, bytes) pieces over [lo, hi) of odd sizes, with gaps, some empty."""
+    pieces, pos = [], lo
+    while pos < hi:
+        pos += rng.choice([0, 0, rng.randrange(1, 3 * B)])
+        n = rng.choice([0, 1, rng.randrange(1, 3 * B)])
+        pieces.append((pos, rng.randbytes(n)))
+        pos += n
+    return pieces
+
+
+def striped_by_python(codec, base, rows, pieces, stop):
+    """The same through the Python path: the rows' chunk bytes zero-filled, encode_rows, joined."""
+    k = codec.k
+    stripe = bytearray(rows * k * B)
+    for offset, data in pieces:
+        a, b = max(offset, base), min(offset + len(data), base + len(stripe), stop)
+        if a < b:
+            stripe[a - base:b - base] = data[a - offset:b - offset]
+    blocks = ec.encode_rows(codec, stripe, [bytearray(rows * B) for _ in range(codec.m)])
+    return [b"".join(part) for part in blocks]
+
+
+@pytest.mark.parametrize("k, m", [(8, 4), (4, 2), (3, 2)])
+@pytest.mark.parametrize("seed", range(6))
+def test_encode_striped_matches_the_python_path(k, m, seed):
+    """Pieces with gaps and odd sizes, some before or past the rows, a stop inside a row or none:
+    byte exact against laying out with Python and encode_rows, whatever the buffers held before."""
+    rng = random.Random(seed * 10 + k)
+    codec = ec.codec(k, m)
+    rows, base = rng.randrange(1, 5), rng.randrange(0, 3) * k * B
+    end = base + rows * k * B
+    pieces = random_pieces(rng, max(0, base - 2 * B), end + 2 * B)
+    stop = rng.choice([-1, rng.randrange(base, end), base + rng.randrange(0, k) * B + 1])
+    parts = [bytearray(rng.randbytes(rows * B)) for _ in range(k + m)]  # reused buffers: stale bytes
+    codec.encode_striped(B, base, pieces, parts, stop)
+    assert [bytes(p) for p in parts] == striped_by_python(codec, base, rows, pieces, end if stop < 0 else stop)
+
+
+@pytest.mark.parametrize("k, m", [(8, 4), (4, 2)])
+@pytest.mark.parametrize("length", ODD_LENGTHS)
+def test_encode_striped_of_a_whole_chunk_is_the_striped_layout(k, m, length):
+    """A chunk written as 128 KiB pieces (a FUSE client's writes), its last stripe partial."""
+    data = chunk_data(length, length + 7 * k)
+    rows = ec.chunk_rows(length, k)
+    parts = [bytearray(b"\xff" * rows * B) for _ in range(k + m)]
+    pieces = [(o, memoryview(data)[o:o + (128 << 10)]) for o in range(0, length, 128 << 10)]
+    ec.codec(k, m).encode_striped(B, 0, pieces, parts, length)
+    assert [bytes(p[:n]) for p, n in zip(parts, ec.part_lengths(length, k, m))] == ref_parts(data, k, m)
+    assert not any(any(p[n:]) for p, n in zip(parts, ec.part_lengths(length, k, m)))
+
+
+
+@pytest.mark.parametrize("size", [1, 4097, 3 * B])
+def test_aligned_buffer_is_zeroed_writable_and_starts_on_a_page(size):
+    import ctypes
+    import mmap
+    buf = ec.aligned_buffer(size)
+    assert len(buf) == size and not any(buf)
+    buf[-1] = 7
+    assert ctypes.addressof(ctypes.c_char.from_buffer(buf)) % mmap.PAGESIZE == 0
+
+def test_encode_striped_with_no_pieces_is_zeros():
+    parts = [bytearray(b"\x01" * 2 * B) for _ in range(6)]
+    ec.codec(4, 2).encode_striped(B, 4 * B, [], parts)
+    assert not any(any(p) for p in parts)
+
+
+def test_encode_striped_refuses_bad_arguments():
+    codec = ec.codec(4, 2)
+    parts = [bytearray(B) for _ in range(6)]
+    with pytest.raises(ValueError, match="overlaps or precedes piece 0"):
+        codec.encode_striped(B, 0, [(10, b"abcd"), (12, b"x")], parts)
+    with pytest.raises(ValueError, match="overlaps or precedes piece 0"):
+        codec.encode_striped(B, 0, [(10, b"a"), (5, b"x")], parts)
+    with pytest.raises(ValueError, match="before the chunk"):
+        codec.encode_striped(B, 0, [(-1, b"a")], parts)
+    with pytest.raises(ValueError, match="needs 6 part buffers, got 5"):
+        codec.encode_striped(B, 0, [], parts[:5])
+    with pytest.raises(ValueError, match="not whole rows of 65536 bytes"):
+        codec.encode_striped(B, 0, [], [bytearray(B + 1) for _ in range(6)])
+    with pytest.raises(ValueError, match="part 3 has"):
+        codec.encode_striped(B, 0, [], parts[:3] + [bytearray(2 * B)] + parts[4:])
+    with pytest.raises(ValueError, match="block 0 must be"):
+        codec.encode_striped(0, 0, [], parts)
+    with pytest.raises(TypeError, match="part 1: need a writable"):
+        codec.encode_striped(B, 0, [], [parts[0], bytes(B)] + parts[2:])
+    with pytest.raises(TypeError, match="piece 0: need a contiguous buffer"):
+        codec.encode_striped(B, 0, [(0, "text")], parts)
+    shared = bytearray(2 * B)
+    with pytest.raises(ValueError, match="part 0 overlaps part 1"):
+        codec.encode_striped(B, 0, [], [memoryview(shared)[:B], memoryview(shared)[B // 2:B // 2 + B]] + parts[2:])
+    with pytest.raises(ValueError, match="piece 0 overlaps part 2"):
+        codec.encode_striped(B, 0, [(0, memoryview(parts[2])[5:9])], parts)
 
 @pytest.mark.parametrize("k", [8, 4, 1])
 def test_read_plan_and_gather_give_every_range(k):

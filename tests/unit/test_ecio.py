@@ -357,3 +357,18 @@ def test_a_file_with_erasure_coded_chunks_is_written_a_chunk_at_a_time():
         files.release(handle.fh)
     finally:
         files.close()
+
+
+def test_write_buffers_are_page_aligned_and_the_pool_keeps_the_largest(monkeypatch):
+    """The pool keeps the ARENAS largest buffers and hands out the smallest that fits."""
+    import ctypes
+    import mmap
+    monkeypatch.setattr(ecio, "_arenas", [])
+    held = [ecio._Arena(n * B) for n in (3, 2, 1)]
+    bufs = [a._buf for a in held]
+    for a in held:
+        a.release()
+    assert len(ecio._arenas) == ecio.ARENAS == 2 and ecio._arenas[0] is bufs[0] and ecio._arenas[1] is bufs[1]
+    again = ecio._Arena(2 * B)
+    assert again._buf is bufs[1] and len(again.view) == 2 * B
+    assert ctypes.addressof(ctypes.c_char.from_buffer(again.view)) % mmap.PAGESIZE == 0

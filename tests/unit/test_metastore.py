@@ -284,10 +284,10 @@ def test_a_failed_log_write_stops_the_node_and_refuses_ops(data, monkeypatch):
 
 def test_a_waiter_keeps_its_first_outcome_and_times_out_without_one():
     waiter = _Waiter()
-    assert not waiter.is_done() and waiter.wait(0.01) is False
+    assert not waiter.finished and waiter.wait(0.01) is False
     waiter.done(True, "first")
     waiter.done(False, FsError(errno.EIO, "a later sweep"))
-    assert waiter.is_done() and waiter.wait(1.0) is True
+    assert waiter.finished and waiter.wait(1.0) is True
     assert (waiter.ok, waiter.value) == (True, "first")
 
 

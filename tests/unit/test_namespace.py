@@ -104,7 +104,9 @@ def check(ns: Namespace) -> None:
             assert n.nlink == 2 + subdirs[ino], f"dir {ino}: nlink {n.nlink}, subdirs {subdirs[ino]}"
             assert links[ino] == (0 if ino == ROOT_INODE else 1)
         else:
-            assert n.nlink == links[ino] >= 1, f"inode {ino}: nlink {n.nlink}, links {links[ino]}"
+            sustained = ino in ns._sustained
+            assert n.nlink == links[ino] >= (0 if sustained else 1), f"inode {ino}: nlink {n.nlink}, links {links[ino]}"
+            assert not sustained or n.nlink == 0, f"inode {ino} is sustained with {n.nlink} links"
     assert chunk_owner == {c: rec[1] for c, rec in ns._chunks.items()}
     assert all(c < ns._next_chunk for c in ns._chunks) and all(i < ns._next_ino for i in inodes)
 
@@ -854,6 +856,56 @@ def test_parts_of_another_geometry_become_copies_first(fs):
     assert (info.ec, info.target, info.goal) == (None, (4, 2), 2)
     fs.do("set_layout", chunk_id=c, version=2, ec=[4, 2])
     assert fs.ns.chunk_info(c)[:4] == (3, "ec42", (4, 2), (4, 2))
+
+
+def test_a_file_its_client_has_open_is_sustained_after_its_last_link_goes(fs):
+    def by(client, op, **args):
+        fs.ts += 1
+        return fs.ns.apply({"op": op, "args": args, "ctx": ROOT, "ts": fs.ts, "client_id": client})
+
+    f = fs.create(ROOT_INODE, b"f")
+    c = fs.write(f, 0, size=100)
+    other = fs.create(ROOT_INODE, b"other")
+    fs.fails(errno.EINVAL, "unlink", parent=ROOT_INODE, name=b"f", open=f)
+    # Another client's open file, or a caller without an id: freed as before.
+    r = by(7, "unlink", parent=ROOT_INODE, name=b"other", open=[f])
+    assert r["freed"] == [] and "sustained" not in r and other not in fs.ns._inodes
+    r = by(7, "unlink", parent=ROOT_INODE, name=b"f", open=[other, f])
+    assert r["sustained"] and r["freed"] == [] and r["attr"]["nlink"] == 0
+    assert fs.names(ROOT_INODE) == [] and fs.attr(f)["size"] == 100 and fs.ns.chunk_version(c) == 1
+    fs.fails(errno.ENOENT, "link", ino=f, parent=ROOT_INODE, name=b"back")
+    assert fs.do("write_chunk", ino=f, index=1)["chunk_id"]  # its client still writes it
+    check(fs.ns)
+    assert Namespace.load(fs.ns.dump()).dump() == fs.ns.dump(), "snapshots keep it"
+    assert fs.ns.sustained_owners() == {7}
+    assert by(8, "release", ino=other) == {"freed": []}
+    assert sorted(by(7, "release", ino=f)["freed"]) == [c, c + 1]
+    assert f not in fs.ns._inodes and fs.ns.chunk_count == 0 and fs.ns.sustained_owners() == set()
+    assert by(7, "release", ino=f) == {"freed": []}, "a second release is a no-op"
+    # Replaced by a rename while open; then the client is gone and its session expires.
+    a, b = fs.create(ROOT_INODE, b"a"), fs.create(ROOT_INODE, b"b")
+    cb = fs.write(b, 0)
+    r = by(9, "rename", parent=ROOT_INODE, name=b"a", newparent=ROOT_INODE, newname=b"b", open=[b])
+    assert r["sustained"] and r["replaced"]["ino"] == b and r["freed"] == []
+    check(fs.ns)
+    assert fs.do("expire_sessions", clients=[5]) == {"freed": [], "inodes": []}
+    assert fs.do("expire_sessions", clients=[5, 9]) == {"freed": [cb], "inodes": [b]}
+    assert b not in fs.ns._inodes and fs.names(ROOT_INODE) == [b"b"] and fs.lookup(ROOT_INODE, b"b") == a
+    fs.fails(errno.EINVAL, "expire_sessions", clients=9)
+
+
+def test_bump_version_moves_a_chunk_on_from_the_version_a_write_missed_pieces_at(fs):
+    f = fs.create(ROOT_INODE, b"f")
+    c = fs.do("write_chunk", ino=f, index=0)["chunk_id"]
+    fs.do("write_chunk", ino=f, index=0)
+    fs.fails(errno.ESTALE, "bump_version", chunk_id=c, version=1)
+    fs.fails(errno.ENOENT, "bump_version", chunk_id=99, version=2)
+    assert fs.do("bump_version", chunk_id=c, version=2) == {"chunk_id": c, "version": 3}
+    assert fs.ns.chunk_version(c) == 3
+    assert fs.q("chunks", ino=f, index=0) == [{"index": 0, "chunk_id": c, "version": 3}]
+    fs.do("setclass", ino=f, sclass="archive")
+    e = fs.do("write_chunk", ino=f, index=1)["chunk_id"]
+    assert fs.do("bump_version", chunk_id=e, version=1) == {"chunk_id": e, "version": 2, "ec": [8, 4]}
 
 
 def test_piece_version_says_which_pieces_a_chunk_wants(fs):

@@ -59,11 +59,30 @@ def test_entries_and_hard_state_survive_a_restart(data):
     st.close()
 
 
+def test_a_commit_index_alone_waits_for_the_next_record(data, tmp_path):
+    """Raft finds a lost commit index again: a HardState that only moves it costs no write of
+    its own; it goes out with the next append (or at close)."""
+    st = opened(data)
+    st.persist(HardState(2, 1, 1), ents(2, 5), sync=True)
+    end = log_end(data / LOG)
+    st.persist(HardState(2, 1, 4), [], sync=False)
+    assert log_end(data / LOG) == end and st.initial_state()[0] == HardState(2, 1, 4)
+    shutil.copytree(data, tmp_path / "crashed")  # a crash now: the commit index is older, nothing else
+    st.persist(None, ents(6, 6), sync=True)
+    st.close()
+    crashed = reopen(tmp_path / "crashed")
+    assert crashed.initial_state()[0] == HardState(2, 1, 1) and crashed.last_index() == 5
+    crashed.close()
+    st = reopen(data)
+    assert st.initial_state()[0] == HardState(2, 1, 4) and st.last_index() == 6
+    st.close()
+
+
 def test_appends_overwrite_preallocated_zeros_and_reopen_finds_the_end(data, caplog):
     """The file is grown by written zeros ahead of the records (so an append's fdatasync needs
     no journal commit); the zeros are neither entries nor damage."""
     st = opened(data)
-    st.persist(HardState(2, 1, 0), ents(2, 5), sync=True)
+    st.persist(HardState(2, 1, 1), ents(2, 5), sync=True)
     size = os.path.getsize(data / LOG)
     end = log_end(data / LOG)
     assert size >= end + PREALLOCATE // 2
@@ -95,7 +114,7 @@ def test_a_later_append_replaces_the_conflicting_suffix(data):
 @pytest.mark.parametrize("damage", ["torn", "flipped"])
 def test_a_damaged_tail_is_cut_never_applied(data, tmp_path, caplog, damage):
     st = opened(data)
-    st.persist(HardState(2, 1, 0), ents(2, 5), sync=True)
+    st.persist(HardState(2, 1, 1), ents(2, 5), sync=True)
     size = log_end(data / LOG)
     st.persist(None, ents(6, 8), sync=True)
     crash = tmp_path / "crash"
@@ -194,7 +213,7 @@ def tiny_fs(tmp_path):
 
 def test_disk_full_refuses_writes_and_keeps_what_was_durable(tiny_fs, caplog):
     st = opened(tiny_fs / "meta")
-    st.persist(HardState(2, 1, 0), ents(2, 5), sync=True)
+    st.persist(HardState(2, 1, 1), ents(2, 5), sync=True)
     big = [Entry(2, i, data=os.urandom(64 * 1024)) for i in range(6, 40)]
     with caplog.at_level(logging.CRITICAL), pytest.raises(LogWriteError, match="No space left on device"):
         for e in big:

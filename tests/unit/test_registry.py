@@ -173,8 +173,10 @@ def test_fence_missing_covers_later_versions(reg):
     register(reg, 3, chunks=[ChunkRef(5, 1, 0)])
     # A session at version 2 reports after a later one (version 3) moved both copies on:
     # server 2 missed the version-2 data, so its version-3 copy lacks it too.
+    assert not reg.has_fence(5, 3)
     reg.fence_missing(5, 2, 3, [addr(1)])
     assert reg.holders(5, 3) == [server(reg, 1)]
+    assert reg.has_fence(5, 3) and reg.has_fence(5, 2) and not reg.has_fence(5, 4) and not reg.has_fence(6, 1)
     assert reg.is_valid(5, server(reg, 3), reg.copies(5)[2][1], 1), "a copy below the written version is not fenced"
 
 

@@ -44,6 +44,26 @@ def test_round_trip_with_raw_data(server):
     client.close()
 
 
+def test_work_after_a_reply_runs_once_it_is_sent():
+    sent = threading.Event()
+    done = []
+
+    def after():
+        assert sent.wait(5)  # the caller has its answer while this runs
+        done.append(True)
+
+    srv = rpc.Server("127.0.0.1:0", {"late": lambda p, d, peer: rpc.Reply(1, b"", after)}).start()
+    client = rpc.Client(f"127.0.0.1:{srv.port}")
+    assert client.call("late", {}) == (1, bytearray())
+    sent.set()
+    deadline = time.monotonic() + 5
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert done
+    client.close()
+    srv.stop()
+
+
 def test_errors_carry_status(server):
     client = rpc.Client(f"127.0.0.1:{server.port}")
     with pytest.raises(rpc.RpcError) as err:

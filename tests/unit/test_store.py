@@ -284,6 +284,9 @@ def test_corrupt_byte_fails_only_its_block(store):
     assert store.read(6, 1, 0, 2 * BLOCK_SIZE) == data[:2 * BLOCK_SIZE]
     assert store.read(6, 1, 3 * BLOCK_SIZE, BLOCK_SIZE) == data[3 * BLOCK_SIZE:]
     assert store.crc_errors == 3
+    [damaged] = store.take_damaged()
+    assert (damaged.chunk_id, damaged.version, damaged.damaged) == (6, 1, True), "reported once, by the first read"
+    assert store.get(6).damaged
 
 
 def fake_statvfs(free_by_path):

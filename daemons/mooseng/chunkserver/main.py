@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from mooseng import config, logsetup, metrics, rpc
+from mooseng import daemon, metrics, rpc
 from mooseng.chunkserver.builder import Builder
 from mooseng.chunkserver.masterlink import MasterLink
 from mooseng.chunkserver.metrics import ChunkserverMetrics
@@ -15,7 +15,7 @@ from mooseng.chunkserver.replicator import Replicator
 from mooseng.chunkserver.scrubber import Scrubber
 from mooseng.chunkserver.service import ChunkServerService
 from mooseng.chunkserver.store import ChunkStore
-from mooseng.errors import ConfigError, QuietError
+from mooseng.errors import QuietError
 
 log = logging.getLogger("mooseng.chunkserver")
 
@@ -84,18 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mooseng-chunkserver", description="MooseNG chunkserver")
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with a [chunkserver] table")
     args = parser.parse_args(argv)
-    try:
-        cfg = config.load("chunkserver", args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    logsetup.setup(f"chunkserver-{cfg.server_id}", cfg.log_level)
-    try:
-        run(cfg)
-    except QuietError as exc:
-        log.error("%s", exc)
-        return exc.exitcode
-    return 0
+    return daemon.run("chunkserver", args.config, lambda cfg: f"chunkserver-{cfg.server_id}", run)
 
 
 if __name__ == "__main__":

@@ -682,8 +682,7 @@ class ChunkStore:
                     with self._io(chunk) as handle:
                         chunkio.pread_verify(handle.fd, memoryview(buffer)[:length], HEADER_SIZE, offset,
                                              chunk.length, handle.table)
-                except CrcError:
-                    self._mark_chunk_damaged(chunk)
+                except CrcError:  # _io marked the copy damaged
                     return checked + length
                 except FsError as exc:
                     log.warning("scrub of chunk %016X stopped: %s", chunk_id, exc)
@@ -852,7 +851,11 @@ class ChunkStore:
 
     @contextmanager
     def _io(self, chunk: _Chunk) -> Iterator[_Handle]:
-        """The chunk's open file (caller holds chunk.lock), with I/O and CRC errors made typed."""
+        """The chunk's open file (caller holds chunk.lock), with I/O and CRC errors made typed.
+
+        A CRC mismatch, whoever met it (a client's read, a replication source, the scrubber),
+        marks the copy damaged: the master hears of it in the next heartbeat and repairs it from
+        a good copy, as MooseFS does, instead of waiting for the scrubber's next pass."""
         try:
             handle = self._fds.get(chunk.id)
             if handle is None:
@@ -865,6 +868,7 @@ class ChunkStore:
             with self._stats_lock:
                 self.crc_errors += 1
             log.warning("chunk %016X on %s: CRC mismatch in block %d", chunk.id, chunk.disk.path, exc.block)
+            self._mark_chunk_damaged(chunk)
             raise CrcError(chunk.id, exc.block) from None
         except OSError as exc:
             raise self._io_failed(chunk, exc) from None

@@ -142,9 +142,9 @@ def write(chunks: ChunkClient, chunk: EcChunk, expect_version: int, extents: Ite
     """Store `extents` ((offset in chunk, data), sorted, disjoint) in a chunk that held
     `old_length` bytes before (0 for a new chunk); FsError(EIO) if fewer than k parts took it.
 
-    The touched rows are scattered straight into one buffer per part (a part's rows contiguous),
-    so the encoding is one call over whole parts and every part goes out without another copy;
-    the buffers are reused from one session to the next (see ARENAS).
+    Each run of touched rows is laid out straight into one buffer per part (a part's rows
+    contiguous) and encoded by one C call (Codec.encode_striped), so every part goes out without
+    another copy; the buffers are reused from one session to the next (see ARENAS).
     """
     k, m = chunk.k, chunk.m
     extents = [(offset, memoryview(data).cast("B")) for offset, data in extents]
@@ -159,10 +159,8 @@ def write(chunks: ChunkClient, chunk: EcChunk, expect_version: int, extents: Ite
             size = (end - first) * B
             parts = [arena.view[pos + p * size:pos + (p + 1) * size] for p in range(k + m)]
             pos += (k + m) * size
-            for part in parts[:k]:
-                _zero(part)
-            _fill_rows(chunks, chunk, extents, parts[:k], first, end, old_length, new_length, expect_version)
-            ec.codec(k, m).encode(parts[:k], parts[k:])
+            pieces = _with_old_data(chunks, chunk, extents, first, end, old_length, new_length, expect_version)
+            ec.codec(k, m).encode_striped(B, first * k * B, pieces, parts, new_length)
             for p in range(k + m):
                 n = min(size, lengths[p] - first * B)
                 if n > 0:
@@ -175,26 +173,24 @@ def write(chunks: ChunkClient, chunk: EcChunk, expect_version: int, extents: Ite
 # Session buffers are reused: fresh memory costs its page faults, several times the copy itself
 # (a 64 MiB chunk of 8+4 writing into new buffers took 2.2 client CPU s/GiB against 1.0 for two
 # copies; reused, 1.0 to 1.4). ARENAS buffers of up to ARENA_KEEP bytes (a whole 8+4 chunk) are
-# kept for the process; a session finding none free allocates its own.
+# kept for the process; a session finding none free allocates its own, page-aligned (see
+# ec.aligned_buffer: ISA-L encodes aligned rows faster).
 ARENAS = 2
 ARENA_KEEP = CHUNK_SIZE * 3 // 2
-_arenas: list[bytearray] = []
+_arenas: list[memoryview] = []
 _arenas_lock = threading.Lock()
-_ZEROS = memoryview(bytes(1 << 20))
 
 
 class _Arena:
     """A buffer of at least `size` bytes for one write, handed back to the pool by release()."""
 
     def __init__(self, size: int):
-        with _arenas_lock:
-            fits = [b for b in _arenas if len(b) >= size]
-            self._buf = min(fits, key=len) if fits else None
-            if self._buf is not None:
-                _arenas.remove(self._buf)
+        with _arenas_lock:  # by index: memoryviews compare by content
+            fits = [i for i, b in enumerate(_arenas) if len(b) >= size]
+            self._buf = _arenas.pop(min(fits, key=lambda i: len(_arenas[i]))) if fits else None
         if self._buf is None:
-            self._buf = bytearray(size)
-        self.view = memoryview(self._buf)[:size]
+            self._buf = ec.aligned_buffer(size)
+        self.view = self._buf[:size]
 
     def release(self) -> None:
         """After the write: nothing holds a view of the buffer any more (the sessions are over)."""
@@ -202,52 +198,43 @@ class _Arena:
             with _arenas_lock:
                 _arenas.append(self._buf)
                 if len(_arenas) > ARENAS:
-                    _arenas.remove(min(_arenas, key=len))
+                    _arenas.pop(min(range(len(_arenas)), key=lambda i: len(_arenas[i])))
 
 
-def _zero(view: memoryview) -> None:
-    for pos in range(0, len(view), len(_ZEROS)):
-        n = min(len(_ZEROS), len(view) - pos)
-        view[pos:pos + n] = _ZEROS[:n]
-
-
-def _scatter(data_parts: list[memoryview], first: int, k: int, offset: int, data: memoryview, stop: int) -> None:
-    """Copy chunk bytes `data` at `offset` (up to chunk offset `stop`) into the data parts' rows
-    from row `first` on: chunk block b goes to part b % k, row b // k."""
-    base = first * k * B
-    a, end = max(offset, base), min(offset + len(data), stop)
-    while a < end:
-        b = a // B
-        n = min(end, (b + 1) * B) - a
-        at = (b // k - first) * B + a - b * B
-        data_parts[b % k][at:at + n] = data[a - offset:a - offset + n]
-        a += n
-
-
-def _fill_rows(chunks: ChunkClient, chunk: EcChunk, extents, data_parts: list[memoryview], first: int, end: int,
-               old_length: int, new_length: int, expect_version: int) -> None:
-    """The data parts' rows [first, end): the old data where the extents leave gaps (read from
+def _with_old_data(chunks: ChunkClient, chunk: EcChunk, extents: list[tuple[int, memoryview]], first: int,
+                   end: int, old_length: int, new_length: int, expect_version: int) -> list[tuple[int, memoryview]]:
+    """The extents within rows [first, end), and the old data where they leave gaps (read from
     the parts at expect_version: where the master moved them first, that is the new version),
-    the extents over it; zeros past new_length."""
+    as sorted, disjoint (chunk offset, bytes) pieces; encode_striped makes the rest zeros."""
     k = chunk.k
     base, stop = first * k * B, min(end * k * B, new_length)
+    inside = [(offset, data) for offset, data in extents if offset < stop and offset + len(data) > base]
     gaps, pos = [], base
-    for offset, data in extents:
-        if offset + len(data) <= base or offset >= stop:
-            continue
+    for offset, data in inside:
         if offset > pos:
             gaps.append((pos, offset))
         pos = max(pos, offset + len(data))
     if pos < stop:
         gaps.append((pos, stop))
     gaps = [(a, min(b, old_length)) for a, b in gaps if a < old_length]
-    if gaps and expect_version:
-        a, b = gaps[0][0], gaps[-1][1]
-        for piece in read(chunks, chunk, a, b - a, version=expect_version):
-            _scatter(data_parts, first, k, a, memoryview(piece).cast("B"), stop)
-            a += len(piece)
-    for offset, data in extents:
-        _scatter(data_parts, first, k, offset, data, stop)
+    if not gaps or not expect_version:
+        return inside
+    pieces = list(inside)
+    a = gaps[0][0]
+    gap = iter(gaps)
+    ga, gb = next(gap)
+    for piece in read(chunks, chunk, a, gaps[-1][1] - a, version=expect_version):
+        view = memoryview(piece).cast("B")
+        while ga is not None and ga < a + len(view):  # the gaps (or their parts) within this piece
+            lo, hi = max(ga, a), min(gb, a + len(view))
+            if lo < hi:
+                pieces.append((lo, view[lo - a:hi - a]))
+            if gb > a + len(view):
+                break
+            ga, gb = next(gap, (None, None))
+        a += len(view)
+    pieces.sort(key=lambda item: item[0])
+    return pieces
 
 
 def _row_runs(extents: list[tuple[int, memoryview]], k: int) -> list[tuple[int, int]]:

@@ -314,6 +314,7 @@ class InodeData:
         self.errors_logged = 0  # of those, how many flush_all has reported
         self.last_error: FsError | None = None
         self.own: Attr | None = None  # the attr after this client's own latest commit or cut
+        self.sustained = False  # unlinked while open here: the master keeps it until our last close
         # index -> (chunk_id, version, servers, ec): ec is None for copies, else [k, m] and
         # servers has k+m entries, the server of each part ("" for none)
         self._locations: dict[int, tuple[int, int, list[str], list[int] | None]] = {}
@@ -777,6 +778,27 @@ class Files:
     def inode(self, ino: int) -> InodeData | None:
         return self._inodes.get(ino)
 
+    def open_inos(self) -> list[int]:
+        """The inodes this client has open (unlink and rename send them to the master)."""
+        with self._lock:
+            return [ino for ino, inode in self._inodes.items() if inode.handles]
+
+    def sustained(self, ino: int) -> None:
+        """The master kept `ino` after its last link went, because we had it open: release it
+        at the last close, or now if that close came while the unlink was on its way."""
+        with self._lock:
+            inode = self._inodes.get(ino)
+            if inode is not None and inode.handles:
+                inode.sustained = True
+                return
+        self._release_sustained(ino)
+
+    def _release_sustained(self, ino: int) -> None:
+        try:
+            self.master.call("release", {"ino": ino})
+        except (FsError, OSError) as exc:  # the master drops it when our session expires
+            log.warning("inode %d: release of the unlinked file failed: %s", ino, exc)
+
     def release(self, fh: int) -> Attr | None:
         """Close a handle: if it could write, write its inode's buffers (raising what the handle
         has not seen); return the attr after this client's own latest change of the file (None:
@@ -786,15 +808,21 @@ class Files:
         if handle is None:
             raise FsError(errno.EBADF, f"no open file {fh}")
         inode = handle.inode
+        last = False
         try:
             if handle.writable:
                 inode.flush(handle)
         finally:
             with self._lock:
                 inode.handles -= 1
+                last = not inode.handles and inode.sustained
+                if last:
+                    inode.sustained = False
                 if not inode.handles and inode.clean():
                     del self._inodes[inode.ino]
                     self.cache.invalidate(inode.ino)
+            if last:
+                self._release_sustained(inode.ino)
         return inode.own
 
     def flush_all(self) -> int:

@@ -314,8 +314,17 @@ class Client:
 
     @_op("unlink")
     def unlink(self, parent: int, name: bytes | str, cred: Cred | None = None) -> None:
+        """Remove a name. If it was the last link of a file this client has open, the master
+        keeps the file (sustained) until this client's last close of it, as Linux does."""
         name = _name(name)
-        self._entry_removed(parent, name, self._call("unlink", {"parent": parent, "name": name}, cred))
+        args = {"parent": parent, "name": name}
+        opened = self.files.open_inos()
+        if opened:
+            args["open"] = opened
+        result = self._call("unlink", args, cred)
+        self._entry_removed(parent, name, result)
+        if result.get("sustained"):
+            self.files.sustained(result["attr"]["ino"])
 
     @_op("rmdir")
     def rmdir(self, parent: int, name: bytes | str, cred: Cred | None = None) -> None:
@@ -329,10 +338,15 @@ class Client:
                cred: Cred | None = None) -> None:
         """flags: RENAME_NOREPLACE or RENAME_EXCHANGE, as renameat2."""
         name, newname = _name(name), _name(newname)
-        result = self._call("rename", {"parent": parent, "name": name, "newparent": newparent,
-                                       "newname": newname, "flags": flags}, cred)
+        args = {"parent": parent, "name": name, "newparent": newparent, "newname": newname, "flags": flags}
+        opened = self.files.open_inos()
+        if opened:
+            args["open"] = opened  # a replaced file this client has open is sustained, as by unlink
+        result = self._call("rename", args, cred)
         now = time.monotonic()
         attr, replaced = result["attr"], result["replaced"]
+        if result.get("sustained"):
+            self.files.sustained(replaced["ino"])
         self._learn(attr, now)
         if replaced is not None:
             self._learn(replaced, now)

@@ -16,11 +16,11 @@ import sys
 
 import llfuse
 
-from mooseng import config, logsetup
+from mooseng import daemon
 from mooseng.client import metrics
 from mooseng.client.fs import Client
 from mooseng.client.fuse import Operations
-from mooseng.errors import ConfigError, FsError, QuietError
+from mooseng.errors import FsError, QuietError
 
 log = logging.getLogger("mooseng.client")
 
@@ -53,18 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=WORKERS, help=f"FUSE worker threads (default {WORKERS})")
     parser.add_argument("mountpoint", nargs="?", help="default: mount_point from the configuration")
     opts = parser.parse_args(argv)
-    try:
-        cfg = config.load("client", opts.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    mountpoint = os.path.abspath(opts.mountpoint or cfg.mount_point)
-    logsetup.setup(node_name(mountpoint), cfg.log_level)
-    try:
-        return run(cfg, mountpoint, max(1, opts.workers))
-    except QuietError as exc:
-        log.error("%s", exc)
-        return exc.exitcode
+
+    def mountpoint(cfg) -> str:
+        return os.path.abspath(opts.mountpoint or cfg.mount_point)
+
+    return daemon.run("client", opts.config, lambda cfg: node_name(mountpoint(cfg)),
+                      lambda cfg: run(cfg, mountpoint(cfg), max(1, opts.workers)))
 
 
 def _keep_freed_memory() -> None:

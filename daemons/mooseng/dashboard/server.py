@@ -15,10 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import urlsplit
 
-from mooseng import config, logsetup, wire
+from mooseng import daemon, wire
 from mooseng.dashboard import api
 from mooseng.dashboard.collector import Collector, Sampler
-from mooseng.errors import ConfigError
 
 log = logging.getLogger("mooseng.dashboard")
 
@@ -107,12 +106,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mooseng-dashboard", description="MooseNG web dashboard")
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with a [dashboard] table")
     opts = parser.parse_args(argv)
-    try:
-        cfg = config.load("dashboard", opts.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    logsetup.setup("dashboard", cfg.log_level)
+    return daemon.run("dashboard", opts.config, lambda cfg: "dashboard", run)
+
+
+def run(cfg) -> int:
+    """Serve until SIGTERM/SIGINT."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 
-from mooseng import config, logsetup, metrics, rpc, wire
-from mooseng.errors import ConfigError, QuietError
+from mooseng import daemon, metrics, rpc, wire
+from mooseng.errors import QuietError
 from mooseng.master import healer, raftnode
 from mooseng.master.healing import Limits
 from mooseng.master.metastore import MetaStore
@@ -32,17 +32,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mooseng-master", description="MooseNG metadata master")
     parser.add_argument("-c", "--config", metavar="FILE", help="TOML file with a [master] table")
     opts = parser.parse_args(argv)
-    try:
-        cfg = config.load("master", opts.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    logsetup.setup(cfg.node_id, cfg.log_level)
-    try:
-        return serve(cfg)
-    except QuietError as exc:
-        log.error("%s", exc)
-        return exc.exitcode
+    return daemon.run("master", opts.config, lambda cfg: cfg.node_id, serve)
 
 
 def serve(cfg) -> int:
@@ -67,7 +57,8 @@ def serve(cfg) -> int:
     registry = Registry(cfg.cluster_id, cfg.chunkserver_timeout_s, first_session=time.time_ns())
     master_metrics = MasterMetrics()
     service = MasterService(store, registry, master_metrics, cfg.node_id, raft_status=node.status,
-                            raft_admin=functools.partial(_admin, node), healing=healing_settings(cfg))  # fmt: skip
+                            raft_admin=functools.partial(_admin, node), healing=healing_settings(cfg),
+                            session_timeout_s=cfg.client_session_timeout_s, lease_s=cfg.write_lease_s)  # fmt: skip
     # Bound before the (possibly long) recovery so that a clash fails at once; requests wait in
     # the listen backlog until server.start().
     try:

@@ -16,8 +16,10 @@ Deliberate limits of this model:
 - Reads are queries, not log entries, so atime changes only through setattr (noatime).
 - write_chunk and commit_write do not check permissions: the client checked them at open, and a
   file created read-only must stay writable through the descriptor that created it.
-- An inode and its chunks are freed when the last link goes; keeping unlinked-but-open files
-  alive needs client sessions, which the master does not have yet.
+- An inode and its chunks are freed when the last link goes, unless the client removing that
+  link has it open (its `open` arg): then it is sustained (MooseFS's term) for that client, with
+  no name, until the client's `release` or `expire_sessions` for it. A file another client has
+  open is freed all the same: the master does not track every client's open files.
 """
 
 import errno
@@ -312,6 +314,8 @@ class Namespace:
         self._classes: dict[str, StorageClass] = dict(BUILTIN_CLASSES)
         self._next_ino = ROOT_INODE + 1
         self._next_chunk = 1
+        self._sustained: dict[int, int] = {}  # ino -> client id: unlinked while that client had it open
+        self._origin = 0  # client id of the entry being applied (0: none)
         self._chunk_changes: set[int] | None = None  # see take_chunk_changes()
 
     # --- entry points ---
@@ -329,6 +333,8 @@ class Namespace:
             raise FsError(errno.EINVAL, "args: expected a map")
         if type(ts) is not int or not 0 <= ts < (1 << 63):
             raise FsError(errno.EINVAL, "ts: expected nanoseconds since the epoch")
+        origin = entry.get("client_id")
+        self._origin = origin if type(origin) is int else 0
         return fn(self, args, _ctx(entry.get("ctx")), ts)
 
     def query(self, op: str, args: dict, ctx: dict):
@@ -473,6 +479,40 @@ class Namespace:
         p.mtime = p.ctime = ts
         return n
 
+    def _last_link_gone(self, n: _Inode, opened: list) -> list[int]:
+        """Drop an inode whose last link went, or sustain it if the client that removed the link
+        says it has the inode open (and has an id to release it by); the chunks it freed."""
+        if self._origin and n.ino in opened:
+            self._sustained[n.ino] = self._origin
+            return []
+        return self._drop(n)
+
+    def _release(self, args, ctx, ts):
+        """release{ino} -> {freed}: the client that sustained the inode closed it for the last
+        time. Not sustained (never, or already released or expired): nothing to do."""
+        ino = _uint(args, "ino")
+        if self._sustained.pop(ino, None) is None:
+            return {"freed": []}
+        return {"freed": self._drop(self._inodes[ino])}
+
+    def _expire_sessions(self, args, ctx, ts):
+        """expire_sessions{clients} -> {freed, inodes}: these clients are gone (the leader has
+        not heard from them for the session timeout): drop what they sustained."""
+        clients = args.get("clients")
+        if type(clients) is not list:
+            raise FsError(errno.EINVAL, "clients: expected a list of client ids")
+        gone = set(clients)
+        inos = sorted(ino for ino, owner in self._sustained.items() if owner in gone)
+        freed = []
+        for ino in inos:
+            del self._sustained[ino]
+            freed += self._drop(self._inodes[ino])
+        return {"freed": freed, "inodes": inos}
+
+    def sustained_owners(self) -> set[int]:
+        """The clients holding sustained inodes (for the service's session expiry)."""
+        return set(self._sustained.values())
+
     def _drop(self, n: _Inode) -> list[int]:
         """Forget an inode that has no links left; return the chunk ids it freed."""
         del self._inodes[n.ino]
@@ -547,6 +587,8 @@ class Namespace:
         self._check_create(p, name, ctx)
         if n.dir is not None:
             raise FsError(errno.EPERM, "hard links to directories are not allowed")
+        if n.nlink == 0:
+            raise FsError(errno.ENOENT, f"inode {n.ino} was unlinked")
         n.nlink += 1
         n.ctime = ts
         p.dir.add(name, n.ino)
@@ -556,6 +598,7 @@ class Namespace:
     def _unlink(self, args, ctx, ts):
         p = self._getdir(args, "parent")
         name = _name(args)
+        opened = _open_inos(args)
         if name in _DOTS:
             raise FsError(errno.EISDIR, f"cannot unlink {_show(name)!r}")
         _need(p, ctx, X_OK)
@@ -568,7 +611,11 @@ class Namespace:
         p.mtime = p.ctime = ts
         n.nlink -= 1
         n.ctime = ts
-        return {"freed": self._drop(n) if n.nlink == 0 else [], "attr": _attr(n), "parent": _attr(p)}
+        result = {"freed": self._last_link_gone(n, opened) if n.nlink == 0 else [], "attr": _attr(n),
+                  "parent": _attr(p)}
+        if n.ino in self._sustained:
+            result["sustained"] = True
+        return result
 
     def _rmdir(self, args, ctx, ts):
         p = self._getdir(args, "parent")
@@ -596,6 +643,7 @@ class Namespace:
     def _rename(self, args, ctx, ts):
         sp = self._getdir(args, "parent")
         name = _name(args)
+        opened = _open_inos(args)
         dp = self._getdir(args, "newparent")
         newname = _name(args, "newname")
         flags = _uint(args, "flags", default=0)
@@ -647,7 +695,7 @@ class Namespace:
                 dst.nlink -= 1
                 dst.ctime = ts
                 if dst.nlink == 0:
-                    freed = self._drop(dst)
+                    freed = self._last_link_gone(dst, opened)
         sp.dir.remove(name)
         dp.dir.add(newname, src.ino)
         if moving and src.dir is not None:
@@ -658,8 +706,11 @@ class Namespace:
         replaced = None if dst is None else _attr(dst)
         if replaced is not None and dst.dir is not None:
             replaced["nlink"] = 0  # a replaced directory is gone whatever its count was
-        return {"freed": freed, "attr": _attr(src), "replaced": replaced, "parent": _attr(sp),
-                "newparent": _attr(dp)}
+        result = {"freed": freed, "attr": _attr(src), "replaced": replaced, "parent": _attr(sp),
+                  "newparent": _attr(dp)}
+        if dst is not None and dst.ino in self._sustained:
+            result["sustained"] = True
+        return result
 
     def _exchange(self, sp, name, src, dp, newname, dst, ctx, ts):
         moving = sp is not dp
@@ -903,6 +954,22 @@ class Namespace:
         self._changed((chunk_id,))
         return _with_layout({"chunk_id": chunk_id, "version": rec[0]}, want)
 
+    def _bump_version(self, args, ctx, ts):
+        """bump_version{chunk_id, version} -> {chunk_id, version}: a write session missed some
+        pieces, and the ones that stored it have taken `version + 1` (see the service): logging
+        that version makes the pieces that missed the write stale for every master from now on,
+        not only fenced in the leader's memory. The chunk must still be at `version`."""
+        chunk_id = _uint(args, "chunk_id")
+        version = _uint(args, "version")
+        rec = self._chunks.get(chunk_id)
+        if rec is None:
+            raise FsError(errno.ENOENT, f"no chunk {chunk_id}")
+        if rec[0] != version:
+            raise FsError(errno.ESTALE, f"chunk {chunk_id} is at version {rec[0]}, not {version}")
+        rec[0] += 1
+        self._changed((chunk_id,))
+        return _with_layout({"chunk_id": chunk_id, "version": rec[0]}, rec[3])
+
     def _write_chunk(self, args, ctx, ts):
         index = _uint(args, "index")
         n = self._getfile(args)
@@ -1023,10 +1090,11 @@ class Namespace:
         """
         packer = msgpack.Packer(use_bin_type=True, autoreset=False)
         pack, array = packer.pack, packer.pack_array_header
-        packer.pack_map_header(5)
+        packer.pack_map_header(6)
         custom = [[c.name, c.copies, c.ec, c.tier] for c in self.classes if not c.builtin]
+        sustained = sorted(self._sustained.items())
         for key, value in (("format", DUMP_FORMAT), ("next_ino", self._next_ino), ("next_chunk", self._next_chunk),
-                           ("classes", custom)):
+                           ("classes", custom), ("sustained", sustained)):
             pack(key)
             pack(value)
         pack("inodes")
@@ -1105,11 +1173,21 @@ class Namespace:
             ns._classes = dict(BUILTIN_CLASSES)  # a dump from before operator classes has none
             for name, copies, ec, tier in header.get("classes", ()):
                 ns._classes[name] = StorageClass(name, copies=copies, ec=ec and tuple(ec), tier=tier)
+            ns._sustained = {ino: owner for ino, owner in header.get("sustained", ())}  # older dumps: none
+            ns._origin = 0
         except (KeyError, TypeError, ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
             raise ValueError(f"not a namespace dump: {exc!r}") from exc
         if ROOT_INODE not in inodes or inodes[ROOT_INODE].dir is None:
             raise ValueError("not a namespace dump: no root directory")
         return ns
+
+
+def _open_inos(args: dict) -> list:
+    """The optional `open` arg of unlink and rename: inodes the calling client has open."""
+    opened = args.get("open", [])
+    if type(opened) is not list:
+        raise FsError(errno.EINVAL, "open: expected a list of inode numbers")
+    return opened
 
 
 def _with_layout(ref: dict, layout: tuple[int, int] | None) -> dict:
@@ -1142,6 +1220,9 @@ _MUTATIONS = {
     "class_create": Namespace._class_create,
     "class_delete": Namespace._class_delete,
     "set_layout": Namespace._set_layout,
+    "bump_version": Namespace._bump_version,
+    "release": Namespace._release,
+    "expire_sessions": Namespace._expire_sessions,
     "commit_write": Namespace._commit_write,
 }
 

@@ -131,6 +131,7 @@ class RaftStorage(MemoryStorage):
         self._size = 0  # the log file's size (zeros from _end on)
         self._lock_fd = -1
         self._failure: BaseException | None = None
+        self._hard_unwritten = False  # the HardState in memory has a newer commit index than the log
         self.syncs = 0  # fdatasyncs of the log; with the entry count it shows how well batching works
         self.snapshot_time: float | None = None  # wall clock of the newest durable snapshot
         super().__init__()
@@ -170,6 +171,9 @@ class RaftStorage(MemoryStorage):
         return fresh
 
     def close(self) -> None:
+        if self._hard_unwritten and self._fd >= 0 and self._failure is None:
+            with contextlib.suppress(OSError):  # a lost commit index is only found again
+                self._write(_hard_rec(self.initial_state()[0]), sync=False)
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
@@ -178,31 +182,40 @@ class RaftStorage(MemoryStorage):
     # --- writes (the Ready loop's thread only) ---
 
     def persist(self, hard_state: HardState | None, entries: list[Entry], sync: bool) -> None:
-        """Append entries and the HardState; with sync, fdatasync before returning."""
+        """Append entries and the HardState; with sync, fdatasync before returning. A HardState
+        alone without sync changes only the commit index, which Raft finds again if it is lost:
+        it is kept in memory and written with the next record, saving the leader a write per
+        batch (the Ready after the acks commit it)."""
         self._check()
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
+        if not entries and not sync:
+            self._hard_unwritten = self._hard_unwritten or hard_state is not None
+            return
         parts = []
         if entries:
             parts.append(frame(wire.pack(["E", [_entry_rec(e) for e in entries]])))
-        if hard_state is not None:
-            parts.append(_hard_rec(hard_state))
+        if hard_state is not None or self._hard_unwritten:
+            parts.append(_hard_rec(self.initial_state()[0]))
         if not parts:
             return
-        data = b"".join(parts)
         try:
-            end = self._end + len(data)
-            if end > self._size:
-                self._grow(end)
-            pwrite_all(self._fd, data, self._end)
-            self._end = end
-            if sync:
-                os.fdatasync(self._fd)
-                self.syncs += 1
+            self._write(b"".join(parts), sync)
         except OSError as exc:
             self._fail(f"cannot write {self._path(LOG)}", exc)
+        self._hard_unwritten = False
         if entries:
             self.append(entries)
-        if hard_state is not None:
-            self.set_hard_state(hard_state)
+
+    def _write(self, data: bytes, sync: bool) -> None:
+        end = self._end + len(data)
+        if end > self._size:
+            self._grow(end)
+        pwrite_all(self._fd, data, self._end)
+        self._end = end
+        if sync:
+            os.fdatasync(self._fd)
+            self.syncs += 1
 
     def _grow(self, end: int) -> None:
         """Write zeros up to PREALLOCATE bytes past `end` (not fallocate: unwritten extents would

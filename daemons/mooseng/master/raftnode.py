@@ -9,7 +9,9 @@ The thread that queues work runs the turn itself when no other thread runs one (
 with a proposal, a sender with acks, the raft server with a peer's appends), and the loop thread
 takes what is left once that thread has its answer, and ticks. Handing every item to one loop
 thread and back cost two thread switches per mutation (on a lone master ~15% of its CPU per
-create); see DESIGN.md "Raft".
+create); see DESIGN.md "Raft". A follower's turn that answers the leader's call leaves the
+entries that call committed to be applied after the reply is sent (exchange, apply_unapplied):
+the ack waits for the sync, not for the state machine.
 
 Proposals carry a proposal id (this node's raft id, a counter); when an entry with one of ours
 is applied, its waiter gets the result. If this node stops leading, its waiters get NotLeader:
@@ -114,15 +116,21 @@ def encode_msg(m: Message) -> list:
     return [int(m.type), m.to, m.frm, m.term, m.log_term, m.index, ents, m.commit, m.reject, m.reject_hint, snap, m.context]
 
 
+_MESSAGE_TYPES = {int(t): t for t in MessageType}  # a dict lookup: a fifth of an IntEnum call
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+
+
 def decode_msg(v: list, snap_data: bytes) -> Message:
+    """KeyError, TypeError or ValueError if v is malformed."""
     t, to, frm, term, log_term, index, ents, commit, reject, hint, snap, ctx = v
     snapshot = None
     if snap is not None:
         snapshot = Snapshot(snap[0], snap[1], ConfState(tuple(snap[2])), bytes(snap_data))
+    types = _ENTRY_TYPES
     return Message(
-        MessageType(t), to, frm, term, log_term, index,
-        [Entry(a, b, EntryType(c), bytes(d)) for a, b, c, d in ents],
-        commit, reject, hint, snapshot, bytes(ctx),
+        _MESSAGE_TYPES[t], to, frm, term, log_term, index,
+        [Entry(a, b, types[c], d if type(d) is bytes else bytes(d)) for a, b, c, d in ents],
+        commit, reject, hint, snapshot, ctx if type(ctx) is bytes else bytes(ctx),
     )  # fmt: skip
 
 
@@ -146,33 +154,31 @@ def _answers(reply, peer: int, me: int) -> list[Message]:
 
 
 class _Waiter:
-    """One caller's wait for its proposal, read or call. A lock held until done() (not a
-    threading.Event: making one costs ~22,000 instructions, three caught AttributeErrors in
-    Condition's constructor among them; a lock ~1,000)."""
+    """A caller waiting for a turn's answer. A bare lock, held until done(): half the cost of an
+    Event (no Condition, no lock allocated per wait), paid for every proposal and raft call."""
 
-    __slots__ = ("_pending", "_done", "ok", "value", "index")
+    __slots__ = ("_lock", "finished", "ok", "value", "index")
 
     def __init__(self):
-        self._pending = threading.Lock()
-        self._pending.acquire()
-        self._done = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.finished = False
         self.ok = False
         self.value = None
         self.index = 0
 
     def done(self, ok: bool, value) -> None:
-        """The first outcome counts (turns call this, one at a time); a later one changes nothing."""
-        if not self._done:
-            self._done = True
-            self.ok, self.value = ok, value
-            self._pending.release()
-
-    def is_done(self) -> bool:
-        return self._done
+        if not self.finished:
+            self.ok, self.value, self.finished = ok, value, True
+            self._lock.release()
 
     def wait(self, timeout_s: float) -> bool:
-        """Whether done() came within timeout_s. For the one thread that waits, once."""
-        return self._pending.acquire(timeout=timeout_s)
+        if self.finished:
+            return True
+        if self._lock.acquire(timeout=timeout_s):
+            self._lock.release()
+            return True
+        return False
 
 
 class RaftNode:
@@ -214,6 +220,7 @@ class RaftNode:
         self._read_ctx = itertools.count(1)
         self._replies: dict[int, list[_Waiter]] = {}  # peer -> exchange() calls stepped this turn
         self._reply_msgs: dict[int, list[Message]] = {}  # peer -> messages for those replies
+        self._unapplied: list[Entry] = []  # follower: committed, applied after the reply that acks them
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._turn_lock = threading.Lock()  # held by whichever thread runs a turn (owns the RawNode)
@@ -321,12 +328,30 @@ class RaftNode:
     def exchange(self, msgs: list[Message], peer: int) -> list[Message]:
         """Step msgs from peer; return the messages to peer that the loop turn handling them
         produced (persisted first, as any message): they ride back on the reply of the call
-        that brought msgs, saving a thread hand-off and a send on each side."""
+        that brought msgs, saving a thread hand-off and a send on each side. A follower's turn
+        leaves the entries it learnt were committed for apply_unapplied(), once the reply is
+        sent: the leader's next append does not wait for this node's state machine."""
         waiter = _Waiter()
         self._submit(("msgs", msgs, waiter), waiter)
         if waiter.wait(REPLY_WAIT_S) and waiter.ok:
             return waiter.value
         return []
+
+    def has_unapplied(self) -> bool:
+        return bool(self._unapplied)
+
+    def apply_unapplied(self) -> None:
+        """Apply what a follower's turn left unapplied (any thread; after exchange()'s reply is
+        sent). If another thread runs a turn, that turn applies them first thing."""
+        if not self._turn_lock.acquire(blocking=False):
+            self._kick.set()  # the holder may be past its turn's start: the loop thread's turn
+            return
+        try:
+            if not self._stop.is_set():
+                self._turn()
+        finally:
+            self._turn_lock.release()
+        self._drive()
 
     def report(self, kind: str, node: int, ok: bool = True) -> None:
         self._submit((kind, node, ok))
@@ -372,7 +397,7 @@ class RaftNode:
                 self._turn()
             finally:
                 self._turn_lock.release()
-            if waiter is None or waiter.is_done():
+            if waiter is None or waiter.finished:
                 if not self._inbox.empty():
                     self._kick.set()
                 return
@@ -386,6 +411,8 @@ class RaftNode:
             self._drop_queued()
             return
         try:
+            if self._unapplied:
+                self._apply_unapplied()
             reads: list[_Waiter] = []
             props: list = []  # (data, waiter)
             while True:
@@ -499,6 +526,8 @@ class RaftNode:
 
     def _handle_ready(self, rd) -> None:
         node = self.node
+        if self._unapplied:
+            self._apply_unapplied()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         hs = rd.hard_state
@@ -522,8 +551,16 @@ class RaftNode:
             self.applied = rd.snapshot.index
             self.conf_state = rd.snapshot.conf_state
             self._fail_proposals()
-        for entry in rd.committed_entries:
-            self._apply(entry)
+        committed = rd.committed_entries
+        deferrable = self._replies and self.role is Role.FOLLOWER
+        if committed and deferrable and all(e.type is EntryType.NORMAL for e in committed):
+            # A follower's acks (and this turn's other answers) need its log synced, not its
+            # state: these wait until after the reply (exchange()), or until the next turn.
+            # Raft has them as applied from advance() on; only conf changes must reach it first.
+            self._unapplied = committed
+        else:
+            for entry in committed:
+                self._apply(entry)
         for rs in rd.read_states:
             issued = self._read_issued.pop(rs.context, None)
             if issued is not None and self.role is Role.LEADER:
@@ -575,6 +612,13 @@ class RaftNode:
                 if waiter is not None:
                     waiter.done(ok, value)
         self.applied = entry.index
+
+    def _apply_unapplied(self) -> None:
+        entries, self._unapplied = self._unapplied, []
+        for entry in entries:
+            self._apply(entry)
+        if self._read_ready:
+            self._release_reads()
 
     def _release_reads(self) -> None:
         keep = []
@@ -785,7 +829,10 @@ class RaftTransport:
         node.api_addrs[frm] = params.get("api", "")
         if not msgs:
             return {"msgs": []}
-        return {"msgs": [encode_msg(m) for m in node.exchange(msgs, frm)]}
+        reply = {"msgs": [encode_msg(m) for m in node.exchange(msgs, frm)]}
+        if node.has_unapplied():
+            return rpc.Reply(reply, b"", node.apply_unapplied)
+        return reply
 
 
 class _Sender:

@@ -325,7 +325,9 @@ class Registry:
         there after the copy took the version, or a set_version whose outcome is unknown (it may
         land later, without the data). Fenced copies are deleted once a valid copy exists. A
         fence for a newer version replaces the chunk's older one, which the namespace's version
-        has made moot. Fences are soft state: a master restart forgets them.
+        has made moot. Fences are soft state: a leader change forgets them, so a commit that
+        fenced copies also moves the chunk on to a version only the copies with the data take
+        (the service's bump_version), after which the missed copies are stale everywhere.
         """
         fenced = set(server_ids)
         old = self._fences.get(chunk_id)
@@ -345,6 +347,11 @@ class Registry:
         missed = [s.server_id for s, c in self.copies(chunk_id) if c.version >= written and s.address not in stored]
         if missed:
             self.fence(chunk_id, current, missed)
+
+    def has_fence(self, chunk_id: int, version: int) -> bool:
+        """Whether some copy of the chunk is fenced at `version` (or later)."""
+        fence = self._fences.get(chunk_id)
+        return fence is not None and fence[0] >= version
 
     def recheck(self, ids: Iterable[int]) -> None:
         """Check every piece of these chunks (ids: chunk or stored ids) against the namespace at

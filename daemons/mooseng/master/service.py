@@ -13,7 +13,8 @@ Chunk versions move the MooseFS way: before the namespace logs a new version of 
 (write_chunk, or setattr cutting a chunk), the master asks every valid copy to take that version
 (`set_version` on the chunkserver), and only the copies that confirm are written. So whatever
 happens to the write afterwards, the namespace version always has copies; a copy that then fails
-the write is fenced when the client commits (see Registry.fence).
+the write is fenced when the client commits (see Registry.fence), and the copies that stored it
+move on to the next version (bump_version), so it stays stale after a leader change.
 
 One writer at a time per chunk: write_chunk (and a shrink that cuts or frees chunks) first needs
 the chunk's write lease (writelease.py), so a second writer gets EAGAIN ("locked") and retries
@@ -52,11 +53,14 @@ from mooseng.master.metastore import NotLeader
 from mooseng.master.metrics import Gauges, MasterMetrics
 from mooseng.master.namespace import CHUNKS_MAX
 from mooseng.master.registry import STATES, ChunkRef, Disk, DuplicateServer, ForeignCluster, Registry, Server
-from mooseng.master.writelease import WriteLeases
+from mooseng.master.writelease import LEASE_S, WriteLeases
 
 log = logging.getLogger(__name__)
 
 ROOT_CTX = {"uid": 0, "gid": 0, "gids": []}
+# A client silent this long is gone: the files it kept open after unlinking them are dropped
+# (MooseFS keeps such sessions for a day, too).
+SESSION_TIMEOUT_S = 86400.0
 # A holder that has not confirmed a new version by then is left out of the write (and fenced).
 SET_VERSION_TIMEOUT_S = 2.0
 SET_VERSION_WORKERS = 32
@@ -108,6 +112,7 @@ TIME = Kind("nanoseconds or 'now'", _time)
 ANY = Kind("anything", lambda v: True)
 U32_LIST = Kind("a list of unsigned 32-bit integers", lambda v: type(v) is list and (not v or all(_u32(x) for x in v)))
 STR_LIST = Kind("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v))
+UINT_LIST = Kind("a list of unsigned integers", lambda v: type(v) is list and all(_uint(x) for x in v))
 _COPY_RECORDS = _records({"chunk_id": UINT, "version": UINT, "ok": STR_LIST}, {"parts": U32_LIST})
 COPIES = Kind(
     "a list of {chunk_id, version, ok: [address...], parts?: [part...] as long as ok}",
@@ -171,9 +176,13 @@ OPS = {
     "mkdir": Op(MUTATION, {"parent": UINT, "name": BYTES, "mode": UINT}),
     "symlink": Op(MUTATION, {"parent": UINT, "name": BYTES, "target": BYTES}),
     "link": Op(MUTATION, {"ino": UINT, "parent": UINT, "name": BYTES}),
-    "unlink": Op(MUTATION, {"parent": UINT, "name": BYTES}),
+    # `open`: the inodes the caller has open; one of them losing its last link is sustained.
+    "unlink": Op(MUTATION, {"parent": UINT, "name": BYTES}, {"open": UINT_LIST}),
     "rmdir": Op(MUTATION, {"parent": UINT, "name": BYTES}),
-    "rename": Op(MUTATION, {"parent": UINT, "name": BYTES, "newparent": UINT, "newname": BYTES}, {"flags": UINT}),
+    "rename": Op(MUTATION, {"parent": UINT, "name": BYTES, "newparent": UINT, "newname": BYTES},
+                 {"flags": UINT, "open": UINT_LIST}),
+    # The caller closed a file it sustained (unlinked while open) for the last time.
+    "release": Op(MUTATION, {"ino": UINT}),
     "setattr": Op(
         MUTATION,
         {"ino": UINT},
@@ -279,6 +288,8 @@ class MasterService:
         raft_status: Callable[[], dict] | None = None,
         raft_admin: Callable[[str, str, str], None] | None = None,
         healing: healer.Settings | None = None,
+        session_timeout_s: float = SESSION_TIMEOUT_S,
+        lease_s: float = LEASE_S,
     ):
         self._store = store
         self._raft_status = raft_status
@@ -289,7 +300,11 @@ class MasterService:
         self._rng = rng or random.Random()  # placement tie-breaks; guarded by _lock
         self._lock = threading.Lock()  # the registry and _rng
         self._inodes = _InodeLocks()
-        self._leases = WriteLeases()  # guarded by _lock
+        self._leases = WriteLeases(lease_s)  # guarded by _lock
+        # Client id -> when this leader last heard from it (soft state); clients not heard from
+        # for session_timeout_s lose the files they sustained (expire_sessions).
+        self._client_seen: dict[int, float] = {}
+        self.session_timeout_s = session_timeout_s
         self._request = threading.local()  # client_id, seq of the meta call this thread serves
         self._chunkservers: dict[str, rpc.Client] = {}  # by address; guarded by _lock
         self._pool = ThreadPoolExecutor(SET_VERSION_WORKERS, thread_name_prefix="set-version")
@@ -387,6 +402,29 @@ class MasterService:
                     "chunkserver %d at %s is down: no heartbeat for %.1f s (timeout %g s)",
                     server.server_id, server.address, silent, self._registry.timeout_s,
                 )  # fmt: skip
+            self._expire_sessions(now)
+
+    def _expire_sessions(self, now: float) -> None:
+        """Drop the files sustained by clients this leader has not heard from for the session
+        timeout. A client first seen holding some (this master just became the leader) gets
+        the whole timeout from now."""
+        if not self._store.is_leader():
+            self._client_seen.clear()
+            return
+        with self._store.view() as ns:
+            owners = ns.sustained_owners()
+        gone = [c for c in sorted(owners) if now - self._client_seen.setdefault(c, now) > self.session_timeout_s]
+        if not gone:
+            return
+        try:
+            result = self._submit("expire_sessions", {"clients": gone}, ROOT_CTX, dedup=False)
+        except (FsError, NotLeader) as exc:
+            log.warning("expiring client sessions %s: %s", gone, exc)
+            return
+        for client in gone:
+            self._client_seen.pop(client, None)
+        log.warning("clients %s silent for over %g s: dropped %d unlinked file(s) they still had open: inodes %s",
+                    gone, self.session_timeout_s, len(result["inodes"]), result["inodes"])
 
     # --- meta ---
 
@@ -417,6 +455,8 @@ class MasterService:
         if not self._store.is_leader():
             return self._redirect(self._store.leader_address())
         self._request.client_id, self._request.seq = params.get("client_id") or 0, params.get("seq") or 0
+        if self._request.client_id:
+            self._client_seen[self._request.client_id] = time.monotonic()
         try:
             if op in _VERSION_OPS and self._request.client_id:
                 # A retry of an op that moves chunk versions must not move them again.
@@ -466,10 +506,14 @@ class MasterService:
             return {"errno": 0, "message": "", "result": None, "leader": leader}
         raise self._not_leader("meta", "")
 
-    def _submit(self, op: str, args: dict, ctx: dict):
-        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat."""
+    def _submit(self, op: str, args: dict, ctx: dict, dedup: bool = True):
+        """Replicate and apply one mutation; chunks it frees are deleted at their holders' next heartbeat.
+
+        The entry carries the request's (client_id, seq) so that a retry gets its first result;
+        `dedup=False` for an entry the master adds on its own while serving a request, which
+        must not take the request's place in the session table."""
         entry = {"op": op, "args": args, "ctx": ctx, "ts": time.time_ns()}
-        if getattr(self._request, "client_id", 0):
+        if dedup and getattr(self._request, "client_id", 0):
             entry["client_id"], entry["seq"] = self._request.client_id, self._request.seq
         result = self._store.submit(entry)
         if type(result) is dict and result.get("freed"):
@@ -503,7 +547,7 @@ class MasterService:
                 result, servers = self._bump(chunk_id, version, current.get("ec"), "write_chunk", args, ctx)
                 _expect(result, "write_chunk", (result["chunk_id"], result["version"]) == (chunk_id, version + 1))
                 result["expect_version"] = result["version"]
-            self._lease(result["chunk_id"], ino, index, result["version"])
+            self._lease(result["chunk_id"], ino, index, result["version"], servers)
         result["servers"] = servers
         return result
 
@@ -535,13 +579,15 @@ class MasterService:
                     raise FsError(errno.EAGAIN, f"chunk {chunk_id} of inode {ino} is locked: another client "
                                                 f"writes its version {lease.version}")
 
-    def _lease(self, chunk_id: int, ino: int, index: int, version: int) -> None:
-        """Grant the caller the chunk's lease; a caller without a client_id cannot be told apart
-        from others, so it takes none (clients always have one; raw tools may not)."""
+    def _lease(self, chunk_id: int, ino: int, index: int, version: int, servers: list[str]) -> None:
+        """Grant the caller the chunk's lease for a session writing to `servers`; a caller without
+        a client_id cannot be told apart from others, so it takes none (clients always have one;
+        raw tools may not)."""
         if not self._request.client_id:
             return
         with self._lock:
-            self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic())
+            self._leases.grant(chunk_id, ino, index, self._request.client_id, version, time.monotonic(),
+                               tuple(servers))
 
     def _release_write(self, args: dict, ctx: dict) -> dict:
         """release_write{ino, chunk_id, version} -> {}: a failed write session gives its lease back."""
@@ -558,10 +604,16 @@ class MasterService:
         empty `ok`, or fewer than k parts, fences nothing: the client got EIO, the data of the
         failed range is undefined on every copy alike. Only a report of the current version
         records copies.
+
+        A piece missed the write if the registry has it at that version, or the session's lease
+        sent the client to it (its server may have gone down since, taking its copy out of the
+        registry until it returns). Then the pieces that stored the write take version + 1 and
+        bump_version is logged: the missed ones are stale from then on, whichever master leads
+        (a fence lives in one leader's memory). If that fails, the fence is all there is.
         """
         with self._inodes.hold(args["ino"]):
-            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             reports = [r for r in args.get("chunks") or [] if r["ok"]]
+            bumps = []
             if reports:
                 with self._store.view() as ns:
                     current = {r["chunk_id"]: ns.chunk_info(r["chunk_id"]) for r in reports}
@@ -575,14 +627,28 @@ class MasterService:
                                         "copies" if r.get("parts") is None else "parts",
                                         "copies" if info.ec is None else "parts")
                             continue
+                        told = self._leases.servers(r["chunk_id"], r["version"])
                         if info.ec is None:
-                            self._record(r["chunk_id"], r["version"], info.version, r["ok"])
-                            continue
-                        if len(set(r["parts"])) < info.ec[0]:
-                            continue  # a failed session (EIO), as an empty `ok` for copies: fence nothing
-                        for p in classes.pieces(info.ec):
-                            stored = [a for a, q in zip(r["ok"], r["parts"]) if q == p]
-                            self._record(part_id(r["chunk_id"], p), r["version"], info.version, stored)
+                            missed = self._record(r["chunk_id"], r["version"], info.version, r["ok"])
+                            missed |= not set(told) <= set(r["ok"])
+                        else:
+                            if len(set(r["parts"])) < info.ec[0]:
+                                continue  # a failed session (EIO), as an empty `ok` for copies: fence nothing
+                            missed = False
+                            for p in classes.pieces(info.ec):
+                                stored = [a for a, q in zip(r["ok"], r["parts"]) if q == p]
+                                missed |= self._record(part_id(r["chunk_id"], p), r["version"], info.version, stored)
+                                missed |= p < len(told) and told[p] != "" and told[p] not in stored
+                        if missed and r["version"] == info.version:
+                            bumps.append((r["chunk_id"], info.version, info.ec))
+            for chunk_id, version, ec in bumps:
+                try:
+                    self._bump(chunk_id, version, None if ec is None else list(ec), "bump_version",
+                               {"chunk_id": chunk_id, "version": version}, ROOT_CTX, dedup=False)
+                except FsError as exc:
+                    log.warning("chunk %d: the pieces that missed version %d are only fenced: %s", chunk_id,
+                                version, exc)
+            self.healer.note_commit(r["chunk_id"] for r in args.get("chunks") or [])
             try:
                 return self._submit("commit_write", {"ino": args["ino"], "size": args["size"]}, ctx)
             finally:
@@ -590,14 +656,17 @@ class MasterService:
                     for r in args.get("chunks") or []:
                         self._leases.release(r["chunk_id"], r["version"])
 
-    def _record(self, stored_id: int, written: int, now: int, addresses: list[str]) -> None:
+    def _record(self, stored_id: int, written: int, now: int, addresses: list[str]) -> bool:
         """A client stored version `written` of a piece on `addresses`: record them if that is
-        the current version, and fence the piece's other copies that missed it (registry lock held)."""
+        the current version, and fence the piece's other copies that missed it (registry lock
+        held). True if a copy of the piece is fenced at the current version: this one's, or the
+        version's own (a copy whose set_version went unanswered, see _bump)."""
         if written == now and addresses:
             unknown = self._registry.record_copies(stored_id, now, addresses)
             if unknown:
                 log.warning("commit of piece %d names unknown chunkservers %s", stored_id, unknown)
         self._registry.fence_missing(stored_id, written, now, addresses)
+        return self._registry.has_fence(stored_id, now)
 
     def _setattr(self, args: dict, ctx: dict) -> dict:
         """setattr -> namespace result; a shrink inside a chunk adds the "servers" holding the tail.
@@ -625,7 +694,7 @@ class MasterService:
             _expect(result, "setattr", tail is not None and (tail["chunk_id"], tail["version"]) == (cut[0], cut[1] + 1))
             tail["expect_version"] = tail["version"]
             tail["servers"] = servers
-            self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"])
+            self._lease(cut[0], args["ino"], size // CHUNK_SIZE, tail["version"], servers)
         return result
 
     def _cut_chunk(self, ino: int, size: int) -> tuple[int, int, list | None] | None:
@@ -642,7 +711,7 @@ class MasterService:
         return (ref["chunk_id"], ref["version"], ref.get("ec")) if ref["chunk_id"] else None
 
     def _bump(self, chunk_id: int, version: int, ec: list | None, op: str, args: dict,
-              ctx: dict) -> tuple[dict, list[str]]:
+              ctx: dict, dedup: bool = True) -> tuple[dict, list[str]]:
         """Move the chunk's valid pieces (copies, or parts of layout `ec`) to version + 1, then
         log `op` (which makes that version).
 
@@ -678,7 +747,7 @@ class MasterService:
         if failures:
             log.warning("chunk %d: pieces left out of version %d: %s", chunk_id, version + 1, "; ".join(failures))
         try:
-            result = self._submit(op, args, ctx)
+            result = self._submit(op, args, ctx, dedup)
         except FsError:
             # Refused by the namespace: move the pieces back. Not after a store failure, when the
             # entry may be durable after all: pieces ahead of the namespace are valid, behind not.

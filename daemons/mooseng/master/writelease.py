@@ -26,6 +26,7 @@ class Lease(NamedTuple):
     client_id: int
     version: int  # the version its session makes
     expires: float
+    servers: tuple[str, ...] = ()  # where the session was told to write (parts: entry p, "" for none)
 
 
 class WriteLeases:
@@ -53,8 +54,15 @@ class WriteLeases:
                 if lease.ino == ino and lease.index >= index
                 and self.blocker(chunk_id, client_id, now) is not None]  # fmt: skip
 
-    def grant(self, chunk_id: int, ino: int, index: int, client_id: int, version: int, now: float) -> None:
-        self._held[chunk_id] = Lease(ino, index, client_id, version, now + self.lease_s)
+    def grant(self, chunk_id: int, ino: int, index: int, client_id: int, version: int, now: float,
+              servers: tuple[str, ...] = ()) -> None:
+        self._held[chunk_id] = Lease(ino, index, client_id, version, now + self.lease_s, servers)
+
+    def servers(self, chunk_id: int, version: int) -> tuple[str, ...]:
+        """Where the session making `version` was told to write; () if no lease says (expired,
+        given back, or granted by another leader)."""
+        lease = self._held.get(chunk_id)
+        return lease.servers if lease is not None and lease.version == version else ()
 
     def release(self, chunk_id: int, version: int) -> bool:
         """Give the lease of the session making `version` back; a later session's stays."""
