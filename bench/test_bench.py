@@ -86,3 +86,11 @@ def test_render_marks_workloads_not_selected():
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "| not run | not run | not run |" in rows["sequential write 4 MiB (fio bs=1M, incl. end_fsync)"]
     assert "| 5 ops/s |" in rows["stat 20 files"]
+
+
+def test_the_instruction_count_harness_runs_every_op_on_a_lone_master():
+    from bench import meta_instructions
+
+    meta_instructions.run_ops(list(meta_instructions.OPS), 3)  # raises if any op fails
+    with pytest.raises(SystemExit):
+        meta_instructions.main(["--ops", "unlink"])  # unlink needs the renamed files

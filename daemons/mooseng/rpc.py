@@ -226,6 +226,7 @@ class Server:
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
         reader = _Reader(conn)
+        pack = msgpack.Packer(use_bin_type=True).pack  # one per connection: making one per reply costs more than packing it
         try:
             if reader.small(len(MAGIC)) != MAGIC:
                 log.warning("%s: %s is not a MooseNG peer (bad magic); closing", self._name, peer)
@@ -237,12 +238,11 @@ class Server:
                     if not stopping:
                         self._running += 1
                 if stopping:
-                    reply = msgpack.packb([UNAVAILABLE, f"{self._name} is stopping", None], use_bin_type=True)
-                    _send_frame(conn, reply, b"")
+                    _send_frame(conn, pack([UNAVAILABLE, f"{self._name} is stopping", None]), b"")
                     continue
                 try:
                     status, message, result, out, after = self._dispatch(header, data, peer)
-                    _send_frame(conn, msgpack.packb([status, message, result], use_bin_type=True), out)
+                    _send_frame(conn, pack([status, message, result]), out)
                     if after is not None:
                         after()
                 finally:
@@ -287,12 +287,13 @@ class Server:
 class _Conn:
     """A client connection: its socket, frame reader and the timeout its socket has now."""
 
-    __slots__ = ("sock", "reader", "timeout")
+    __slots__ = ("sock", "reader", "timeout", "pack")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.reader = _Reader(sock)
         self.timeout = 0.0
+        self.pack = msgpack.Packer(use_bin_type=True).pack  # one call at a time uses a connection
 
     def set_timeout(self, seconds: float) -> None:
         if seconds != self.timeout:
@@ -353,7 +354,7 @@ class Client:
         fresh = conn is None
         if fresh:
             conn = self._connect()
-        header = msgpack.packb([method, params], use_bin_type=True)
+        header = conn.pack([method, params])
         timeout = timeout_s or self._timeout
         try:
             conn.set_timeout(timeout)

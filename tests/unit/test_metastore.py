@@ -19,7 +19,7 @@ from mooseng import wire
 from mooseng.errors import FsError
 from mooseng.master import raftlog
 from mooseng.master.metastore import SEQ_WINDOW, MetaState, MetaStore
-from mooseng.master.raftnode import RaftNode, RaftTransport
+from mooseng.master.raftnode import RaftNode, RaftTransport, _unpack_entry, _Waiter
 
 ROOT = {"uid": 0, "gid": 0, "gids": []}
 
@@ -280,3 +280,17 @@ def test_a_failed_log_write_stops_the_node_and_refuses_ops(data, monkeypatch):
     single.close()
     with Single(data) as store:  # what was durable is there; the rest never was acknowledged
         assert b"ok" in names(store)
+
+
+def test_a_waiter_keeps_its_first_outcome_and_times_out_without_one():
+    waiter = _Waiter()
+    assert not waiter.finished and waiter.wait(0.01) is False
+    waiter.done(True, "first")
+    waiter.done(False, FsError(errno.EIO, "a later sweep"))
+    assert waiter.finished and waiter.wait(1.0) is True
+    assert (waiter.ok, waiter.value) == (True, "first")
+
+
+def test_a_logged_entry_is_read_back_with_its_origin_and_proposal():
+    entry = create(b"x")
+    assert _unpack_entry(wire.pack([7, 123456789]) + wire.pack(entry)) == (7, 123456789, entry)

@@ -135,11 +135,12 @@ def decode_msg(v: list, snap_data: bytes) -> Message:
 
 
 def _unpack_entry(data: bytes):
-    """(origin raft id, proposal id, entry) of a NORMAL entry's data: [origin, pid] + entry."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    unpacker.feed(data)
-    origin, pid = unpacker.unpack()
-    return origin, pid, unpacker.unpack()
+    """(origin raft id, proposal id, entry) of a NORMAL entry's data: [origin, pid] + entry.
+
+    One unpackb of the two as a 2-array (the byte 0x92 in front): a msgpack.Unpacker zeroes its
+    ~40 KB parse stack when made, which cost ~65,000 instructions per applied entry."""
+    (origin, pid), entry = msgpack.unpackb(b"\x92" + data, raw=False, strict_map_key=False)
+    return origin, pid, entry
 
 
 def _answers(reply, peer: int, me: int) -> list[Message]:

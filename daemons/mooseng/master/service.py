@@ -110,7 +110,7 @@ STR = Kind("a string", lambda v: type(v) is str)
 BOOL = Kind("a boolean", lambda v: type(v) is bool)
 TIME = Kind("nanoseconds or 'now'", _time)
 ANY = Kind("anything", lambda v: True)
-U32_LIST = Kind("a list of unsigned 32-bit integers", lambda v: type(v) is list and all(_u32(x) for x in v))
+U32_LIST = Kind("a list of unsigned 32-bit integers", lambda v: type(v) is list and (not v or all(_u32(x) for x in v)))
 STR_LIST = Kind("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v))
 UINT_LIST = Kind("a list of unsigned integers", lambda v: type(v) is list and all(_uint(x) for x in v))
 _COPY_RECORDS = _records({"chunk_id": UINT, "version": UINT, "ok": STR_LIST}, {"parts": U32_LIST})
@@ -147,6 +147,15 @@ class Op:
     kind: str
     required: dict = field(default_factory=dict)
     optional: dict = field(default_factory=dict)  # absent or nil: the default
+    # Derived once: every request is checked against its op's and the envelope's schema.
+    allowed: frozenset = field(init=False, repr=False, compare=False)
+    required_items: tuple = field(init=False, repr=False, compare=False)
+    optional_items: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "allowed", frozenset(self.required) | frozenset(self.optional))
+        object.__setattr__(self, "required_items", tuple(self.required.items()))
+        object.__setattr__(self, "optional_items", tuple(self.optional.items()))
 
 
 OPS = {
@@ -205,21 +214,26 @@ HEARTBEAT = Op(
 )  # fmt: skip
 
 
+_MISSING = object()
+
+
 def _check(what: str, spec: Op, args) -> None:
     """Raise ValueError naming the problem if `args` does not fit `spec`."""
     if type(args) is not dict:
         raise ValueError(f"{what}: args must be a map, got {type(args).__name__}")
-    for key in args:
-        if key not in spec.required and key not in spec.optional:
-            raise ValueError(f"{what}: unknown arg {key!r:.60}")
-    for key, kind in spec.required.items():
-        if key not in args:
+    if not spec.allowed.issuperset(args):
+        key = next(k for k in args if k not in spec.allowed)
+        raise ValueError(f"{what}: unknown arg {key!r:.60}")
+    for key, kind in spec.required_items:
+        value = args.get(key, _MISSING)
+        if value is _MISSING:
             raise ValueError(f"{what}: missing arg {key!r}")
-        if not kind.check(args[key]):
-            raise ValueError(f"{what}: arg {key!r} must be {kind.what}, got {type(args[key]).__name__}")
-    for key, kind in spec.optional.items():
-        if args.get(key) is not None and not kind.check(args[key]):
-            raise ValueError(f"{what}: arg {key!r} must be {kind.what}, got {type(args[key]).__name__}")
+        if not kind.check(value):
+            raise ValueError(f"{what}: arg {key!r} must be {kind.what}, got {type(value).__name__}")
+    for key, kind in spec.optional_items:
+        value = args.get(key)
+        if value is not None and not kind.check(value):
+            raise ValueError(f"{what}: arg {key!r} must be {kind.what}, got {type(value).__name__}")
 
 
 def check_args(op: str, args) -> None:
