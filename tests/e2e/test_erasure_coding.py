@@ -144,12 +144,19 @@ def test_a_corrupted_part_is_read_around_and_rebuilt(archive):
     assert cold_digest(cluster, path) == hashlib.sha256(data).hexdigest()
     assert "parts [0] unreadable" in cluster.node("client-1").log_path.read_text()  # decoded, not served
 
+    seen = []
+
     def rebuilt():
         [now] = fileinfo(cluster, path)["chunks"]
+        seen[:] = [now]
         zero = [c for c in now["copies"] if c["part"] == 0]
         return len(zero) == 1 and zero[0]["valid"] and in_parts({"chunks": [now]}) and now
 
-    now = wait_for(rebuilt, "part 0 rebuilt from the others and the damaged one deleted")
+    try:
+        now = wait_for(rebuilt, "part 0 rebuilt from the others and the damaged one deleted")
+    except AssertionError as exc:  # say where it stood, and what the master and servers logged
+        logs = {n.name: n.log_path.read_text()[-3000:] for n in cluster.nodes if n.kind != "client"}
+        raise AssertionError(f"{exc}\nlast fileinfo: {seen}\nlogs: {logs}") from None
     assert now["state"] == "stable"
     assert cold_digest(cluster, path) == hashlib.sha256(data).hexdigest()
 

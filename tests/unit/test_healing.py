@@ -341,4 +341,22 @@ def test_pieces_no_layout_wants_surplus_and_damaged_parts_are_deleted():
     broken = piece_view(6, {p: s for p, s in spread(range(12)).items() if p != 4}, holders={4: (3,)},
                         damaged=((4, 3),))
     plan = ec_plan([broken])
-    assert plan.delete == [] and [b.part for b in plan.build] == [4] and plan.build[0].target != 3
+    assert plan.delete == [Delete(part_id(6, 4), 3)] and [b.part for b in plan.build] == [4]
+    assert plan.build[0].target != 3
+
+
+def test_a_damaged_part_on_a_full_cluster_is_deleted_so_that_its_rebuild_can_go_there():
+    """3 servers x 4 disks hold 4 parts each: the only place for part 4's rebuild is the server
+    holding its damaged copy. With more than k parts valid the damaged one goes first, then the
+    rebuild lands there; at k valid parts it is kept (its good blocks may be needed)."""
+    valid = {p: s for p, s in spread(range(12)).items() if p != 4}
+    stuck = piece_view(6, valid, holders=spread(range(12)), damaged=((4, 2),))
+    plan = ec_plan([stuck])
+    assert plan.build == [] and plan.delete == [Delete(part_id(6, 4), 2)]
+    gone = piece_view(6, valid, holders={p: s for p, s in spread(range(12)).items() if p != 4})
+    plan = ec_plan([gone])
+    assert [(b.part, b.target) for b in plan.build] == [(4, 2)] and plan.delete == []
+    endangered = {p: s for p, s in valid.items() if p not in (5, 6, 7)}
+    assert len(endangered) == 8
+    plan = ec_plan([piece_view(6, endangered, holders=spread(range(12)), damaged=((4, 2),))])
+    assert plan.delete == []

@@ -36,7 +36,7 @@ per server where possible). A chunk whose class asks for another layout is conve
 the target layout's pieces (parts encoded from a copy, or copies decoded from k parts), and once
 they all exist at the chunk's version a `Switch` (the service moves them to a new version and logs
 set_layout; the old pieces are then stale and deleted). Conversions come after repairs; surplus
-copies of a part, damaged parts once the chunk is whole without them, and pieces no layout of the
+copies of a part, damaged parts while more than k parts are valid without them, and pieces no layout of the
 chunk wants are deleted. A build counts against the rate limit of its target and of each server
 it reads from.
 """
@@ -242,7 +242,10 @@ def _repair(chunk: ChunkView, coming: int, alive: dict[int, Server], busy: dict[
 def _ec_deletions(view: PieceView, inflight: Mapping[int, int], out: Plan) -> None:
     """Pieces of the chunk no layout of it wants; once nothing is being built for it, surplus
     copies of a part (those that came back with a registration first, then the highest server
-    ids) and, once every part is valid without them, damaged ones."""
+    ids) and, while more than k parts are valid without them, damaged ones: then no decode
+    needs a damaged part's good blocks, and the damaged copy holds the disk and the per-server
+    slot its own rebuild may need (3 servers x 4 disks for 8+4: every server is full, and the
+    rebuild can only go where the damaged part is). At k valid parts or fewer they are kept."""
     wanted = set(classes.pieces(view.ec)) | set(classes.pieces(view.target))
     for part, sids in sorted(view.holders.items()):
         if part not in wanted:
@@ -253,7 +256,7 @@ def _ec_deletions(view: PieceView, inflight: Mapping[int, int], out: Plan) -> No
         valid = view.valid.get(part, ())
         keep = sorted(valid, key=lambda sid: ((part, sid) in view.returned, sid))[:1]
         out.delete += [Delete(_stored(view.chunk_id, part), sid) for sid in valid if sid not in keep]
-    if len(view.have(view.ec)) == sum(view.ec):
+    if len(view.have(view.ec)) > view.ec[0]:
         out.delete += [Delete(_stored(view.chunk_id, part), sid) for part, sid in view.damaged]
 
 
