@@ -517,19 +517,30 @@ class _NoMetrics:
         pass
 
 
+@contextlib.contextmanager
+def served(tmp_path, metrics, **kwargs):
+    """A service in this process on an rpc.Server: (store, its address)."""
+    (tmp_path / "d0").mkdir()
+    store = ChunkStore([str(tmp_path / "d0")])
+    service = ChunkServerService(store, "127.0.0.1:1", metrics, **kwargs)
+    server = rpc.Server("127.0.0.1:0", service.handlers()).start()
+    try:
+        yield store, f"127.0.0.1:{server.port}"
+    finally:
+        server.stop(1.0)
+        service.close()
+        store.close()
+
+
 @pytest.fixture
 def local(tmp_path):
     """A service in this process (its timeouts shortened) on an rpc.Server, and a client to it."""
-    (tmp_path / "d0").mkdir()
-    store = ChunkStore([str(tmp_path / "d0")])
-    service = ChunkServerService(store, "127.0.0.1:1", _NoMetrics(), session_timeout_s=0.5)
-    server = rpc.Server("127.0.0.1:0", service.handlers()).start()
-    conn = rpc.Client(f"127.0.0.1:{server.port}")
-    yield store, conn
-    conn.close()
-    server.stop(1.0)
-    service.close()
-    store.close()
+    with served(tmp_path, _NoMetrics(), session_timeout_s=0.5) as (store, addr):
+        conn = rpc.Client(addr)
+        try:
+            yield store, conn
+        finally:
+            conn.close()
 
 
 def test_an_uncommitted_session_is_aborted_and_its_late_pieces_refused(local):
@@ -589,27 +600,20 @@ class _Ops:
 
 
 def test_the_chunk_client_sends_a_one_piece_session_as_one_request(tmp_path):
-    (tmp_path / "d0").mkdir()
-    store = ChunkStore([str(tmp_path / "d0")])
     seen = _Ops()
-    service = ChunkServerService(store, "127.0.0.1:1", seen)
-    server = rpc.Server("127.0.0.1:0", service.handlers()).start()
-    chunks = ChunkClient()
-    addr = f"127.0.0.1:{server.port}"
-    try:
-        assert chunks.write(96, 1, 0, [addr], [(0, b"x" * 4096)]) == ([addr], [])
-        assert seen.ops == ["write_commit"], "a small file: one round trip, not a write and a commit"
-        assert store.get(96).version == 1
-        seen.ops.clear()
-        big = random.Random(6).randbytes(3 * MiB)  # two pieces: written, then committed
-        assert chunks.write(96, 2, 1, [addr], [(0, big)]) == ([addr], [])
-        assert sorted(seen.ops) == ["commit", "write", "write"]
-        assert b"".join(chunks.read(96, 2, 0, len(big), [addr])) == big
-    finally:
-        chunks.close()
-        server.stop(1.0)
-        service.close()
-        store.close()
+    with served(tmp_path, seen) as (store, addr):
+        chunks = ChunkClient()
+        try:
+            assert chunks.write(96, 1, 0, [addr], [(0, b"x" * 4096)]) == ([addr], [])
+            assert seen.ops == ["write_commit"], "a small file: one round trip, not a write and a commit"
+            assert store.get(96).version == 1
+            seen.ops.clear()
+            big = random.Random(6).randbytes(3 * MiB)  # two pieces: written, then committed
+            assert chunks.write(96, 2, 1, [addr], [(0, big)]) == ([addr], [])
+            assert sorted(seen.ops) == ["commit", "write", "write"]
+            assert b"".join(chunks.read(96, 2, 0, len(big), [addr])) == big
+        finally:
+            chunks.close()
 
 
 def test_write_commit_joins_a_session_a_cut_off_client_began(local):

@@ -413,6 +413,8 @@ class MasterService:
             return
         with self._store.view() as ns:
             owners = ns.sustained_owners()
+        for client in [c for c, t in self._client_seen.items() if now - t > self.session_timeout_s and c not in owners]:
+            del self._client_seen[client]  # every client id ever seen would stay otherwise
         gone = [c for c in sorted(owners) if now - self._client_seen.setdefault(c, now) > self.session_timeout_s]
         if not gone:
             return
